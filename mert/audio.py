@@ -1,0 +1,64 @@
+"""Audio file reading and resampling (soundfile + torchaudio.functional; no torchaudio I/O).
+
+Shape legend: ``l`` samples, ``b`` batch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["load_audio", "resample", "resampled_length"]
+
+
+def resampled_length(num_samples: int, orig_sr: int, new_sr: int) -> int:
+    """Samples produced by :func:`resample` from ``num_samples`` (ceil(n * new / orig), as torchaudio)."""
+    return -(-num_samples * new_sr // orig_sr)
+
+
+def resample(wav: Tensor, orig_sr: int, new_sr: int) -> Tensor:
+    """Band-limited resampling along the last axis: ``(..., l) -> (..., l')``."""
+    if orig_sr == new_sr:
+        return wav
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+    import torchaudio.functional as AF
+
+    return AF.resample(wav, int(orig_sr), int(new_sr))
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bool = True) -> tuple[Tensor, int]:
+    """Read any soundfile-readable file as float32.
+
+    Args:
+        path: audio file (wav, flac, ogg, mp3 where libsndfile supports it, ...).
+        sample_rate: resample to this rate if given; otherwise keep the file's rate.
+        mono: average the channels.
+    Returns:
+        ``(wav, sr)`` with ``wav`` ``(l,)`` if mono else ``(channels, l)``.
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable or empty file (the message names the file).
+    """
+    import soundfile as sf
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file {str(path)!r} does not exist")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (l, channels)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError by format
+        raise ValueError(f"could not read audio file {str(path)!r}: {e}") from None
+    if data.shape[0] == 0:
+        raise ValueError(f"audio file {str(path)!r} is empty (0 samples)")
+    wav = torch.from_numpy(np.ascontiguousarray(data.T))  # (channels, l)
+    if mono:
+        wav = wav.mean(dim=0)
+    if sample_rate is not None and sample_rate != sr:
+        wav = resample(wav, sr, sample_rate)
+        sr = sample_rate
+    return wav, int(sr)

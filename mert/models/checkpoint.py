@@ -1,0 +1,255 @@
+"""Reading and writing encoder checkpoints without executing code.
+
+Two on-disk layouts are understood:
+
+* ours: ``config.json`` (``model_type: "mert"``, the :class:`EncoderConfig` fields), ``model.safetensors``
+  whose metadata repeats the config (so the file alone is enough), and optionally ``meta.json``;
+* Hugging Face MERT/HuBERT: ``config.json`` with ``model_type`` ``mert_model`` or ``hubert``,
+  ``model.safetensors`` and/or ``pytorch_model.bin`` (loaded with ``weights_only=True``). Keys are renamed
+  and the q/k/v projections fused on the fly; both weight-norm namings (``weight_g/weight_v`` and
+  ``parametrizations.weight.original0/1``) are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mert.models.config import CONFIG_FORMAT, EncoderConfig
+
+__all__ = ["load_checkpoint", "save_checkpoint", "hf_config_to_encoder_config", "convert_hf_state_dict"]
+
+HF_MODEL_TYPES = ("mert_model", "hubert")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+METADATA_CONFIG_KEY = "mert_config"
+
+
+# --------------------------------------------------------------------------------------------- reading
+def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, Tensor], dict[str, Any]]:
+    """Load ``(config, state_dict in our key names, meta)`` from a checkpoint folder or weights file.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or a folder holds no weights file.
+        ValueError: the config is for another model type, or the weights do not fit the config.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint path {str(path)!r} does not exist")
+    if path.is_dir():
+        weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
+        if weights is None:
+            present = sorted(p.name for p in path.iterdir())[:20]
+            raise FileNotFoundError(
+                f"no weights file in {str(path)!r}: expected one of {list(WEIGHT_FILES)}, found {present}"
+            )
+        folder = path
+    else:
+        weights, folder = path, path.parent
+
+    state, file_meta = _read_weights(weights)
+    meta = _read_json(folder / "meta.json") if (folder / "meta.json").is_file() else {}
+
+    if METADATA_CONFIG_KEY in file_meta:  # our safetensors: the config travels inside the file
+        config = EncoderConfig.from_dict(json.loads(file_meta[METADATA_CONFIG_KEY]))
+        return config, _check_keys(state, config, weights), meta
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{str(weights)!r} carries no config and there is no config.json beside it; "
+            "a MERT checkpoint needs its config.json (Hugging Face layout) or our safetensors metadata"
+        )
+    raw = _read_json(config_file)
+    model_type = raw.get("model_type")
+    if model_type == CONFIG_FORMAT:
+        config = EncoderConfig.from_dict(raw)
+        return config, _check_keys(state, config, weights), meta
+    if model_type in HF_MODEL_TYPES:
+        pre_file = folder / "preprocessor_config.json"
+        pre = _read_json(pre_file) if pre_file.is_file() else None
+        config = hf_config_to_encoder_config(raw, pre, source=str(config_file))
+        return config, _check_keys(convert_hf_state_dict(state, config), config, weights), meta
+    raise ValueError(
+        f"{str(config_file)!r} has model_type {model_type!r}; expected {CONFIG_FORMAT!r} (a mert export) or "
+        f"one of {list(HF_MODEL_TYPES)} (a Hugging Face MERT/HuBERT checkpoint)"
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+
+
+def _read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and (for safetensors) the header metadata; pickles are opened with ``weights_only=True``."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except SafetensorError as e:
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file: {e}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses arbitrary pickles; a truncated file fails to unpickle
+        raise ValueError(f"{str(path)!r} could not be loaded as a plain state dict (weights_only=True): {e}") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
+    return obj, {}
+
+
+# --------------------------------------------------------------------------------------------- HF conversion
+def hf_config_to_encoder_config(
+    hf: dict[str, Any], preprocessor: dict[str, Any] | None = None, source: str = "config.json"
+) -> EncoderConfig:
+    """Translate a transformers HubertConfig / MERTConfig mapping into :class:`EncoderConfig`."""
+    for key, expected in (("hidden_act", "gelu"), ("feat_extract_activation", "gelu")):
+        if hf.get(key, expected) != expected:
+            raise ValueError(f"{source}: {key}={hf[key]!r} is not supported (MERT uses {expected!r})")
+    if hf.get("conv_pos_batch_norm", False):
+        raise ValueError(f"{source}: conv_pos_batch_norm=True is not a MERT architecture")
+    norm = hf.get("feat_extract_norm", "group")
+    # Defaults below are transformers' HubertConfig defaults, used when a key is absent.
+    sample_rate = int(hf.get("sample_rate", (preprocessor or {}).get("sampling_rate", 16000)))
+    if preprocessor and "sampling_rate" in preprocessor and int(preprocessor["sampling_rate"]) != sample_rate:
+        raise ValueError(
+            f"{source}: sample_rate {sample_rate} disagrees with preprocessor_config.json sampling_rate "
+            f"{preprocessor['sampling_rate']}"
+        )
+    return EncoderConfig(
+        name=str(hf.get("_name_or_path") or hf.get("model_type")),
+        sample_rate=sample_rate,
+        normalize_input=bool((preprocessor or {}).get("do_normalize", False)),
+        conv_dim=tuple(hf.get("conv_dim", (512,) * 7)),
+        conv_kernel=tuple(hf.get("conv_kernel", (10, 3, 3, 3, 3, 2, 2))),
+        conv_stride=tuple(hf.get("conv_stride", (5, 2, 2, 2, 2, 2, 2))),
+        conv_bias=bool(hf.get("conv_bias", False)),
+        frontend_norm=norm,
+        feat_proj_layer_norm=bool(hf.get("feat_proj_layer_norm", True)),
+        # Not in HF configs; spec 4: 0.1 for the post-LN 95M recipe, 1.0 for the pre-LN 330M one.
+        frontend_grad_mult=0.1 if norm == "group" else 1.0,
+        hidden_size=int(hf.get("hidden_size", 768)),
+        num_layers=int(hf.get("num_hidden_layers", 12)),
+        num_heads=int(hf.get("num_attention_heads", 12)),
+        ffn_size=int(hf.get("intermediate_size", 3072)),
+        pre_ln=bool(hf.get("do_stable_layer_norm", False)),
+        pos_conv_kernel=int(hf.get("num_conv_pos_embeddings", 128)),
+        pos_conv_groups=int(hf.get("num_conv_pos_embedding_groups", 16)),
+        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+        hidden_dropout=float(hf.get("hidden_dropout", 0.1)),
+        attention_dropout=float(hf.get("attention_dropout", 0.1)),
+        activation_dropout=float(hf.get("activation_dropout", 0.1)),
+        feat_proj_dropout=float(hf.get("feat_proj_dropout", 0.0)),
+        layerdrop=float(hf.get("layerdrop", 0.1)),
+    )
+
+
+_HF_RENAMES = [
+    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"frontend.convs.\1.conv."),
+    (r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.", r"frontend.convs.\1.norm."),
+    (r"feature_projection\.layer_norm\.", "proj.norm."),
+    (r"feature_projection\.projection\.", "proj.linear."),
+    (
+        r"encoder\.pos_conv_embed\.conv\.(weight_g|parametrizations\.weight\.original0)$",
+        "transformer.pos_conv.weight_g",
+    ),
+    (
+        r"encoder\.pos_conv_embed\.conv\.(weight_v|parametrizations\.weight\.original1)$",
+        "transformer.pos_conv.weight_v",
+    ),
+    (r"encoder\.pos_conv_embed\.conv\.bias$", "transformer.pos_conv.bias"),
+    (r"encoder\.layer_norm\.", "transformer.norm."),
+    (r"encoder\.layers\.(\d+)\.attention\.out_proj\.", r"transformer.layers.\1.attn.out."),
+    (r"encoder\.layers\.(\d+)\.layer_norm\.", r"transformer.layers.\1.attn_norm."),
+    (r"encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"transformer.layers.\1.ffn.fc1."),
+    (r"encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"transformer.layers.\1.ffn.fc2."),
+    (r"encoder\.layers\.(\d+)\.final_layer_norm\.", r"transformer.layers.\1.ffn_norm."),
+    (r"masked_spec_embed$", "mask_emb"),
+]
+_QKV = re.compile(r"encoder\.layers\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$")
+
+
+def convert_hf_state_dict(state: dict[str, Tensor], config: EncoderConfig) -> dict[str, Tensor]:
+    """Rename HF HubertModel keys to ours and fuse q/k/v into one projection.
+
+    Keys that belong to no encoder part (pretraining heads kept in some exports) are dropped with a warning.
+    """
+    prefixes = {k.split(".", 1)[0] for k in state}
+    if len(prefixes) == 1 and (p := next(iter(prefixes))) in ("hubert", "mert", "model"):
+        state = {k.split(".", 1)[1]: v for k, v in state.items()}  # wrapped models save under a prefix
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    dropped = []
+    for key, value in state.items():
+        if m := _QKV.match(key):
+            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
+            continue
+        if key == "encoder.pos_conv_embed.conv.weight":  # weight norm already folded in: recover g and v
+            out["transformer.pos_conv.weight_v"] = value
+            out["transformer.pos_conv.weight_g"] = value.norm(dim=(0, 1), keepdim=True)
+            continue
+        for pattern, repl in _HF_RENAMES:
+            new, n = re.subn(pattern, repl, key)
+            if n:
+                out[new] = value
+                break
+        else:
+            dropped.append(key)
+    for (layer, kind), parts in sorted(qkv.items()):
+        if set(parts) != {"q", "k", "v"}:
+            raise ValueError(f"layer {layer}: attention {kind} has only {sorted(parts)} of q/k/v projections")
+        out[f"transformer.layers.{layer}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    if dropped:
+        warnings.warn(f"ignoring {len(dropped)} checkpoint entries that are not encoder weights: {dropped[:8]}")
+    return out
+
+
+def _check_keys(state: dict[str, Tensor], config: EncoderConfig, source: Path) -> dict[str, Tensor]:
+    """Fail with the names of missing / unexpected / mis-shaped weights instead of a generic load error."""
+    from mert.models.encoder import Encoder
+
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in Encoder(config).state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(s)}" for k, s in expected.items() if k in state and state[k].shape != s
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"weights in {str(source)!r} do not fit the config ({config.num_layers} layers, width "
+            f"{config.hidden_size}): missing {missing[:6]}, unexpected {unexpected[:6]}, shape mismatches {shapes[:6]}"
+        )
+    return state
+
+
+# --------------------------------------------------------------------------------------------- writing
+def save_checkpoint(
+    folder: str | os.PathLike, config: EncoderConfig, state: dict[str, Tensor], meta: dict[str, Any] | None = None
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` (config repeated in its metadata) and ``meta.json``."""
+    from safetensors.torch import save_file
+
+    from mert import __version__
+
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    tmp = folder / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={METADATA_CONFIG_KEY: json.dumps(config.to_dict()), "format": "pt"})
+    os.replace(tmp, folder / "model.safetensors")  # never leave a half-written weights file under the real name
+    (folder / "config.json").write_text(config.to_json() + "\n")
+    full_meta = {"mert_version": __version__, **(meta or {})}
+    (folder / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str) + "\n")
+    return folder

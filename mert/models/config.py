@@ -1,0 +1,216 @@
+"""`EncoderConfig`: the typed description of a MERT-style encoder.
+
+The dataclass travels inside every checkpoint we write (``config.json`` and the safetensors metadata), so a
+weights file is never separated from the numbers needed to rebuild its model. Presets hold the exact figures
+of ``shared/mert-spec.md`` section 1; ``tiny`` keeps the real 320-sample hop so every code path that depends on
+the 75 Hz grid is exercised by the fast tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["EncoderConfig", "PRESETS", "frame_lengths"]
+
+CONFIG_FORMAT = "mert"  # the `model_type` we write in config.json
+
+
+@dataclass
+class EncoderConfig:
+    """Architecture and regularisation of a MERT-style encoder.
+
+    Every field carries its unit in its name or comment. Build presets with :meth:`preset`.
+    """
+
+    # --- input ---
+    sample_rate: int = 24000  # Hz; audio at any other rate is resampled to this before the front end
+    normalize_input: bool = False  # zero-mean/unit-variance per clip before the front end (MERT-v1: off)
+
+    # --- convolutional front end (spec 1: 7 layers, 512 channels, 320-sample hop) ---
+    conv_dim: tuple[int, ...] = (512,) * 7  # channels per conv layer
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)  # samples (layer 0) / frames (others)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    conv_bias: bool = False
+    frontend_norm: Literal["group", "layer"] = "group"  # "group": GroupNorm after conv 0 only (95M)
+    feat_proj_layer_norm: bool = True  # LayerNorm on front-end features before the projection
+    frontend_grad_mult: float = 0.1  # gradient scale into the front end during training (1.0 = none)
+
+    # --- transformer ---
+    hidden_size: int = 768  # d
+    num_layers: int = 12
+    num_heads: int = 12
+    ffn_size: int = 3072
+    pre_ln: bool = False  # False: post-LN (95M); True: pre-LN with a final LayerNorm (330M)
+    pos_conv_kernel: int = 128  # frames
+    pos_conv_groups: int = 16
+    layer_norm_eps: float = 1e-5
+
+    # --- regularisation (only active in training mode) ---
+    hidden_dropout: float = 0.1  # residual branches and after the positional-conv add
+    attention_dropout: float = 0.1  # on attention probabilities
+    activation_dropout: float = 0.0  # inside the FFN after GELU
+    feat_proj_dropout: float = 0.1  # after the feature projection (fairseq's dropout_input)
+    layerdrop: float = 0.05  # probability of skipping a whole transformer layer
+
+    name: str = field(default="custom", compare=False)  # informative only
+
+    def __post_init__(self) -> None:
+        # JSON round trips give lists; keep tuples so configs compare and hash consistently.
+        self.conv_dim = tuple(int(c) for c in self.conv_dim)
+        self.conv_kernel = tuple(int(k) for k in self.conv_kernel)
+        self.conv_stride = tuple(int(s) for s in self.conv_stride)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent field."""
+        n = len(self.conv_dim)
+        if n == 0 or len(self.conv_kernel) != n or len(self.conv_stride) != n:
+            raise ValueError(
+                f"conv_dim, conv_kernel and conv_stride must have the same non-zero length, got "
+                f"{len(self.conv_dim)}, {len(self.conv_kernel)}, {len(self.conv_stride)}"
+            )
+        if self.frontend_norm not in ("group", "layer"):
+            raise ValueError(f"frontend_norm must be 'group' or 'layer', got {self.frontend_norm!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.hidden_size % self.pos_conv_groups:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by pos_conv_groups {self.pos_conv_groups}"
+            )
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        for name in ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout", "layerdrop"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
+
+    # ------------------------------------------------------------------ derived numbers
+    @property
+    def hop_length(self) -> int:
+        """Samples between consecutive output frames (320 for MERT-v1)."""
+        return math.prod(self.conv_stride)
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples seen by one output frame (400 for MERT-v1); also the shortest valid input."""
+        rf = 1
+        for k, s in zip(reversed(self.conv_kernel), reversed(self.conv_stride)):
+            rf = (rf - 1) * s + k
+        return rf
+
+    @property
+    def frame_rate(self) -> float:
+        """Output frames per second (75.0 for MERT-v1)."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def num_hidden_states(self) -> int:
+        """Entries of ``EncoderOutput.hidden_states``: the transformer input plus one per layer."""
+        return self.num_layers + 1
+
+    def frame_lengths(self, num_samples: torch.Tensor | int) -> torch.Tensor | int:
+        """Frames produced from ``num_samples`` samples, applying each conv's length formula in turn.
+
+        For MERT-v1 this equals ``floor((N - 400) / 320) + 1`` for ``N >= 400`` (spec 1); shorter inputs give 0.
+        """
+        return frame_lengths(num_samples, self.conv_kernel, self.conv_stride)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("conv_dim", "conv_kernel", "conv_stride"):
+            d[k] = list(d[k])
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps({"model_type": CONFIG_FORMAT, **self.to_dict()}, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
+        """Build from a mapping, rejecting unknown keys so typos in configs fail loudly."""
+        d = {k: v for k, v in d.items() if k != "model_type"}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown EncoderConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> EncoderConfig:
+        """A named preset (``tiny``, ``95m``, ``330m``) with optional field overrides."""
+        key = name.lower().removeprefix("mert-v1-").removeprefix("mert_")
+        if key not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[key], **overrides)
+
+    def replace(self, **changes: Any) -> EncoderConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def frame_lengths(
+    num_samples: torch.Tensor | int,
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2),
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2),
+) -> torch.Tensor | int:
+    """Output frames for ``num_samples`` input samples (int or integer tensor of any shape).
+
+    Defaults are the MERT-v1 front end: 120000 samples (5 s at 24 kHz) -> 374 frames, 720000 -> 2249.
+    """
+    if isinstance(num_samples, torch.Tensor):
+        n = num_samples.long()
+        for k, s in zip(conv_kernel, conv_stride):
+            n = torch.div(n - k, s, rounding_mode="floor") + 1
+        return n.clamp(min=0)
+    n = int(num_samples)
+    for k, s in zip(conv_kernel, conv_stride):
+        n = (n - k) // s + 1
+    return max(n, 0)
+
+
+PRESETS: dict[str, EncoderConfig] = {
+    # Spec 1, MERT-v1-95M: post-LN, GroupNorm front end, dropouts on, LayerDrop 0.05, grad mult 0.1.
+    "95m": EncoderConfig(name="95m"),
+    # Spec 1, MERT-v1-330M: pre-LN, LayerNorm after every conv, no dropout, grad mult 1.0.
+    "330m": EncoderConfig(
+        name="330m",
+        frontend_norm="layer",
+        hidden_size=1024,
+        num_layers=24,
+        num_heads=16,
+        ffn_size=4096,
+        pre_ln=True,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        layerdrop=0.0,
+        frontend_grad_mult=1.0,
+    ),
+    # Tests and CPU demos: real 320x hop (so frame arithmetic is the spec's), width 32, 2 layers.
+    "tiny": EncoderConfig(
+        name="tiny",
+        conv_dim=(32,) * 7,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        ffn_size=64,
+        pos_conv_kernel=16,
+        pos_conv_groups=4,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        layerdrop=0.0,
+        frontend_grad_mult=1.0,
+    ),
+}

@@ -1,0 +1,451 @@
+"""`Encoder`: the public MERT encoder: input checking, resampling, padding, long-audio windows, loading.
+
+Shape legend:
+    b  batch
+    l  samples (at the encoder's sample rate unless said otherwise)
+    t  frames (75 Hz for MERT-v1)
+    d  model width
+    c  front-end channels
+    n  hidden-state layers (num_layers + 1)
+
+Contracts (``docs/embeddings.md``):
+* outputs always keep the batch axis, ``(b, t, d)``, also for a 1-D input;
+* ``sample_rate=`` resamples; without it the input is taken to be at ``enc.sample_rate`` (warned once);
+* a clip gives the same hidden states alone and inside a right-padded batch with ``lengths`` (unless
+  ``strict_mert_compat``, which reproduces transformers' padding-sensitive numerics);
+* ``chunk_seconds`` bounds memory on long audio with a deterministic window/stitch that returns exactly
+  ``frame_lengths(l)`` frames, identical to one pass when the audio fits in one window.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mert.audio import load_audio, resample, resampled_length
+from mert.models.checkpoint import load_checkpoint, save_checkpoint
+from mert.models.config import EncoderConfig
+from mert.models.modules import ConvFrontEnd, FeatureProjection, Transformer, _valid_mask
+from mert.models.pooling import mean_pool, parse_layers, weighted_layer_sum
+
+__all__ = ["Encoder", "EncoderOutput"]
+
+
+@dataclass
+class EncoderOutput:
+    """What :class:`Encoder` returns.
+
+    Attributes:
+        last_hidden_state: ``(b, t, d)``, equal to ``hidden_states[-1]``.
+        hidden_states: ``n`` tensors ``(b, t, d)``: the transformer input, then one per layer (spec 1 semantics).
+        lengths: ``(b,)`` valid frames per item; frames beyond are padding (zeros unless strict_mert_compat).
+        frame_rate: frames per second (75.0 for MERT-v1).
+        features: ``(b, t, c)`` front-end output before the projection (used by the pretraining penalty).
+    """
+
+    last_hidden_state: Tensor
+    hidden_states: tuple[Tensor, ...]
+    lengths: Tensor
+    frame_rate: float = 75.0
+    features: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def padding_mask(self) -> Tensor:
+        """``(b, t)`` True at padded frames."""
+        return ~_valid_mask(self.lengths, self.last_hidden_state.shape[1])
+
+    def stacked(self, layers: str | int | Sequence[int] | None = None) -> Tensor:
+        """Chosen hidden states stacked: ``(b, n', t, d)`` (default all)."""
+        idx = parse_layers(layers, len(self.hidden_states))
+        return torch.stack([self.hidden_states[i] for i in idx], dim=1)
+
+    def weighted_sum(self, weights: Tensor, layers: str | int | Sequence[int] | None = None) -> Tensor:
+        """Softmax-weighted sum of the chosen layers: ``weights (n',)`` -> ``(b, t, d)``."""
+        return weighted_layer_sum(self.stacked(layers), weights)
+
+    def pooled(self, layers: str | int | Sequence[int] | None = None) -> Tensor:
+        """Mean over each item's valid frames of the chosen layers: ``(b, n', d)``."""
+        return mean_pool(self.stacked(layers), self.lengths)
+
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward, gradient times ``scale`` backward: the front-end gradient multiplier (spec 1).
+
+    ``x * m + x.detach() * (1 - m)`` would do the same in exact arithmetic but perturbs the forward value by
+    rounding, which the following LayerNorm can amplify.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+class Encoder(nn.Module):
+    """MERT-style music encoder (conv front end + transformer), plain PyTorch.
+
+    Args:
+        config: an :class:`EncoderConfig` or a preset name (``"tiny"``, ``"95m"``, ``"330m"``).
+        strict_mert_compat: reproduce the original numerics on padded batches (GroupNorm statistics over the
+            padded length, as transformers' HubertModel); the default is padding-invariant.
+
+    Example:
+        >>> enc = Encoder.from_pretrained("m-a-p/MERT-v1-95M")      # doctest: +SKIP
+        >>> out = enc(wav, sample_rate=44100)                        # doctest: +SKIP
+        >>> out.hidden_states[7].shape  # (b, t, 768) at 75 Hz       # doctest: +SKIP
+    """
+
+    def __init__(self, config: EncoderConfig | str = "95m", *, strict_mert_compat: bool = False):
+        super().__init__()
+        if isinstance(config, str):
+            config = EncoderConfig.preset(config)
+        self.config = config
+        self.strict_mert_compat = strict_mert_compat
+        self.frontend = ConvFrontEnd(config)
+        self.proj = FeatureProjection(config)
+        self.transformer = Transformer(config)
+        # Replaces masked frames during pretraining (HF key `masked_spec_embed`).
+        self.mask_emb = nn.Parameter(torch.empty(config.hidden_size).uniform_())
+        self._warned_sample_rate = False
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def frame_lengths(self, num_samples: Tensor | int) -> Tensor | int:
+        """Frames produced from ``num_samples`` samples at ``self.sample_rate``."""
+        return self.config.frame_lengths(num_samples)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        wav: Tensor | np.ndarray,
+        lengths: Tensor | Sequence[int] | None = None,
+        sample_rate: int | None = None,
+        *,
+        pred_mask: Tensor | None = None,
+        chunk_seconds: float | None = None,
+        overlap_seconds: float | None = None,
+        chunk_batch_size: int = 8,
+    ) -> EncoderOutput:
+        """Encode a batch of waveforms.
+
+        Args:
+            wav: ``(b, l)`` or ``(l,)`` float waveform in [-1, 1]; right-padded if items differ in length.
+            lengths: ``(b,)`` valid samples per item (at ``sample_rate``), or None if all are full length.
+            sample_rate: the rate of ``wav`` in Hz; resampled to ``self.sample_rate`` if different.
+            pred_mask: ``(b, t)`` bool, frames to replace by ``mask_emb`` (pretraining only).
+            chunk_seconds: window length for long audio; None encodes in one pass.
+            overlap_seconds: overlap between windows (default 20% of ``chunk_seconds``).
+            chunk_batch_size: windows encoded together; bounds memory with ``chunk_seconds``.
+        Returns:
+            :class:`EncoderOutput` with ``(b, t, d)`` tensors, ``t = frame_lengths(l)``.
+        Raises:
+            ValueError: wrong rank, non-float dtype, NaN/inf samples, audio shorter than 400 samples, bad lengths.
+        """
+        wav, lengths = self._prepare(wav, lengths, sample_rate)
+        if chunk_seconds is None:
+            return self._encode(wav, lengths, pred_mask)
+        if pred_mask is not None:
+            raise ValueError("pred_mask cannot be combined with chunk_seconds (masking is for training passes)")
+        return self._encode_chunked(wav, lengths, chunk_seconds, overlap_seconds, chunk_batch_size)
+
+    def _prepare(
+        self, wav: Tensor | np.ndarray, lengths: Tensor | Sequence[int] | None, sample_rate: int | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Validate and convert the input to ``(b, l)`` at the model's rate, dtype and device."""
+        if isinstance(wav, np.ndarray):
+            wav = torch.from_numpy(wav)
+        if not isinstance(wav, Tensor):
+            raise ValueError(f"wav must be a torch.Tensor or numpy array, got {type(wav).__name__}")
+        if not wav.is_floating_point():
+            hint = " (e.g. int16 PCM: wav.float() / 32768)" if wav.dtype in (torch.int16, torch.int32) else ""
+            raise ValueError(f"wav has dtype {wav.dtype}; expected floating point samples in [-1, 1]{hint}")
+        if wav.dim() == 1:
+            wav = wav[None]
+        elif wav.dim() != 2:
+            hint = "; for multi-channel audio mix down first, e.g. wav.mean(dim=1)" if wav.dim() == 3 else ""
+            raise ValueError(f"wav must have shape (batch, samples) or (samples,), got {tuple(wav.shape)}{hint}")
+        b, l = wav.shape
+        if b == 0 or l == 0:
+            raise ValueError(f"wav is empty: shape {tuple(wav.shape)}")
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, dtype=torch.long).to("cpu")
+            if lengths.shape != (b,):
+                raise ValueError(
+                    f"lengths must have shape ({b},) to match wav {tuple(wav.shape)}, got {tuple(lengths.shape)}"
+                )
+            if (lengths < 1).any() or (lengths > l).any():
+                raise ValueError(f"lengths must be in [1, {l}] (samples in wav), got {lengths.tolist()}")
+            if bool((lengths == l).all()):
+                lengths = None
+        finite = torch.isfinite(wav)
+        if lengths is not None:
+            finite |= ~_valid_mask(lengths.to(wav.device), l)  # padding may hold anything
+        if not bool(finite.all()):
+            bad = sorted({int(i) for i in (~finite).nonzero()[:, 0].tolist()})
+            raise ValueError(f"wav contains NaN or inf samples in batch item(s) {bad[:10]}; clean or drop them first")
+
+        if sample_rate is None:
+            if not self._warned_sample_rate:
+                warnings.warn(
+                    f"no sample_rate given: assuming the audio is already at {self.sample_rate} Hz. Pass "
+                    f"sample_rate= to resample (MERT-v1 expects {self.sample_rate} Hz; 16 kHz audio would give "
+                    "wrong embeddings without an error)",
+                    stacklevel=3,
+                )
+                self._warned_sample_rate = True
+            sample_rate = self.sample_rate
+        sample_rate = int(sample_rate)
+        if sample_rate != self.sample_rate:
+            wav, lengths = self._resample(wav.float(), lengths, sample_rate)
+            l = wav.shape[1]
+
+        min_len = self.config.receptive_field
+        short = (lengths if lengths is not None else torch.tensor([l] * b)) < min_len
+        if bool(short.any()):
+            i = int(short.nonzero()[0, 0])
+            n = int(lengths[i]) if lengths is not None else l
+            raise ValueError(
+                f"batch item {i} has {n} samples at {self.sample_rate} Hz ({n / self.sample_rate * 1000:.1f} ms); "
+                f"the encoder needs at least {min_len} samples ({min_len / self.sample_rate * 1000:.1f} ms) for one frame"
+            )
+
+        param = self.mask_emb
+        wav = wav.to(device=param.device, dtype=param.dtype if param.is_floating_point() else torch.float32)
+        if lengths is not None:
+            # Padding is zero, whatever the caller put there (as the HF feature extractor pads).
+            wav = wav.masked_fill(~_valid_mask(lengths.to(wav.device), wav.shape[1]), 0.0)
+        if self.config.normalize_input:
+            wav = self._normalize(wav, lengths)
+        return wav, lengths
+
+    def _resample(self, wav: Tensor, lengths: Tensor | None, sample_rate: int) -> tuple[Tensor, Tensor | None]:
+        if lengths is None:
+            return resample(wav, sample_rate, self.sample_rate), None
+        # Per item, so padding never bleeds into a clip through the resampling filter.
+        items = [resample(wav[i, : int(n)], sample_rate, self.sample_rate) for i, n in enumerate(lengths)]
+        new_lengths = torch.tensor([len(x) for x in items], dtype=torch.long)
+        out = wav.new_zeros(len(items), resampled_length(wav.shape[1], sample_rate, self.sample_rate))
+        for i, x in enumerate(items):
+            out[i, : len(x)] = x
+        return out, new_lengths
+
+    @staticmethod
+    def _normalize(wav: Tensor, lengths: Tensor | None) -> Tensor:
+        """Zero mean, unit variance per item over valid samples (Wav2Vec2FeatureExtractor's do_normalize)."""
+        if lengths is None:
+            return (wav - wav.mean(1, keepdim=True)) / torch.sqrt(wav.var(1, unbiased=False, keepdim=True) + 1e-7)
+        valid = _valid_mask(lengths.to(wav.device), wav.shape[1]).to(wav.dtype)
+        n = valid.sum(1, keepdim=True)
+        mean = (wav * valid).sum(1, keepdim=True) / n
+        var = (((wav - mean) * valid) ** 2).sum(1, keepdim=True) / n
+        return (wav - mean) / torch.sqrt(var + 1e-7) * valid
+
+    def _encode(self, wav: Tensor, lengths: Tensor | None, pred_mask: Tensor | None = None) -> EncoderOutput:
+        """One pass: ``wav (b, l)`` at the model rate, ``lengths (b,)`` samples or None."""
+        if lengths is not None:
+            lengths = lengths.to(wav.device)
+        aware = lengths is not None and not self.strict_mert_compat
+        feats = self.frontend(wav, lengths if aware else None)  # (b, t, c)
+        mult = self.config.frontend_grad_mult
+        if self.training and mult != 1.0 and torch.is_grad_enabled():
+            feats = _GradScale.apply(feats, mult)
+        b, t, _ = feats.shape
+        frame_lens = (
+            self.frame_lengths(lengths)
+            if lengths is not None
+            else torch.full((b,), t, dtype=torch.long, device=wav.device)
+        )
+        x = self.proj(feats)
+        if pred_mask is not None:
+            if pred_mask.shape != (b, t):
+                raise ValueError(f"pred_mask must have shape ({b}, {t}) (frames), got {tuple(pred_mask.shape)}")
+            x = torch.where(pred_mask.to(x.device)[..., None], self.mask_emb.to(x.dtype), x)
+        valid = _valid_mask(frame_lens, t) if lengths is not None else None
+        states = self.transformer(x, valid)
+        if aware:
+            keep = valid[..., None]
+            states = [s.masked_fill(~keep, 0.0) for s in states]
+        return EncoderOutput(states[-1], tuple(states), frame_lens, self.frame_rate, feats)
+
+    def _encode_chunked(
+        self, wav: Tensor, lengths: Tensor | None, chunk_seconds: float, overlap_seconds: float | None, batch: int
+    ) -> EncoderOutput:
+        """Bounded-memory windows; each output frame comes from the window where it sits most centrally.
+
+        Windows start on multiples of the hop (320 samples) so their frames fall exactly on the global 75 Hz
+        grid; the last window is aligned to the end of the clip so it has full context.
+        """
+        hop = self.hop_length
+        window = int(round(chunk_seconds * self.sample_rate))
+        if window < self.config.receptive_field:
+            raise ValueError(
+                f"chunk_seconds={chunk_seconds} is shorter than one frame's receptive field "
+                f"({self.config.receptive_field} samples at {self.sample_rate} Hz)"
+            )
+        overlap = int(round((0.2 * chunk_seconds if overlap_seconds is None else overlap_seconds) * self.sample_rate))
+        if not 0 <= overlap < window:
+            raise ValueError(
+                f"overlap_seconds must be in [0, chunk_seconds), got {overlap_seconds} for {chunk_seconds}"
+            )
+        window_frames = int(self.frame_lengths(window))
+        # Step on the hop grid and never beyond the frames a window yields, so windows always touch.
+        step = max(hop, min((window - overlap) // hop * hop, window_frames * hop))
+        if batch < 1:
+            raise ValueError(f"chunk_batch_size must be >= 1, got {batch}")
+
+        b, l = wav.shape
+        n_samples = lengths.tolist() if lengths is not None else [l] * b
+        if max(n_samples) <= window:
+            return self._encode(wav, lengths)  # fits one window: exactly a single pass
+        n_frames = [int(self.frame_lengths(n)) for n in n_samples]
+        t_max = max(n_frames)
+        out_states: list[Tensor] | None = None
+        out_feats: Tensor | None = None
+        for i, n in enumerate(n_samples):
+            starts = list(range(0, max(n - window, 0), step)) + [max(n - window, 0) // hop * hop]
+            starts = sorted(set(starts))
+            ends = [min(s + window, n) if s != starts[-1] else n for s in starts]
+            # Frame ownership: split every overlap at its middle.
+            first = [s // hop for s in starts]
+            count = [int(self.frame_lengths(e - s)) for s, e in zip(starts, ends)]
+            bounds = [0] + [(first[j + 1] + first[j] + count[j]) // 2 for j in range(len(starts) - 1)] + [n_frames[i]]
+            # Group windows of equal length so no window is ever padded (exact in strict mode too).
+            jobs = list(range(len(starts)))
+            groups = [
+                [j for j in jobs if ends[j] - starts[j] == w] for w in sorted({e - s for s, e in zip(starts, ends)})
+            ]
+            for group in groups:
+                for k in range(0, len(group), batch):
+                    part = group[k : k + batch]
+                    chunk = torch.stack([wav[i, starts[j] : ends[j]] for j in part])
+                    res = self._encode(chunk, None)
+                    if out_states is None:
+                        d = res.last_hidden_state.shape[-1]
+                        out_states = [wav.new_zeros(b, t_max, d) for _ in res.hidden_states]
+                        out_feats = wav.new_zeros(b, t_max, res.features.shape[-1])
+                    for r, j in enumerate(part):
+                        lo, hi = bounds[j], bounds[j + 1]
+                        src = slice(lo - first[j], hi - first[j])
+                        for dst, s in zip(out_states, res.hidden_states):
+                            dst[i, lo:hi] = s[r, src]
+                        out_feats[i, lo:hi] = res.features[r, src]
+        assert out_states is not None
+        frame_lens = torch.tensor(n_frames, dtype=torch.long, device=wav.device)
+        return EncoderOutput(out_states[-1], tuple(out_states), frame_lens, self.frame_rate, out_feats)
+
+    # ------------------------------------------------------------------ files
+    @torch.inference_mode()
+    def embed_file(
+        self,
+        path: str | os.PathLike,
+        *,
+        layers: str | int | Sequence[int] | None = None,
+        pool: str | None = None,
+        chunk_seconds: float | None = 30.0,
+        overlap_seconds: float | None = None,
+    ) -> Tensor:
+        """Embeddings of one audio file (any soundfile-readable format, mixed to mono, resampled).
+
+        Args:
+            path: audio file.
+            layers: which hidden states (see :func:`mert.parse_layers`); default all.
+            pool: ``None`` for frames or ``"mean"`` for one vector per layer.
+            chunk_seconds: window length for long files (None: one pass).
+        Returns:
+            ``(n', t, d)`` frames or ``(n', d)`` pooled, for the chosen layers.
+        """
+        wav, sr = load_audio(path, mono=True)
+        try:
+            out = self(wav, sample_rate=sr, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds)
+        except ValueError as e:
+            raise ValueError(f"{str(path)!r}: {e}") from None
+        x = out.stacked(layers)[0]  # (n', t, d)
+        if pool is None:
+            return x
+        if pool == "mean":
+            return x.mean(dim=1)
+        raise ValueError(f"pool must be None or 'mean', got {pool!r}")
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        sha256: str | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        strict_mert_compat: bool = False,
+    ) -> Encoder:
+        """Load an encoder (in eval mode) without executing any code from the checkpoint.
+
+        Args:
+            source: a local folder or weights file, an ``https://`` URL of a file or archive (``#sha256=``
+                fragment verified), or a Hugging Face repo id such as ``"m-a-p/MERT-v1-95M"``.
+            revision: branch, tag or commit for hub ids.
+            cache_dir: download cache (default ``$MERT_CACHE`` or ``~/.cache/mert``).
+            sha256: expected digest of a downloaded file.
+            local_files_only: never touch the network.
+            device, dtype: where and in what precision to put the weights.
+            strict_mert_compat: see :class:`Encoder`.
+        """
+        path = Path(source).expanduser()
+        if not path.exists():
+            from mert.hub import resolve_source
+
+            path = resolve_source(
+                source,
+                revision=revision,
+                cache_dir=cache_dir,
+                sha256=sha256,
+                local_files_only=local_files_only,
+                token=token,
+            )
+        config, state, meta = load_checkpoint(path)
+        with torch.device("meta"):
+            model = cls(config, strict_mert_compat=strict_mert_compat)
+        model.load_state_dict(state, assign=True)
+        model.meta = meta
+        model.source = str(source)
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+        return model.eval()
+
+    def save_pretrained(self, folder: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+        """Write a release folder: ``config.json``, ``model.safetensors`` (config in its metadata), ``meta.json``."""
+        return save_checkpoint(folder, self.config, self.state_dict(), meta)

@@ -1,0 +1,320 @@
+"""Encoder behaviour: shapes, padding invariance, long-audio windows, sample rates, errors, round trips."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from mert import Encoder, EncoderConfig, frame_lengths
+from tests.conftest import music_like
+
+LAYOUTS = {
+    "post_ln_group": EncoderConfig.preset("tiny"),
+    "pre_ln_layer": EncoderConfig.preset("tiny", frontend_norm="layer", pre_ln=True),
+}
+
+
+def _encoder(name: str, seed: int = 0, **kw) -> Encoder:
+    torch.manual_seed(seed)
+    enc = Encoder(LAYOUTS[name], **kw).eval()
+    # Perturb LayerNorm/GroupNorm affines so they are not the identity.
+    with torch.no_grad():
+        for n, p in enc.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return enc
+
+
+def test_frame_lengths_match_spec():
+    assert frame_lengths(120000) == 374
+    assert frame_lengths(720000) == 2249
+    assert frame_lengths(399) == 0 and frame_lengths(400) == 1
+    n = torch.arange(400, 5000, 37)
+    assert torch.equal(frame_lengths(n), (n - 400) // 320 + 1)
+    cfg = EncoderConfig.preset("95m")
+    assert (cfg.hop_length, cfg.receptive_field, cfg.frame_rate) == (320, 400, 75.0)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_output_shapes_and_batch_axis(name):
+    enc = _encoder(name)
+    with torch.no_grad():
+        out = enc(music_like(24000)[0], sample_rate=24000)  # 1-D input keeps a batch axis of 1
+    t = frame_lengths(24000)
+    assert out.last_hidden_state.shape == (1, t, 32)
+    assert len(out.hidden_states) == enc.num_layers + 1
+    assert out.lengths.tolist() == [t]
+    assert out.frame_rate == 75.0 and enc.frame_rate == 75.0 and enc.sample_rate == 24000
+    assert out.features.shape == (1, t, 32)
+    assert out.pooled("last").shape == (1, 1, 32)
+    assert out.stacked([0, -1]).shape == (1, 2, t, 32)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_padding_invariance(name):
+    enc = _encoder(name)
+    clips = [music_like(n, seed=i)[0] for i, n in enumerate([72000, 48017, 30000])]
+    batch = torch.zeros(3, 72000)
+    for i, c in enumerate(clips):
+        batch[i, : len(c)] = c
+        batch[i, len(c) :] = 0.5  # loud padding: any leak would show
+    lengths = torch.tensor([len(c) for c in clips])
+    with torch.no_grad():
+        out = enc(batch, lengths)
+        for i, c in enumerate(clips):
+            alone = enc(c)
+            t = alone.last_hidden_state.shape[1]
+            assert int(out.lengths[i]) == t
+            for j, (a, b) in enumerate(zip(alone.hidden_states, out.hidden_states)):
+                diff = (a[0] - b[i, :t]).abs().max()
+                assert diff <= 1e-5, f"item {i} state {j}: {diff:.2e}"
+                assert (b[i, t:] == 0).all()  # padded frames are zeroed
+    assert out.padding_mask.sum().item() == sum(out.last_hidden_state.shape[1] - int(n) for n in out.lengths)
+
+
+def test_strict_compat_is_padding_sensitive_and_default_is_not():
+    """The original numerics change with padding (spec 6.3); ours do not. Guards the invariance test itself."""
+    enc = _encoder("post_ln_group")
+    clip = music_like(30000, seed=1)[0]
+    batch = torch.zeros(2, 72000)
+    batch[0] = music_like(72000, seed=2)[0]
+    batch[1, :30000] = clip
+    lengths = torch.tensor([72000, 30000])
+    t = frame_lengths(30000)
+    with torch.no_grad():
+        alone = enc(clip).last_hidden_state[0]
+        default = enc(batch, lengths).last_hidden_state[1, :t]
+        enc.strict_mert_compat = True
+        strict = enc(batch, lengths).last_hidden_state[1, :t]
+        strict_alone = enc(clip).last_hidden_state[0]
+    assert (alone - default).abs().max() <= 1e-5
+    assert (alone - strict).abs().max() > 1e-3
+    assert torch.allclose(alone, strict_alone, atol=1e-6)  # unpadded input: both modes agree
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_chunked_equals_single_pass_when_clip_fits(name):
+    enc = _encoder(name)
+    wav = music_like(48000, batch=2)
+    with torch.no_grad():
+        one = enc(wav)
+        chunked = enc(wav, chunk_seconds=2.5)
+    for a, b in zip(one.hidden_states, chunked.hidden_states):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_chunked_long_audio_shape_determinism_and_closeness(name):
+    enc = _encoder(name)
+    n = 24000 * 7 + 123
+    wav = music_like(n, seed=5)
+    with torch.no_grad():
+        full = enc(wav)
+        a = enc(wav, chunk_seconds=2.0, overlap_seconds=0.5, chunk_batch_size=2)
+        b = enc(wav, chunk_seconds=2.0, overlap_seconds=0.5, chunk_batch_size=5)
+    assert a.last_hidden_state.shape == full.last_hidden_state.shape
+    assert a.lengths.tolist() == [frame_lengths(n)]
+    for x, y in zip(a.hidden_states, b.hidden_states):
+        assert torch.equal(x, y)  # batching of windows does not change a single number
+    # Frames near the window middles see (almost) the same context as in one pass.
+    last_full, last_chunk = full.last_hidden_state[0], a.last_hidden_state[0]
+    assert torch.nn.functional.cosine_similarity(last_full, last_chunk, dim=-1).mean() > 0.9
+    # The front end has a 400-sample receptive field, far below the overlap: its features are exact.
+    assert torch.allclose(full.features, a.features, atol=1e-5)
+
+
+def test_chunked_batch_with_lengths_matches_items_alone():
+    enc = _encoder("post_ln_group")
+    long, short = music_like(24000 * 5, seed=1)[0], music_like(24000 * 2, seed=2)[0]
+    batch = torch.zeros(2, len(long))
+    batch[0], batch[1, : len(short)] = long, short
+    with torch.no_grad():
+        out = enc(batch, torch.tensor([len(long), len(short)]), chunk_seconds=1.5)
+        a = enc(long, chunk_seconds=1.5)
+        b = enc(short, chunk_seconds=1.5)
+    assert torch.equal(out.last_hidden_state[0], a.last_hidden_state[0])
+    t = int(out.lengths[1])
+    assert torch.allclose(out.last_hidden_state[1, :t], b.last_hidden_state[0], atol=1e-5)
+
+
+def test_resampling_with_sample_rate():
+    enc = _encoder("post_ln_group")
+    wav44 = music_like(44100 * 2, sr=44100)
+    with torch.no_grad():
+        out = enc(wav44, sample_rate=44100)
+        from mert.audio import resample
+
+        ref = enc(resample(wav44, 44100, 24000), sample_rate=24000)
+    assert out.last_hidden_state.shape[1] == frame_lengths(48000)
+    assert torch.equal(out.last_hidden_state, ref.last_hidden_state)
+    # A padded batch at another rate: items are resampled separately, so padding stays invariant.
+    batch = torch.zeros(2, 44100 * 2)
+    batch[0] = wav44[0]
+    batch[1, :44100] = wav44[0, :44100]
+    with torch.no_grad():
+        out2 = enc(batch, torch.tensor([88200, 44100]), sample_rate=44100)
+        alone = enc(wav44[0, :44100], sample_rate=44100)
+    t = alone.last_hidden_state.shape[1]
+    assert int(out2.lengths[1]) == t
+    assert (out2.last_hidden_state[1, :t] - alone.last_hidden_state[0]).abs().max() <= 1e-5
+
+
+def test_missing_sample_rate_warns_once():
+    enc = _encoder("post_ln_group")
+    wav = music_like(8000)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            enc(wav)
+            enc(wav)
+            enc(wav, sample_rate=24000)
+    msgs = [str(w.message) for w in rec if "sample_rate" in str(w.message)]
+    assert len(msgs) == 1 and "24000 Hz" in msgs[0]
+
+
+@pytest.mark.parametrize(
+    "wav,kwargs,match",
+    [
+        (torch.zeros(2, 3, 8000), {}, r"shape \(batch, samples\).*\(2, 3, 8000\).*mix down"),
+        (torch.zeros(0), {}, "empty"),
+        (torch.zeros(1, 399), {}, "399 samples.*at least 400"),
+        (torch.zeros(1, 8000, dtype=torch.int16), {}, "int16.*32768"),
+        (torch.full((2, 8000), float("nan")), {}, r"NaN or inf.*\[0, 1\]"),
+        (torch.zeros(2, 8000), {"lengths": [8000]}, r"lengths must have shape \(2,\)"),
+        (torch.zeros(2, 8000), {"lengths": [8000, 9000]}, r"lengths must be in \[1, 8000\]"),
+        (torch.zeros(2, 8000), {"lengths": [8000, 300]}, "batch item 1 has 300 samples"),
+        (torch.zeros(1, 8000), {"sample_rate": 8000}, "at least 400"),  # 8000 samples at 8 kHz -> 24000
+        (torch.zeros(1, 240), {"sample_rate": 16000}, "360 samples"),
+        (torch.zeros(1, 8000), {"chunk_seconds": 0.001}, "receptive field"),
+        (torch.zeros(1, 8000), {"pred_mask": torch.zeros(1, 3, dtype=torch.bool)}, "pred_mask must have shape"),
+        ("not audio", {}, "torch.Tensor or numpy"),
+    ],
+)
+def test_bad_input_errors(tiny_encoder, wav, kwargs, match):
+    if kwargs.get("sample_rate") == 8000:
+        wav = torch.zeros(1, 100)  # 100 samples at 8 kHz = 300 at 24 kHz
+        match = "300 samples"
+    with pytest.raises(ValueError, match=match):
+        tiny_encoder(wav, **kwargs)
+
+
+def test_nan_in_padding_is_allowed(tiny_encoder):
+    wav = torch.zeros(2, 8000)
+    wav[1, 4000:] = float("nan")
+    with torch.no_grad():
+        out = tiny_encoder(wav, [8000, 4000])
+    assert torch.isfinite(out.last_hidden_state).all()
+
+
+def test_numpy_input_and_dtype(tiny_encoder):
+    x = music_like(8000)[0].numpy()
+    with torch.no_grad():
+        a = tiny_encoder(x)
+        b = tiny_encoder(torch.from_numpy(x).double())
+    assert torch.allclose(a.last_hidden_state, b.last_hidden_state, atol=1e-6)
+    assert isinstance(np.asarray(a.last_hidden_state), np.ndarray)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    enc = _encoder("pre_ln_layer")
+    enc.save_pretrained(tmp_path / "rel", meta={"note": "round trip"})
+    assert {p.name for p in (tmp_path / "rel").iterdir()} == {"config.json", "model.safetensors", "meta.json"}
+    back = Encoder.from_pretrained(tmp_path / "rel")
+    assert back.config == enc.config and back.meta["note"] == "round trip" and "mert_version" in back.meta
+    # The safetensors file alone is self-describing (config in its metadata).
+    alone = Encoder.from_pretrained(tmp_path / "rel" / "model.safetensors")
+    wav = music_like(12000)
+    with torch.no_grad():
+        ref = enc(wav).last_hidden_state
+        for m in (back, alone):
+            assert torch.equal(m(wav).last_hidden_state, ref)
+
+
+def test_from_pretrained_dtype_and_strict_flag(tmp_path, tiny_encoder):
+    tiny_encoder.save_pretrained(tmp_path / "x")
+    enc = Encoder.from_pretrained(tmp_path / "x", dtype=torch.bfloat16, strict_mert_compat=True)
+    assert enc.strict_mert_compat and next(enc.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        out = enc(music_like(8000))  # float32 input is cast to the weights' dtype
+    assert out.last_hidden_state.dtype == torch.bfloat16
+
+
+def test_loading_errors(tmp_path, tiny_encoder):
+    with pytest.raises(FileNotFoundError, match="neither|does not exist|not an existing"):
+        Encoder.from_pretrained(tmp_path / "nope" / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no weights file.*model.safetensors"):
+        Encoder.from_pretrained(tmp_path / "empty")
+    tiny_encoder.save_pretrained(tmp_path / "w2v")
+    (tmp_path / "w2v" / "model.safetensors").unlink()
+    torch.save(tiny_encoder.state_dict(), tmp_path / "w2v" / "pytorch_model.bin")
+    (tmp_path / "w2v" / "config.json").write_text('{"model_type": "wav2vec2"}')
+    with pytest.raises(ValueError, match="model_type 'wav2vec2'.*mert_model"):
+        Encoder.from_pretrained(tmp_path / "w2v")
+    (tmp_path / "w2v" / "config.json").write_text(EncoderConfig.preset("tiny", num_layers=3).to_json())
+    with pytest.raises(ValueError, match=r"missing \['transformer.layers.2"):
+        Encoder.from_pretrained(tmp_path / "w2v")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        Encoder.from_pretrained(tmp_path / "bad.safetensors")
+
+
+def test_pickle_with_code_is_refused(tmp_path, tiny_encoder):
+    """Loading never executes code: a pickle carrying an object is rejected by weights_only."""
+    tiny_encoder.save_pretrained(tmp_path / "p")
+    (tmp_path / "p" / "model.safetensors").unlink()
+    (tmp_path / "p" / "config.json").write_text(EncoderConfig.preset("tiny").to_json())
+    torch.save(
+        {"state_dict": tiny_encoder.state_dict(), "obj": warnings.WarningMessage}, tmp_path / "p" / "pytorch_model.bin"
+    )
+    with pytest.raises(ValueError, match="weights_only=True"):
+        Encoder.from_pretrained(tmp_path / "p")
+
+
+def test_pred_mask_replaces_frames_and_training_features():
+    enc = _encoder("post_ln_group")
+    wav = music_like(16000, batch=2)
+    t = frame_lengths(16000)
+    mask = torch.zeros(2, t, dtype=torch.bool)
+    mask[:, 5:15] = True
+    with torch.no_grad():
+        a = enc(wav, pred_mask=mask)
+        b = enc(wav)
+    assert not torch.allclose(a.last_hidden_state, b.last_hidden_state)
+    assert torch.equal(a.features, b.features)  # masking happens after the front end
+
+
+def test_frontend_grad_mult_scales_only_gradients():
+    cfg = EncoderConfig.preset("tiny", frontend_grad_mult=0.1)
+    torch.manual_seed(0)
+    enc = Encoder(cfg).train()
+    wav = music_like(16000)
+    grads = {}
+    for mult in (1.0, 0.1):
+        enc.config.frontend_grad_mult = mult
+        enc.zero_grad()
+        torch.manual_seed(1)
+        out = enc(wav)
+        out.last_hidden_state.pow(2).mean().backward()
+        grads[mult] = enc.frontend.convs[0].conv.weight.grad.clone(), enc.proj.linear.weight.grad.clone()
+    assert torch.allclose(grads[0.1][0], 0.1 * grads[1.0][0], rtol=1e-4, atol=1e-9)
+    assert torch.allclose(grads[0.1][1], grads[1.0][1], rtol=1e-4, atol=1e-9)
+
+
+def test_presets_and_config_validation():
+    for name, params in (("95m", 94.37), ("330m", 315.43)):
+        with torch.device("meta"):
+            enc = Encoder(name)
+        assert abs(sum(p.numel() for p in enc.parameters()) / 1e6 - params) < 0.01
+        assert len(enc.transformer.layers) == {"95m": 12, "330m": 24}[name]
+    assert EncoderConfig.preset("MERT-v1-330M").pre_ln
+    assert EncoderConfig.from_dict(EncoderConfig.preset("tiny").to_dict()) == EncoderConfig.preset("tiny")
+    with pytest.raises(ValueError, match="unknown preset"):
+        EncoderConfig.preset("1b")
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        EncoderConfig(hidden_size=100, num_heads=12)
+    with pytest.raises(ValueError, match=r"unknown EncoderConfig field\(s\) \['hiden_size'\]"):
+        EncoderConfig.from_dict({"hiden_size": 3})
