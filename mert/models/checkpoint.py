@@ -95,7 +95,7 @@ def _read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
         except SafetensorError as e:
             raise ValueError(f"{str(path)!r} is not a readable safetensors file: {e}") from None
     try:
@@ -186,7 +186,7 @@ def convert_hf_state_dict(state: dict[str, Tensor], config: EncoderConfig) -> di
     Keys that belong to no encoder part (pretraining heads kept in some exports) are dropped with a warning.
     """
     prefixes = {k.split(".", 1)[0] for k in state}
-    if len(prefixes) == 1 and (p := next(iter(prefixes))) in ("hubert", "mert", "model"):
+    if len(prefixes) == 1 and next(iter(prefixes)) in ("hubert", "mert", "model"):
         state = {k.split(".", 1)[1]: v for k, v in state.items()}  # wrapped models save under a prefix
     out: dict[str, Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
@@ -211,7 +211,9 @@ def convert_hf_state_dict(state: dict[str, Tensor], config: EncoderConfig) -> di
             raise ValueError(f"layer {layer}: attention {kind} has only {sorted(parts)} of q/k/v projections")
         out[f"transformer.layers.{layer}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     if dropped:
-        warnings.warn(f"ignoring {len(dropped)} checkpoint entries that are not encoder weights: {dropped[:8]}")
+        warnings.warn(
+            f"ignoring {len(dropped)} checkpoint entries that are not encoder weights: {dropped[:8]}", stacklevel=2
+        )
     return out
 
 

@@ -237,7 +237,7 @@ class Encoder(nn.Module):
             n = int(lengths[i]) if lengths is not None else l
             raise ValueError(
                 f"batch item {i} has {n} samples at {self.sample_rate} Hz ({n / self.sample_rate * 1000:.1f} ms); "
-                f"the encoder needs at least {min_len} samples ({min_len / self.sample_rate * 1000:.1f} ms) for one frame"
+                f"the encoder needs at least {min_len} samples ({min_len / self.sample_rate * 1000:.1f} ms)"
             )
 
         param = self.mask_emb

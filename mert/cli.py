@@ -1,0 +1,190 @@
+"""The ``mert`` command: one console entry point with subcommands.
+
+    mert embed FILES... --model SOURCE [--layers all] [--pool mean] [--out DIR] [--format npy|safetensors]
+    mert synth OUT.wav [--seconds 10] [--seed 0]
+
+Subcommands import their heavy dependencies lazily so ``mert --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+__all__ = ["main"]
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus"}
+
+
+def _expand_inputs(items: Sequence[str]) -> list[Path]:
+    """Files as given; folders are searched recursively for audio files (sorted, for reproducible runs)."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file()))
+        else:
+            out.append(p)  # a missing file is reported per file, not fatal for the rest
+    return out
+
+
+def _output_names(files: list[Path]) -> list[str]:
+    """Output stems: the file stem when unique, else the path relative to the common folder."""
+    stems = [f.stem for f in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
+    return [str(f.resolve().relative_to(root).with_suffix("")).replace(os.sep, "__") for f in files]
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from mert import Encoder, EncoderConfig
+    from mert.audio import load_audio
+    from mert.models.pooling import parse_layers
+
+    if args.preset:
+        torch.manual_seed(args.seed)
+        enc = Encoder(EncoderConfig.preset(args.preset)).eval()
+        print(f"mert embed: randomly initialised '{args.preset}' encoder (seed {args.seed}), for trying things out")
+    else:
+        enc = Encoder.from_pretrained(args.model, revision=args.revision)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    enc.to(device=args.device, dtype=dtype)
+    torch.set_num_threads(max(1, args.threads or torch.get_num_threads()))
+    layers = parse_layers(args.layers, enc.num_layers + 1)
+    files = _expand_inputs(args.files)
+    if not files:
+        print("mert embed: no audio files found in the given paths", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = _output_names(files)
+    failed: list[tuple[Path, str]] = []
+    index = []
+
+    def read(path: Path):
+        try:
+            return load_audio(path, sample_rate=enc.sample_rate, mono=True)[0], None
+        except (OSError, ValueError) as e:
+            return None, str(e)
+
+    # Decode and resample the next file on a thread while the encoder runs on the current one.
+    with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+        futures = [pool.submit(read, files[0])]
+        for i, (path, name) in enumerate(tqdm(list(zip(files, names)), desc="embed", unit="file", disable=args.quiet)):
+            if i + 1 < len(files):
+                futures.append(pool.submit(read, files[i + 1]))
+            wav, err = futures[i].result()
+            futures[i] = None  # free the decoded audio
+            if wav is None:
+                failed.append((path, err))
+                continue
+            try:
+                out = enc(wav, sample_rate=enc.sample_rate, chunk_seconds=args.chunk_seconds)
+            except ValueError as e:
+                failed.append((path, str(e)))
+                continue
+            x = out.stacked(layers)[0].float()  # (n, t, d)
+            if args.pool == "mean":
+                x = x.mean(dim=1)  # (n, d)
+            arr = x.cpu().numpy()
+            target = out_dir / f"{name}.{'npy' if args.format == 'npy' else 'safetensors'}"
+            if args.format == "npy":
+                np.save(target, arr)
+            else:
+                from safetensors.numpy import save_file
+
+                meta = {"layers": json.dumps(layers), "frame_rate": str(enc.frame_rate), "source": str(path)}
+                save_file({"embeddings": arr}, str(target), metadata=meta)
+            index.append({"file": str(path), "output": target.name, "shape": list(arr.shape)})
+    (out_dir / "index.json").write_text(
+        json.dumps(
+            {
+                "model": args.preset and f"random:{args.preset}" or args.model,
+                "layers": layers,
+                "pool": args.pool,
+                "frame_rate": enc.frame_rate,
+                "files": index,
+                "failed": [{"file": str(p), "error": e} for p, e in failed],
+            },
+            indent=2,
+        )
+    )
+    print(f"mert embed: wrote {len(index)} file(s) to {out_dir} (layers {args.layers}, pool {args.pool})")
+    if failed:
+        print(f"mert embed: {len(failed)} file(s) failed and were skipped:", file=sys.stderr)
+        for p, e in failed:
+            print(f"  {p}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    import soundfile as sf
+
+    from mert.data.synthetic import render_clip
+
+    outs = [Path(p) for p in args.out]
+    for i, path in enumerate(outs):
+        wav, labels = render_clip(args.seconds, args.sample_rate, args.seed + i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), wav, args.sample_rate)
+        print(f"mert synth: {path} ({args.seconds:g} s at {args.sample_rate} Hz) {json.dumps(labels.to_dict())}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mert import __version__
+
+    parser = argparse.ArgumentParser(prog="mert", description="MERT-style music audio representations.")
+    parser.add_argument("--version", action="version", version=f"mert {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("embed", help="write embeddings of audio files", description="Embed audio files.")
+    p.add_argument("files", nargs="+", help="audio files or folders (searched recursively)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--model", help="checkpoint: folder, weights file, https URL or Hugging Face id (m-a-p/MERT-v1-95M)"
+    )
+    src.add_argument("--preset", choices=["tiny", "95m", "330m"], help="randomly initialised encoder (for trying out)")
+    p.add_argument("--revision", help="branch/tag/commit for Hugging Face ids")
+    p.add_argument("--layers", default="all", help="'all', 'last', '7', '0,6,12' or '1-12' (default all)")
+    p.add_argument("--pool", choices=["none", "mean"], default="mean", help="mean over time, or keep frames")
+    p.add_argument("--out", default="embeddings", help="output folder (default ./embeddings)")
+    p.add_argument("--format", choices=["npy", "safetensors"], default="npy")
+    p.add_argument("--chunk-seconds", type=float, default=30.0, help="window for long files (default 30 s)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --preset")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("synth", help="write synthetic music clips (chords, melody, drums) as audio files")
+    p.add_argument("out", nargs="+", help="output file(s), e.g. demo.wav")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--sample-rate", type=int, default=24000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mert`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "pool", None) == "none":
+        args.pool = None
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
