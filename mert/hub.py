@@ -92,10 +92,10 @@ def resolve_source(
     path = Path(source).expanduser()
     if path.exists():
         path = path.resolve()
+        if sha256 is not None and path.is_dir():
+            raise ValueError(f"sha256= checks a single file, but {path} is a folder")
         if sha256 is not None:
-            if not path.is_file():
-                raise ValueError(f"sha256= checks a single file, but {path} is a folder")
-            _verify(path, _normalise_digest(sha256, str(path)), str(path))
+            _check_file(path, sha256, str(path), "check the file and the digest")
         return path
     if not isinstance(source, str):  # a path object is meant as a path, never as a URL or repo id
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
@@ -173,7 +173,7 @@ def download_url(
                 return target
             target.unlink()
             if local_files_only:
-                raise _mismatch(base, expected, actual)
+                raise _mismatch(base, expected, actual, "the cached copy was deleted; download it again")
             log.warning("cached %s does not match sha256 %s; downloading it again", target, expected)
         _clear(folder)  # partial files of killed downloads, and what was unpacked from a stale copy
         _fetch(base, target, expected)
@@ -182,7 +182,7 @@ def download_url(
 
 def _expected_digest(url: str, fragment: str, sha256: str | None) -> str | None:
     """The digest to check: from ``sha256=`` and/or the URL's ``#sha256=`` fragment, which must agree."""
-    from_url = fragment.partition("sha256=")[2] if fragment.startswith("sha256=") else None
+    from_url = fragment[len("sha256=") :] if fragment.startswith("sha256=") else None
     digests = {_normalise_digest(d, url) for d in (sha256, from_url) if d}
     if len(digests) > 1:
         raise ValueError(f"{url}: sha256={sha256} disagrees with the URL's #sha256= fragment")
@@ -195,27 +195,25 @@ def _normalise_digest(digest: str, what: str) -> str:
     return digest.lower()
 
 
-def _mismatch(what: str, expected: str | None, actual: str | None) -> ValueError:
+def _mismatch(what: str, expected: str | None, actual: str | None, hint: str) -> ValueError:
     return ValueError(
-        f"sha256 mismatch for {what}: expected {expected}, got {actual}. The file was discarded; it is corrupt or "
-        "the expected digest is wrong. Check the digest and retry."
+        f"sha256 mismatch for {what}: expected {expected}, got {actual}; the file is corrupt or changed, or the "
+        f"expected digest is wrong ({hint})"
     )
 
 
-def _verify(path: Path, expected: str, what: str) -> None:
-    actual = sha256_file(path)
-    if actual != expected:
-        raise _mismatch(what, expected, actual)
+def _check_file(path: Path, sha256: str, what: str, hint: str) -> None:
+    expected = _normalise_digest(sha256, what)
+    if (actual := sha256_file(path)) != expected:
+        raise _mismatch(what, expected, actual, hint)
 
 
 def _clear(folder: Path) -> None:
     """Empty a URL's cache folder, except for its lock file."""
     for entry in folder.iterdir():
-        if entry.name == _LOCK_NAME:
-            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
-        else:
+        elif entry.name != _LOCK_NAME:
             entry.unlink()
 
 
@@ -226,24 +224,15 @@ def _fetch(url: str, target: Path, expected: str | None) -> None:
     log.info("downloading %s to %s", url, target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
-        digest, received, total = hashlib.sha256(), 0, None
+        digest, received, total, cut_short = hashlib.sha256(), 0, None, False
         with os.fdopen(fd, "wb") as out:
             try:
-                with urllib.request.urlopen(
-                    urllib.request.Request(url, headers={"User-Agent": "mert"}), timeout=_TIMEOUT_S
-                ) as response:
+                request = urllib.request.Request(url, headers={"User-Agent": "mert"})
+                with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
                     total = int(response.headers["Content-Length"]) if response.headers["Content-Length"] else None
                     show = (sys.stderr is not None and sys.stderr.isatty()) or (total or 0) >= _PROGRESS_MIN_BYTES
-                    with tqdm(
-                        total=total,
-                        desc=target.name,
-                        unit="B",
-                        unit_scale=True,
-                        unit_divisor=1024,
-                        disable=not show,
-                        leave=False,
-                    ) as bar:
-                        # read(n) returns b"" at EOF even when Content-Length was not reached: compared below.
+                    with tqdm(total=total, desc=target.name, unit="B", unit_scale=True, disable=not show) as bar:
+                        # read(n) returns b"" when the connection closes early: the byte count is compared below.
                         while block := response.read(_CHUNK_BYTES):
                             out.write(block)
                             digest.update(block)
@@ -254,14 +243,14 @@ def _fetch(url: str, target: Path, expected: str | None) -> None:
                 raise kind(f"could not download {url}: HTTP {err.code} {err.reason}") from err
             except urllib.error.URLError as err:
                 raise OSError(f"could not reach {url}: {err.reason}; check the address and the network") from err
-            except http.client.IncompleteRead as err:  # a chunked response cut short
-                received += len(err.partial)
-            if total is not None and received != total or total is None and response.chunked and not response.closed:
-                raise OSError(f"download of {url} is truncated: received {received} of {total} bytes; retry it")
+            except http.client.IncompleteRead as err:  # chunked responses (and newer Pythons) report it this way
+                received, cut_short = received + len(err.partial), True
+            if cut_short or (total is not None and received != total):
+                raise OSError(f"download of {url} is truncated: received {received} of {total or '?'} bytes; retry it")
             out.flush()
             os.fsync(out.fileno())
         if expected is not None and digest.hexdigest() != expected:
-            raise _mismatch(url, expected, digest.hexdigest())
+            raise _mismatch(url, expected, digest.hexdigest(), "nothing was kept in the cache")
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)  # no-op after os.replace
@@ -273,15 +262,16 @@ def _extract(archive: Path) -> Path:
     dest = archive.with_name(archive.name[: -len(suffix)] or "extracted")
     from filelock import FileLock
 
-    with FileLock(archive.parent / _LOCK_NAME):
-        if not dest.is_dir():
-            # Unpack into a temporary folder and rename it, so a crash never leaves a half-extracted checkpoint.
-            tmp = Path(tempfile.mkdtemp(dir=archive.parent, prefix=".extract-"))
-            try:
-                _unpack(archive, tmp)
-                os.rename(tmp, dest)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)  # no-op after the rename
+    if not dest.is_dir():
+        with FileLock(archive.parent / _LOCK_NAME):
+            if not dest.is_dir():  # another process may have unpacked it while we waited for the lock
+                # Unpack into a temporary folder and rename it, so a crash never leaves a half-extracted checkpoint.
+                tmp = Path(tempfile.mkdtemp(dir=archive.parent, prefix=".extract-"))
+                try:
+                    _unpack(archive, tmp)
+                    os.rename(tmp, dest)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)  # no-op after the rename
     entries = list(dest.iterdir())
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
         return entries[0]
@@ -336,22 +326,13 @@ def _from_hub(
     )
 
     hf_cache = Path(cache_dir).expanduser() / "hf" if cache_dir is not None else None
-    rev = revision or "main"
+    where = f"Hugging Face repo {repo_id!r} (revision {revision or 'main'!r})"
     tried: list[str] = []
 
     def get(filename: str, at: str | None) -> Path:
         tried.append(filename)
-        return Path(
-            hf_hub_download(
-                repo_id,
-                filename,
-                revision=at,
-                cache_dir=hf_cache,
-                token=token,
-                local_files_only=local_files_only,
-                endpoint=endpoint,
-            )
-        )
+        kwargs = dict(cache_dir=hf_cache, token=token, local_files_only=local_files_only, endpoint=endpoint)
+        return Path(hf_hub_download(repo_id, filename, revision=at, **kwargs))
 
     try:
         folder = get("config.json", revision).parent
@@ -366,34 +347,26 @@ def _from_hub(
         else:
             if isinstance(missing, LocalEntryNotFoundError):
                 raise missing
-            raise FileNotFoundError(
-                f"Hugging Face repo {repo_id!r} (revision {rev!r}) has no weights file (tried {', '.join(tried)})"
-            )
+            raise FileNotFoundError(f"{where} has no weights file (tried {', '.join(tried)})")
         for name in _HUB_OPTIONAL:
             with contextlib.suppress(EntryNotFoundError):
                 get(name, commit)
     except LocalEntryNotFoundError as err:
         raise FileNotFoundError(
-            f"Hugging Face repo {repo_id!r} (revision {rev!r}) is not in the cache ({hf_cache or 'the default HF cache'})"
-            f" and cannot be downloaded now (offline, local_files_only=True, HF_HUB_OFFLINE=1 or the Hub is "
-            f"unreachable). Download it once on a machine with internet access (e.g. `hf download {repo_id}`) and "
-            "copy the cache over, or pass cache_dir= pointing at a cache that holds it."
+            f"{where} is not in the cache ({hf_cache or 'the default Hugging Face cache'}) and cannot be downloaded "
+            "now (offline, local_files_only=True, HF_HUB_OFFLINE=1 or the Hub is unreachable). Download it once on a "
+            f"machine with internet access (e.g. `hf download {repo_id}`) and copy the cache over, or pass cache_dir= "
+            "pointing at a cache that holds it."
         ) from err
-    except RevisionNotFoundError as err:
-        raise FileNotFoundError(
-            f"Hugging Face repo {repo_id!r} has no revision {rev!r} (tried {', '.join(tried)}); "
-            "check the branch, tag or commit"
-        ) from err
-    except RepositoryNotFoundError as err:
-        raise FileNotFoundError(
-            f"Hugging Face repo {repo_id!r} (revision {rev!r}) was not found (tried {', '.join(tried)}); check the "
-            "name, and pass token= if it is private or gated"
-        ) from err
-    except EntryNotFoundError as err:  # only config.json gets here: the weights and optional files are handled
-        raise FileNotFoundError(
-            f"Hugging Face repo {repo_id!r} (revision {rev!r}) has no config.json, so it is not a checkpoint "
-            f"this library can load (tried {', '.join(tried)})"
-        ) from err
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
+        # EntryNotFoundError can only be config.json's here: the other files handle their own.
+        if isinstance(err, RevisionNotFoundError):
+            problem = "was not found: the repo has no such branch, tag or commit"
+        elif isinstance(err, RepositoryNotFoundError):  # also private or gated repos without a token
+            problem = "was not found (check the name; pass token= if it is private or gated)"
+        else:
+            problem = "has no config.json, so it is not a checkpoint this library can load"
+        raise FileNotFoundError(f"{where} {problem} (tried {', '.join(tried)})") from err
     if sha256 is not None:
-        _verify(weights, _normalise_digest(sha256, repo_id), f"{repo_id}/{weights.name}")
+        _check_file(weights, sha256, f"{repo_id}/{weights.name}", "pin revision= to the commit you checked")
     return folder

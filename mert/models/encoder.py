@@ -424,18 +424,16 @@ class Encoder(nn.Module):
             device, dtype: where and in what precision to put the weights.
             strict_mert_compat: see :class:`Encoder`.
         """
-        path = Path(source).expanduser()
-        if not path.exists():
-            from mert.hub import resolve_source
+        from mert.hub import resolve_source
 
-            path = resolve_source(
-                source,
-                revision=revision,
-                cache_dir=cache_dir,
-                sha256=sha256,
-                local_files_only=local_files_only,
-                token=token,
-            )
+        path = resolve_source(
+            source,
+            revision=revision,
+            cache_dir=cache_dir,
+            sha256=sha256,
+            local_files_only=local_files_only,
+            token=token,
+        )
         config, state, meta = load_checkpoint(path)
         with torch.device("meta"):
             model = cls(config, strict_mert_compat=strict_mert_compat)
