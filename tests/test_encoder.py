@@ -22,7 +22,7 @@ def _encoder(name: str, seed: int = 0, **kw) -> Encoder:
     enc = Encoder(LAYOUTS[name], **kw).eval()
     # Perturb LayerNorm/GroupNorm affines so they are not the identity.
     with torch.no_grad():
-        for n, p in enc.named_parameters():
+        for p in enc.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return enc
