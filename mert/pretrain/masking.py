@@ -1,0 +1,56 @@
+"""Span masking for masked prediction (spec 2: mask_prob 0.8, spans of 5 frames, at least 2 spans).
+
+Shape legend: ``b`` batch, ``t`` frames.
+
+As in HuBERT/fairseq: an item of ``n`` valid frames gets ``int(mask_prob * n / span + u)`` span starts
+(``u ~ U[0, 1)`` rounds stochastically), at least ``min_spans``, drawn without replacement from the
+positions where a whole span fits; spans may overlap, so about 0.16 n starts cover about 55-60 % of the frames.
+Padding is never masked.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["span_mask"]
+
+
+def span_mask(
+    lengths: Tensor,
+    num_frames: int,
+    *,
+    mask_prob: float = 0.8,
+    span: int = 5,
+    min_spans: int = 2,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw a prediction mask.
+
+    Args:
+        lengths: ``(b,)`` valid frames per item.
+        num_frames: ``t``, the padded frame count.
+        mask_prob: expected fraction of frames that start a span, times ``span``.
+        span: frames per masked span (``mask_span_frames``).
+        min_spans: lower bound on spans per item (capped by how many fit).
+        generator: CPU generator for reproducible masks.
+    Returns:
+        ``pred_mask (b, t)`` bool, True = masked and predicted.
+    """
+    if not 0.0 <= mask_prob <= 1.0 or span < 1:
+        raise ValueError(f"mask_prob must be in [0, 1] and span >= 1, got {mask_prob}, {span}")
+    b = lengths.shape[0]
+    mask = torch.zeros(b, num_frames, dtype=torch.bool)
+    for i, n in enumerate(lengths.tolist()):
+        n = min(int(n), num_frames)
+        positions = n - span + 1  # starts where a full span fits inside the valid frames
+        if positions <= 0:
+            mask[i, :n] = n > 0 and mask_prob > 0  # clip shorter than one span: mask what there is
+            continue
+        u = float(torch.rand((), generator=generator))
+        k = int(mask_prob * n / span + u)
+        k = min(max(min_spans, k), positions) if mask_prob > 0 else 0
+        starts = torch.randperm(positions, generator=generator)[:k]
+        idx = (starts[:, None] + torch.arange(span)[None, :]).flatten()
+        mask[i, idx] = True
+    return mask.to(lengths.device)

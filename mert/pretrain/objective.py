@@ -1,0 +1,262 @@
+"""`MERTObjective`: masked prediction of teacher targets from a noise-mixed input (spec 2 and 3).
+
+Shape legend:
+    b  batch
+    l  samples (at the encoder's sample rate)
+    t  frames (75 Hz)
+    n  masked frames in the batch
+    d  model width
+    c  front-end channels
+    k  codebooks
+    v  codebook size
+    f  feature-teacher bins (336 CQT bins)
+
+One step: teachers read the CLEAN audio -> span mask on the frame grid -> in-batch noise mixing of the input
+(training only) -> encoder with masked frames replaced by ``mask_emb`` -> heads on the masked frames only ->
+per-term loss SUMS and the masked-frame count. The trainer divides by the masked-frame count summed over all
+ranks, so every masked frame weighs the same whatever its rank (spec 2); ``PretrainOutput.loss`` is the
+single-process value of that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from mert.models.encoder import Encoder
+from mert.pretrain.heads import CodeHead, FeatureHead
+from mert.pretrain.masking import span_mask
+from mert.pretrain.mixing import MixedSegment, mix_in_batch
+from mert.targets.base import Teacher
+
+__all__ = ["MERTObjective", "PretrainOutput"]
+
+
+@dataclass
+class PretrainOutput:
+    """Loss sums over the masked frames of one batch, and what to log.
+
+    Attributes:
+        loss_sum: weighted total, summed over masked frames (divide by the global masked-frame count).
+        n_masked: number of masked (predicted) frames, a scalar tensor.
+        terms: unweighted per-term sums: ``code_0..code_{k-1}`` (cross-entropy), ``features`` (MSE averaged
+            over bins), ``feature_penalty`` (mean squared front-end feature times ``n_masked``).
+        correct: ``(k,)`` masked frames whose arg-max code is right, per codebook (None without a code teacher).
+        pred_mask: ``(b, t)`` the frames that were masked.
+        segments: the noise segments mixed into the input.
+    """
+
+    loss_sum: Tensor
+    n_masked: Tensor
+    terms: dict[str, Tensor]
+    correct: Tensor | None
+    pred_mask: Tensor
+    segments: list[MixedSegment] = field(default_factory=list)
+
+    @property
+    def loss(self) -> Tensor:
+        """Loss per masked frame of this batch alone."""
+        return self.loss_sum / self.n_masked.clamp(min=1)
+
+    @property
+    def accuracy(self) -> Tensor | None:
+        """``(k,)`` masked-frame accuracy per codebook."""
+        return None if self.correct is None else self.correct.float() / self.n_masked.clamp(min=1)
+
+
+class MERTObjective(nn.Module):
+    """The MERT pretraining objective around an :class:`~mert.Encoder`.
+
+    Args:
+        encoder: the model being trained.
+        code_teacher: a teacher with ``kind == "codes"`` (EnCodec RVQ, random projection, k-means), or None.
+        feature_teacher: a teacher with ``kind == "features"`` (the CQT), or None.
+        final_dim: code-head projection size per codebook (spec 2: 64 for 95M, 128 for 330M).
+        logit_temperature: cosine-logit temperature (0.1).
+        mask_prob, mask_span_frames, min_spans: span masking (0.8, 5, 2).
+        mix_prob, mix_max_segments, mix_min_seconds, mix_max_seconds: in-batch noise mixing (0.5, 3, 0.5, 1.0);
+            applied in training mode only.
+        code_weight: weight of each codebook's cross-entropy (1.0; the codebooks are summed).
+        feature_weight: weight of the feature-teacher MSE (1.0).
+        feature_penalty_weight: weight of the mean squared front-end feature (10).
+
+    Teachers are frozen and kept outside the module tree: they are not in ``state_dict()``, ``parameters()``
+    or any optimiser, yet ``.to(device)`` moves them with the objective.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        code_teacher: Teacher | None = None,
+        feature_teacher: Teacher | None = None,
+        *,
+        final_dim: int = 64,
+        logit_temperature: float = 0.1,
+        mask_prob: float = 0.8,
+        mask_span_frames: int = 5,
+        min_spans: int = 2,
+        mix_prob: float = 0.5,
+        mix_max_segments: int = 3,
+        mix_min_seconds: float = 0.5,
+        mix_max_seconds: float = 1.0,
+        code_weight: float = 1.0,
+        feature_weight: float = 1.0,
+        feature_penalty_weight: float = 10.0,
+    ):
+        super().__init__()
+        if code_teacher is None and feature_teacher is None:
+            raise ValueError("MERTObjective needs at least one teacher (code_teacher and/or feature_teacher)")
+        for name, teacher, kind in (
+            ("code_teacher", code_teacher, "codes"),
+            ("feature_teacher", feature_teacher, "features"),
+        ):
+            if teacher is None:
+                continue
+            if teacher.kind != kind:
+                raise ValueError(f"{name} must produce {kind}, but {type(teacher).__name__} produces {teacher.kind}")
+            grid = (teacher.sample_rate, teacher.conv_kernel, teacher.conv_stride)
+            if grid != (encoder.sample_rate, encoder.config.conv_kernel, encoder.config.conv_stride):
+                raise ValueError(
+                    f"{name} {type(teacher).__name__} works at {teacher.sample_rate} Hz on another frame grid than "
+                    f"the encoder ({encoder.sample_rate} Hz, strides {encoder.config.conv_stride})"
+                )
+        self.encoder = encoder
+        self._teachers: dict[str, Teacher] = {}
+        if code_teacher is not None:
+            self._teachers["codes"] = code_teacher.freeze()
+        if feature_teacher is not None:
+            self._teachers["features"] = feature_teacher.freeze()
+        d = encoder.hidden_size
+        self.code_head = (
+            CodeHead(
+                d,
+                code_teacher.num_codebooks,
+                code_teacher.codebook_size,
+                final_dim=final_dim,
+                temperature=logit_temperature,
+            )
+            if code_teacher is not None
+            else None
+        )
+        self.feature_head = FeatureHead(d, feature_teacher.dim) if feature_teacher is not None else None
+        self.mask_prob, self.mask_span_frames, self.min_spans = mask_prob, mask_span_frames, min_spans
+        self.mix = dict(
+            prob=mix_prob, max_segments=mix_max_segments, min_seconds=mix_min_seconds, max_seconds=mix_max_seconds
+        )
+        self.code_weight, self.feature_weight = code_weight, feature_weight
+        self.feature_penalty_weight = feature_penalty_weight
+
+    @property
+    def code_teacher(self) -> Teacher | None:
+        return self._teachers.get("codes")
+
+    @property
+    def feature_teacher(self) -> Teacher | None:
+        return self._teachers.get("features")
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> MERTObjective:
+        # Teachers live outside the module tree (so they are never saved or optimised) but must follow
+        # .to(device) / .cuda() like everything else.
+        super()._apply(fn, recurse)
+        for teacher in self._teachers.values():
+            teacher._apply(fn, recurse)
+        return self
+
+    def teacher_settings(self) -> dict[str, Any]:
+        """JSON-able description of the teachers, for checkpoints' ``meta.json``."""
+        return {role: t.settings() for role, t in self._teachers.items()}
+
+    @torch.no_grad()
+    def compute_targets(self, wav: Tensor, lengths: Tensor | None = None) -> dict[str, Tensor]:
+        """Teacher targets of clean audio: ``{"codes": (b, t, k) int64, "features": (b, t, f)}``."""
+        return {role: teacher(wav, lengths) for role, teacher in self._teachers.items()}
+
+    def forward(
+        self,
+        wav: Tensor,
+        lengths: Tensor | None = None,
+        *,
+        targets: dict[str, Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PretrainOutput:
+        """One masked-prediction step.
+
+        Args:
+            wav: ``(b, l)`` clean audio at the encoder's sample rate, right-padded.
+            lengths: ``(b,)`` valid samples, or None when all are full.
+            targets: precomputed (cached) targets with the keys of :meth:`compute_targets`; missing ones are
+                computed by the teachers on the fly.
+            generator: CPU generator driving masking and mixing (reproducible steps).
+        Returns:
+            :class:`PretrainOutput` with loss sums over the masked frames.
+        """
+        if wav.dim() != 2:
+            raise ValueError(f"wav must be (batch, samples), got {tuple(wav.shape)}")
+        b, l = wav.shape
+        enc = self.encoder
+        full = lengths is None
+        lengths = torch.full((b,), l, dtype=torch.long) if lengths is None else lengths.long().cpu()
+        t = int(enc.frame_lengths(l))
+        frame_lens = enc.frame_lengths(lengths)
+
+        given = targets or {}
+        missing = [role for role in self._teachers if role not in given]
+        computed = {role: self._teachers[role](wav, None if full else lengths.to(wav.device)) for role in missing}
+        tg = {**given, **computed}
+        for role, value in tg.items():
+            if value.shape[:2] != (b, t):
+                raise ValueError(
+                    f"{role} targets must have shape ({b}, {t}, ...) on the encoder's frame grid, got {tuple(value.shape)}"
+                )
+
+        pred_mask = span_mask(
+            frame_lens,
+            t,
+            mask_prob=self.mask_prob,
+            span=self.mask_span_frames,
+            min_spans=self.min_spans,
+            generator=generator,
+        ).to(wav.device)
+        x, segments = wav, []
+        if self.training and self.mix["prob"] > 0:
+            x, segments = mix_in_batch(
+                wav, None if full else lengths, sample_rate=enc.sample_rate, generator=generator, **self.mix
+            )
+
+        out = enc(x, None if full else lengths, sample_rate=enc.sample_rate, pred_mask=pred_mask)
+        h = out.last_hidden_state[pred_mask]  # (n, d)
+        n_masked = pred_mask.sum()
+        terms: dict[str, Tensor] = {}
+        total = h.new_zeros((), dtype=torch.float32)
+        correct = None
+        if self.code_head is not None:
+            codes = tg["codes"][pred_mask]  # (n, k)
+            v = self.code_head.codebook_size
+            if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= v):
+                raise ValueError(f"code targets must lie in [0, {v}), got [{int(codes.min())}, {int(codes.max())}]")
+            logits = self.code_head(h)  # (n, k, v)
+            ce = F.cross_entropy(
+                rearrange(logits, "n k v -> (n k) v"), rearrange(codes, "n k -> (n k)"), reduction="none"
+            )
+            ce = rearrange(ce, "(n k) -> n k", k=self.code_head.num_codebooks).sum(0)  # (k,)
+            terms.update({f"code_{i}": ce[i] for i in range(ce.shape[0])})
+            total = total + self.code_weight * ce.sum()
+            correct = (logits.argmax(-1) == codes).sum(0)
+        if self.feature_head is not None:
+            pred = self.feature_head(h).float()  # (n, f)
+            mse = (pred - tg["features"][pred_mask].float()).pow(2).mean(-1).sum()
+            terms["features"] = mse
+            total = total + self.feature_weight * mse
+        if self.feature_penalty_weight:
+            # fairseq HuBERT: mean squared front-end feature, counted once per masked frame.
+            valid = ~out.padding_mask  # (b, t)
+            pen = out.features[valid].float().pow(2).mean() * n_masked
+            terms["feature_penalty"] = pen
+            total = total + self.feature_penalty_weight * pen
+        return PretrainOutput(total, n_masked, terms, correct, pred_mask, segments)

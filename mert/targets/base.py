@@ -1,0 +1,92 @@
+"""The interface every frozen teacher implements.
+
+Shape legend: ``b`` batch, ``l`` samples, ``t`` frames (the encoder's 75 Hz grid), ``k`` codebooks,
+``f`` feature bins.
+
+A teacher maps clean audio to targets on the encoder's frame grid: ``(b, l) -> (b, t, k)`` int64 codes or
+``(b, t, f)`` float features, with ``t == frame_lengths(l)`` exactly, so the objective never has to guess an
+alignment. Teachers are frozen: no parameter requires grad, they stay in eval mode even when the parent module
+is put in train mode, they run without autograd, and their state is kept out of ``state_dict`` by the
+objective (they are rebuilt from their own settings, never exported with the encoder).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from mert.models.config import frame_lengths
+
+__all__ = ["Teacher"]
+
+
+class Teacher(nn.Module):
+    """Base class of frozen target generators.
+
+    Subclasses set ``kind`` and either ``num_codebooks``/``codebook_size`` (codes) or ``dim`` (features),
+    implement :meth:`compute`, and call :meth:`freeze` at the end of ``__init__``.
+    """
+
+    kind: Literal["codes", "features"]
+    num_codebooks: int = 0
+    codebook_size: int = 0
+    dim: int = 0
+
+    def __init__(
+        self,
+        sample_rate: int = 24000,
+        conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2),
+        conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2),
+    ):
+        super().__init__()
+        self.sample_rate = sample_rate
+        # The encoder's front end, to know the exact frame count targets must have.
+        self.conv_kernel, self.conv_stride = tuple(conv_kernel), tuple(conv_stride)
+
+    def freeze(self) -> Teacher:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> Teacher:  # noqa: ARG002 - a teacher is always in eval mode
+        return super().train(False)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames the encoder produces for ``num_samples`` samples; targets have exactly this many."""
+        return int(frame_lengths(num_samples, self.conv_kernel, self.conv_stride))
+
+    def compute(self, wav: Tensor) -> Tensor:
+        """``(b, l)`` float at ``sample_rate`` -> ``(b, t', ...)`` with ``t' >= num_frames(l)``."""
+        raise NotImplementedError
+
+    def forward(self, wav: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Targets for clean audio.
+
+        Args:
+            wav: ``(b, l)`` float waveform at ``self.sample_rate``.
+            lengths: ``(b,)`` valid samples, or None. Targets at frames past an item's length are computed on
+                zero padding and must be ignored by the caller (the objective never predicts them).
+        Returns:
+            ``(b, t, k)`` int64 codes or ``(b, t, f)`` float features, ``t = frame_lengths(l)``.
+        """
+        if wav.dim() != 2:
+            raise ValueError(f"{type(self).__name__} expects wav of shape (batch, samples), got {tuple(wav.shape)}")
+        t = self.num_frames(wav.shape[1])
+        with torch.inference_mode():
+            out = self.compute(wav.float())
+        if out.shape[1] < t:
+            raise ValueError(
+                f"{type(self).__name__} produced {out.shape[1]} frames for {wav.shape[1]} samples; the encoder "
+                f"produces {t}. Check the teacher's hop length and sample rate."
+            )
+        # clone() outside inference mode: a normal tensor that autograd may save (cross-entropy saves targets).
+        return out[:, :t].clone()
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, sample_rate={self.sample_rate}"
+
+    def settings(self) -> dict[str, Any]:
+        """What rebuilds this teacher (written into checkpoints' meta.json, never its tensors)."""
+        return {"class": type(self).__name__, "sample_rate": self.sample_rate}

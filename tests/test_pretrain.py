@@ -1,0 +1,226 @@
+"""The MERT objective: masking statistics, in-batch mixing, loss locality, gradients, overfitting one batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from einops import rearrange
+
+from mert import Encoder, EncoderConfig, frame_lengths
+from mert.pretrain import MERTObjective, mix_in_batch, span_mask
+from mert.targets import Teacher
+from tests.conftest import music_like
+
+
+class FrameStatsCodes(Teacher):
+    """A small deterministic code teacher: quantised log-energy and zero-crossing rate per encoder frame."""
+
+    kind = "codes"
+    num_codebooks = 2
+    codebook_size = 16
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[torch.Tensor] = []
+        self.freeze()
+
+    def compute(self, wav):
+        self.calls.append(wav.clone())
+        frames = wav.unfold(-1, 400, 320)  # (b, t, 400): exactly the encoder's receptive fields
+        energy = frames.pow(2).mean(-1).add(1e-8).log10()  # about -8 .. 0
+        zcr = (frames[..., 1:] * frames[..., :-1] < 0).float().mean(-1)
+        c0 = ((energy + 8) * 2).clamp(0, 15).long()
+        c1 = (zcr * 40).clamp(0, 15).long()
+        return torch.stack([c0, c1], dim=-1)
+
+
+class BandEnergies(Teacher):
+    """A small feature teacher: log energy in 8 linear bands per encoder frame."""
+
+    kind = "features"
+    dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.freeze()
+
+    def compute(self, wav):
+        spec = torch.fft.rfft(wav.unfold(-1, 400, 320), dim=-1).abs()[..., :200]
+        return rearrange(spec, "b t (f w) -> b t f w", f=8).pow(2).mean(-1).add(1e-6).log()
+
+
+def make_objective(**kw) -> MERTObjective:
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig.preset("tiny"))
+    return MERTObjective(enc, FrameStatsCodes(), BandEnergies(), final_dim=16, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------- masking
+def test_span_mask_statistics_match_spec():
+    g = torch.Generator().manual_seed(0)
+    t = 374  # 5 s at 75 Hz
+    fractions, starts = [], []
+    for _ in range(200):
+        m = span_mask(torch.tensor([t]), t, generator=g)[0]
+        fractions.append(m.float().mean().item())
+        runs = torch.diff(torch.cat([torch.tensor([0]), m.int(), torch.tensor([0])]))
+        begin, end = (runs == 1).nonzero().flatten(), (runs == -1).nonzero().flatten()
+        assert ((end - begin) >= 5).all(), "every masked run is at least one 5-frame span"
+        starts.append(len(begin))
+    mean = sum(fractions) / len(fractions)
+    # 0.8 * 374 / 5 ~ 60 overlapping spans of 5 -> 1 - (1 - 5/370)^60 ~ 0.56 of frames (spec: "about 60%").
+    assert 0.52 < mean < 0.62, mean
+    assert max(fractions) - min(fractions) < 0.2
+
+
+def test_span_mask_respects_padding_and_minimum():
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([374, 100, 12, 3])
+    m = span_mask(lengths, 374, generator=g)
+    for i, n in enumerate(lengths.tolist()):
+        assert not m[i, n:].any(), "padding is never masked"
+    assert m[2].sum() >= 10  # 12 frames: int(0.8*12/5 + u) <= 2 -> the 2-span minimum
+    assert m[3, :3].all()  # shorter than a span: mask what there is
+    a = span_mask(lengths, 374, generator=torch.Generator().manual_seed(5))
+    b = span_mask(lengths, 374, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    assert not span_mask(lengths, 374, mask_prob=0.0).any()
+
+
+# ----------------------------------------------------------------------------------------------------- mixing
+def test_mixing_follows_spec():
+    sr = 24000
+    b, l = 4, 3 * sr
+    clean = torch.stack([torch.full((l,), float(i + 1)) for i in range(b)])  # clip i is the constant i+1
+    g = torch.Generator().manual_seed(0)
+    noisy_clips, per_clip = 0, []
+    for _ in range(100):
+        mixed, segs = mix_in_batch(clean, sample_rate=sr, generator=g)
+        assert torch.equal(clean[0], torch.full((l,), 1.0))  # input untouched
+        touched = torch.zeros(b, l, dtype=torch.bool)
+        for s in segs:
+            assert 0.5 * sr <= s.length <= 1.0 * sr
+            assert 0 <= s.start <= l - s.length
+            touched[s.item, s.start : s.start + s.length] = True
+        assert torch.equal(mixed[~touched], clean[~touched]), "samples outside the segments are unchanged"
+        diff = (mixed - clean)[touched]
+        for i in range(b):
+            added = (mixed[i] - clean[i])[touched[i]]
+            # Only other clips are mixed in: the added values are sums of constants j+1, j != i.
+            assert not torch.isclose(added, torch.tensor(float(i + 1))).all() or added.numel() == 0
+            counts = sum(1 for s in segs if s.item == i)
+            assert counts in (0, 1, 2, 3)
+            per_clip.append(counts)
+            noisy_clips += counts > 0
+        assert (diff > 0).all()  # gain 1.0, no scaling
+    assert 0.4 < noisy_clips / (100 * b) < 0.6  # p = 0.5
+    assert {1, 2, 3} <= set(per_clip)
+    single, segs = mix_in_batch(clean[:1], sample_rate=sr, generator=g)
+    assert segs == [] and torch.equal(single, clean[:1])  # a batch of one stays clean
+
+
+def test_mixing_uses_only_valid_samples_of_other_clips():
+    sr = 24000
+    wav = torch.zeros(2, 2 * sr)
+    wav[0, :sr] = 1.0
+    wav[0, sr:] = 99.0  # padding of clip 0, must never be mixed in
+    wav[1] = 2.0
+    lengths = torch.tensor([sr, 2 * sr])
+    g = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        mixed, segs = mix_in_batch(wav, lengths, sample_rate=sr, prob=1.0, generator=g)
+        assert (mixed[1] < 50).all()
+        for s in (s for s in segs if s.item == 0):
+            assert s.start + s.length <= sr  # inside clip 0's valid part
+
+
+# ----------------------------------------------------------------------------------------------------- objective
+def test_teachers_see_clean_audio_and_are_frozen():
+    obj = make_objective(mix_prob=1.0).train()
+    wav = music_like(48000, batch=3)
+    out = obj(wav, generator=torch.Generator().manual_seed(0))
+    assert out.segments, "mixing happened"
+    assert torch.equal(obj.code_teacher.calls[-1], wav), "teacher received the clean audio"
+    out.loss.backward()
+    assert obj.encoder.frontend.convs[0].conv.weight.grad.abs().sum() > 0
+    assert obj.encoder.transformer.layers[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert obj.code_head.code_emb.grad is not None and obj.feature_head.linear.weight.grad is not None
+    assert not obj.code_teacher.training and not obj.feature_teacher.training
+    names = [n for n, _ in obj.named_parameters()] + list(obj.state_dict())
+    assert not any("teacher" in n for n in names), "teachers are never optimised or saved"
+    assert set(obj.teacher_settings()) == {"codes", "features"}
+
+
+def test_loss_depends_only_on_masked_frames():
+    obj = make_objective().eval()
+    wav = music_like(36000, batch=2, seed=4)
+    targets = obj.compute_targets(wav)
+    t = frame_lengths(36000)
+    assert targets["codes"].shape == (2, t, 2) and targets["features"].shape == (2, t, 8)
+    with torch.no_grad():
+        a = obj(wav, targets=targets, generator=torch.Generator().manual_seed(7))
+        changed = {k: v.clone() for k, v in targets.items()}
+        keep = a.pred_mask
+        changed["codes"][~keep] = (changed["codes"][~keep] + 3) % 16
+        changed["features"][~keep] += 5.0
+        b = obj(wav, targets=changed, generator=torch.Generator().manual_seed(7))
+        changed["codes"][keep] = (changed["codes"][keep] + 3) % 16
+        c = obj(wav, targets=changed, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a.loss_sum, b.loss_sum)
+    assert not torch.equal(a.loss_sum, c.loss_sum)
+    assert int(a.n_masked) == int(keep.sum()) > 0
+    total = sum(a.terms[f"code_{i}"] for i in range(2)) + a.terms["features"] + 10 * a.terms["feature_penalty"]
+    assert torch.allclose(a.loss_sum, total)
+    assert torch.allclose(a.loss, a.loss_sum / a.n_masked)
+
+
+def test_cached_targets_equal_on_the_fly():
+    obj = make_objective().eval()
+    wav = music_like(30000, batch=2, seed=2)
+    with torch.no_grad():
+        a = obj(wav, generator=torch.Generator().manual_seed(1))
+        b = obj(wav, targets=obj.compute_targets(wav), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.loss_sum, b.loss_sum)
+
+
+def test_padded_batch_never_predicts_padding():
+    obj = make_objective().eval()
+    wav = music_like(48000, batch=2)
+    lengths = torch.tensor([48000, 20000])
+    with torch.no_grad():
+        out = obj(wav, lengths, generator=torch.Generator().manual_seed(0))
+    assert not out.pred_mask[1, frame_lengths(20000) :].any()
+    assert out.accuracy.shape == (2,)
+
+
+def test_objective_rejects_bad_setups():
+    enc = Encoder(EncoderConfig.preset("tiny"))
+    with pytest.raises(ValueError, match="at least one teacher"):
+        MERTObjective(enc)
+    with pytest.raises(ValueError, match="must produce codes"):
+        MERTObjective(enc, code_teacher=BandEnergies())
+    obj = MERTObjective(enc, FrameStatsCodes())
+    bad = {"codes": torch.zeros(1, 5, 2, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"codes targets must have shape \(1, 74"):
+        obj(music_like(24000), targets=bad)
+    too_big = {"codes": torch.full((1, 74, 2), 99, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"code targets must lie in \[0, 16\)"):
+        obj(music_like(24000), targets=too_big)
+
+
+def test_tiny_objective_overfits_one_batch():
+    obj = make_objective(mix_prob=0.0).train()
+    wav = music_like(24000 * 2, batch=4, seed=9)
+    targets = obj.compute_targets(wav)
+    opt = torch.optim.Adam(obj.parameters(), lr=3e-3)
+    losses = []
+    for step in range(50):
+        out = obj(wav, targets=targets, generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
