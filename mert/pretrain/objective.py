@@ -212,7 +212,8 @@ class MERTObjective(nn.Module):
         for role, value in tg.items():
             if value.shape[:2] != (b, t):
                 raise ValueError(
-                    f"{role} targets must have shape ({b}, {t}, ...) on the encoder's frame grid, got {tuple(value.shape)}"
+                    f"{role} targets must have shape ({b}, {t}, ...) on the encoder's frame grid, "
+                    f"got {tuple(value.shape)}"
                 )
 
         pred_mask = span_mask(
