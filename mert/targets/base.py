@@ -74,7 +74,8 @@ class Teacher(nn.Module):
         if wav.dim() != 2:
             raise ValueError(f"{type(self).__name__} expects wav of shape (batch, samples), got {tuple(wav.shape)}")
         t = self.num_frames(wav.shape[1])
-        with torch.inference_mode():
+        # Targets are computed in float32 even inside a bf16-mixed training step: autocast off.
+        with torch.inference_mode(), torch.autocast(wav.device.type, enabled=False):
             out = self.compute(wav.float())
         if out.shape[1] < t:
             raise ValueError(

@@ -1,0 +1,116 @@
+"""MERT's musical teacher: a constant-Q transform magnitude (nnAudio ``CQT1992v2``), spec section 2.
+
+Shape legend: ``b`` batch, ``l`` samples, ``t`` frames (75 Hz), ``f`` CQT bins.
+
+The defaults are the spec's: 24 kHz, hop 320, fmin 32.7 Hz, 336 bins at 48 per octave (7 octaves), Hann
+window, centred frames, linear magnitude (no log). The MSE head regresses these values directly.
+
+Cost: the lowest bin needs a 65536-tap kernel, so nnAudio's time-domain convolution is heavy: about 0.45 s
+for 2 x 5 s clips on 2 CPU threads, and the 336 complex kernels take 176 MB (float32). On a GPU it is cheap;
+on CPU prefer caching the targets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from mert.targets._common import check_hop, empty_targets, frontend_settings, make_buffers_non_persistent
+from mert.targets.base import Teacher
+
+__all__ = ["CQTTargets"]
+
+
+class CQTTargets(Teacher):
+    """CQT magnitude frames: ``(b, l) -> (b, t, n_bins)`` float32, ``t = frame_lengths(l)``.
+
+    Frame ``i`` is centred on sample ``i * hop_length``. Clips longer than half the longest kernel (32768
+    samples, 1.37 s, with the defaults) are reflect-padded exactly as nnAudio's ``center=True``; shorter clips
+    cannot be reflected that far and are zero-padded instead (pretraining crops are at least 3 s, spec 4).
+
+    Args:
+        sample_rate: Hz of the input audio.
+        hop_length: samples between frames; must equal the encoder's hop.
+        fmin: Hz of the lowest bin.
+        n_bins: number of bins (``dim``).
+        bins_per_octave: frequency resolution.
+        conv_kernel, conv_stride: the encoder front end whose frame count the targets match.
+
+    Attributes:
+        kind: ``"features"``.
+        dim: ``n_bins``.
+        frequencies: ``(n_bins,)`` centre frequency of each bin in Hz (numpy array).
+    """
+
+    kind = "features"
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 24000,
+        hop_length: int = 320,
+        fmin: float = 32.7,
+        n_bins: int = 336,
+        bins_per_octave: int = 48,
+        conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2),
+        conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2),
+    ):
+        super().__init__(sample_rate=sample_rate, conv_kernel=conv_kernel, conv_stride=conv_stride)
+        check_hop(self, hop_length, "CQT")
+        from nnAudio.features.cqt import CQT1992v2  # lazy: nnAudio (and scipy) load only when a CQT is built
+
+        self.hop_length, self.fmin = int(hop_length), float(fmin)
+        self.n_bins, self.bins_per_octave = int(n_bins), int(bins_per_octave)
+        self.dim = self.n_bins
+        # center=False: we pad ourselves (below) so clips shorter than the kernel still work; for longer clips
+        # the padding is identical to nnAudio's center=True with its default pad_mode="reflect".
+        self.cqt = CQT1992v2(
+            sr=sample_rate,
+            hop_length=self.hop_length,
+            fmin=self.fmin,
+            n_bins=self.n_bins,
+            bins_per_octave=self.bins_per_octave,
+            window="hann",
+            center=False,
+            output_format="Magnitude",
+            verbose=False,
+        )
+        self.frequencies = self.cqt.frequencies
+        make_buffers_non_persistent(self.cqt)  # 176 MB of fixed kernels never belong in a checkpoint
+        self.freeze()
+
+    @property
+    def pad(self) -> int:
+        """Samples added on each side so frame ``i`` is centred on sample ``i * hop_length``."""
+        return self.cqt.kernel_width // 2
+
+    def compute(self, wav: Tensor) -> Tensor:
+        """``(b, l)`` -> ``(b, l // hop + 1, n_bins)`` linear CQT magnitude."""
+        if self.num_frames(wav.shape[1]) == 0:
+            return empty_targets(wav, self.n_bins, dtype=torch.float32)
+        kernels = self.cqt.cqt_kernels_real
+        x = rearrange(wav.to(kernels.dtype), "b l -> b 1 l")
+        mode = "reflect" if wav.shape[1] > self.pad else "constant"
+        x = F.pad(x, (self.pad, self.pad), mode=mode)
+        mag = self.cqt(x)  # (b, f, t)
+        return rearrange(mag.float(), "b f t -> b t f")
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, hop_length={self.hop_length}, fmin={self.fmin}, n_bins={self.n_bins}, "
+            f"bins_per_octave={self.bins_per_octave}"
+        )
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "hop_length": self.hop_length,
+            "fmin": self.fmin,
+            "n_bins": self.n_bins,
+            "bins_per_octave": self.bins_per_octave,
+            **frontend_settings(self),
+        }

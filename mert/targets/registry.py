@@ -1,0 +1,64 @@
+"""Teachers by name, so configs can swap them: ``build_teacher("cqt")``, ``build_teacher("kmeans", path=...)``.
+
+``teacher_from_settings(teacher.settings())`` rebuilds any teacher from the dict written into checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mert.targets.base import Teacher
+from mert.targets.cqt import CQTTargets
+from mert.targets.encodec import EncodecTargets
+from mert.targets.kmeans import KMeansTargets
+from mert.targets.random_projection import RandomProjectionTargets
+
+__all__ = ["TEACHERS", "build_teacher", "teacher_from_settings"]
+
+
+def _kmeans(*, path: str, sample_rate: int | None = None) -> KMeansTargets:
+    return KMeansTargets.load(path, sample_rate=sample_rate)
+
+
+TEACHERS: dict[str, Callable[..., Teacher]] = {
+    "encodec": EncodecTargets,  # spec 2 acoustic teacher; needs the published weights
+    "cqt": CQTTargets,  # spec 2 musical teacher
+    "random_projection": RandomProjectionTargets,  # BEST-RQ; offline, no fitting
+    "kmeans": _kmeans,  # MERT-v0 baseline; fitted with `mert targets fit-kmeans`
+}
+_BY_CLASS = {
+    "EncodecTargets": "encodec",
+    "CQTTargets": "cqt",
+    "RandomProjectionTargets": "random_projection",
+    "KMeansTargets": "kmeans",
+}
+
+
+def build_teacher(name: str, **kwargs: Any) -> Teacher:
+    """Build a teacher by name.
+
+    Args:
+        name: ``"encodec"``, ``"cqt"``, ``"random_projection"`` or ``"kmeans"`` (``-`` and ``_`` are
+            interchangeable; class names such as ``"CQTTargets"`` work too).
+        **kwargs: the teacher's constructor arguments; ``"kmeans"`` takes ``path=`` (a file written by
+            ``KMeansTargets.save`` or ``mert targets fit-kmeans``) and optionally ``sample_rate=``.
+    Raises:
+        ValueError: unknown name.
+    """
+    key = _BY_CLASS.get(name, name.lower().replace("-", "_"))
+    if key not in TEACHERS:
+        raise ValueError(f"unknown teacher {name!r}; available: {sorted(TEACHERS)}")
+    return TEACHERS[key](**kwargs)
+
+
+def teacher_from_settings(settings: Mapping[str, Any]) -> Teacher:
+    """Rebuild a teacher from its :meth:`Teacher.settings` dict (``"class"`` names the teacher)."""
+    settings = dict(settings)
+    if "class" not in settings:
+        raise ValueError(f"teacher settings need a 'class' entry, got keys {sorted(settings)}")
+    name = settings.pop("class")
+    for key in ("conv_kernel", "conv_stride"):
+        if key in settings:  # JSON gives lists
+            settings[key] = tuple(settings[key])
+    return build_teacher(name, **settings)
