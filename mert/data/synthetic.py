@@ -8,11 +8,13 @@ Shape legend: ``l`` samples.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ClipLabels", "render_clip", "TIMBRES", "KEYS"]
+__all__ = ["ClipLabels", "render_clip", "write_synthetic_corpus", "TIMBRES", "KEYS"]
 
 KEYS = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 TIMBRES = ("sine", "organ", "saw", "square", "pluck")
@@ -125,3 +127,52 @@ def render_clip(
     out += 1e-3 * rng.standard_normal(n)
     out *= 0.9 / max(np.abs(out).max(), 1e-9)
     return out.astype(np.float32), ClipLabels(key, mode, tempo, timbre, seed)
+
+
+def write_synthetic_corpus(
+    out_dir: str | os.PathLike,
+    num_clips: int,
+    *,
+    seconds: float = 5.0,
+    sample_rate: int = 24000,
+    seed: int = 0,
+    subtype: str = "PCM_16",
+) -> Path:
+    """Write ``num_clips`` rendered clips as ``clip_00000.wav ...`` plus ``labels.csv``.
+
+    Clip ``i`` uses seed ``seed * 1_000_003 + i`` (as :class:`mert.data.datasets.SyntheticDataset`), so the same
+    arguments always give the same files. ``labels.csv`` has the columns ``path,key,mode,tempo_bpm,timbre,seed``
+    with ``path`` relative to ``out_dir``.
+
+    Args:
+        out_dir: folder to write (created).
+        num_clips: number of clips.
+        seconds: clip length.
+        sample_rate: file sample rate.
+        seed: corpus seed.
+        subtype: soundfile subtype of the WAV files (``"PCM_16"``, ``"FLOAT"``, ...).
+    Returns:
+        The folder.
+    """
+    import csv
+
+    import soundfile as sf
+
+    if num_clips <= 0:
+        raise ValueError(f"num_clips must be positive, got {num_clips}")
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(num_clips):
+        clip_seed = seed * 1_000_003 + i
+        wav, labels = render_clip(seconds, sample_rate, seed=clip_seed)
+        name = f"clip_{i:05d}.wav"
+        sf.write(str(out / name), wav, sample_rate, subtype=subtype)
+        rows.append({"path": name, **labels.to_dict()})
+    tmp = out / f".labels.csv.tmp{os.getpid()}"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "key", "mode", "tempo_bpm", "timbre", "seed"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, out / "labels.csv")  # the demo takes an existing labels.csv as "corpus complete"
+    return out
