@@ -1,6 +1,12 @@
 """The ``mert`` command: one console entry point with subcommands.
 
     mert embed FILES... --model SOURCE [--layers all] [--pool mean] [--out DIR] [--format npy|safetensors]
+    mert pretrain [hydra overrides]            (needs the train extra)
+    mert export RUN_DIR_OR_CKPT OUT_DIR
+    mert demo [--minutes M] [--out DIR]
+    mert data manifest AUDIO_DIR --out train.tsv
+    mert data shard MANIFEST --out DIR
+    mert targets fit-kmeans AUDIO_DIR --out km.pt
     mert synth OUT.wav [--seconds 10] [--seed 0]
 
 Subcommands import their heavy dependencies lazily so ``mert --help`` is instant.
@@ -169,6 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_embed)
 
+    p = sub.add_parser("export", help="write a release folder from a training run or checkpoint")
+    p.add_argument("run", help="run directory (uses checkpoints/last.ckpt) or a .ckpt file")
+    p.add_argument("out", help="output folder (config.json, model.safetensors, meta.json)")
+    p.set_defaults(func=_cmd_export)
+
+    # Listed for --help; parsed by their own modules (see _DELEGATED).
+    sub.add_parser("pretrain", help="pretrain an encoder: mert pretrain [hydra overrides] (see docs/pretraining.md)")
+    sub.add_parser("demo", help="synthetic corpus -> pretraining -> export -> probe, on CPU in minutes")
+    data = sub.add_parser("data", help="data preparation: `mert data manifest`, `mert data shard`")
+    data.add_argument("action", choices=["manifest", "shard"])
+    targets = sub.add_parser("targets", help="teachers: `mert targets fit-kmeans`")
+    targets.add_argument("action", choices=["fit-kmeans"])
+
     p = sub.add_parser("synth", help="write synthetic music clips (chords, melody, drums) as audio files")
     p.add_argument("out", nargs="+", help="output file(s), e.g. demo.wav")
     p.add_argument("--seconds", type=float, default=10.0)
@@ -178,8 +197,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mert.pretrain.export import export_run
+
+    try:
+        out = export_run(args.run, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mert export: {e}", file=sys.stderr)
+        return 1
+    print(f"mert export: wrote {out} (load with Encoder.from_pretrained({str(out)!r}))")
+    return 0
+
+
+# Subcommands with their own argument parsing (Hydra overrides, or nested commands).
+_DELEGATED = {
+    "pretrain": ("mert.lightning.train", "main"),
+    "demo": ("mert.demo", "main"),
+    ("data", "manifest"): ("mert.data.cli", "manifest_cli"),
+    ("data", "shard"): ("mert.data.cli", "shard_cli"),
+    ("targets", "fit-kmeans"): ("mert.targets.kmeans", "fit_kmeans_cli"),
+}
+
+
+def _delegate(argv: list[str]) -> int | None:
+    import importlib
+
+    for key, (module, func) in _DELEGATED.items():
+        words = (key,) if isinstance(key, str) else key
+        if tuple(argv[: len(words)]) == words:
+            return int(getattr(importlib.import_module(module), func)(argv[len(words) :]) or 0)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mert`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    delegated = _delegate(argv)
+    if delegated is not None:
+        return delegated
     args = build_parser().parse_args(argv)
     if getattr(args, "pool", None) == "none":
         args.pool = None

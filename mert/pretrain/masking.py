@@ -10,6 +10,8 @@ Padding is never masked.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -23,7 +25,7 @@ def span_mask(
     mask_prob: float = 0.8,
     span: int = 5,
     min_spans: int = 2,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
     """Draw a prediction mask.
 
@@ -33,7 +35,8 @@ def span_mask(
         mask_prob: expected fraction of frames that start a span, times ``span``.
         span: frames per masked span (``mask_span_frames``).
         min_spans: lower bound on spans per item (capped by how many fit).
-        generator: CPU generator for reproducible masks.
+        generator: CPU generator for reproducible masks, or one generator per item (so an item's mask does not
+            depend on which other items share its batch, e.g. on how a global batch is split over ranks).
     Returns:
         ``pred_mask (b, t)`` bool, True = masked and predicted.
     """
@@ -41,7 +44,11 @@ def span_mask(
         raise ValueError(f"mask_prob must be in [0, 1] and span >= 1, got {mask_prob}, {span}")
     b = lengths.shape[0]
     mask = torch.zeros(b, num_frames, dtype=torch.bool)
+    gens = list(generator) if isinstance(generator, Sequence) else [generator] * b
+    if len(gens) != b:
+        raise ValueError(f"got {len(gens)} generators for a batch of {b}")
     for i, n in enumerate(lengths.tolist()):
+        generator = gens[i]
         n = min(int(n), num_frames)
         positions = n - span + 1  # starts where a full span fits inside the valid frames
         if positions <= 0:

@@ -20,7 +20,7 @@ single-process value of that.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,6 +184,7 @@ class MERTObjective(nn.Module):
         *,
         targets: dict[str, Tensor] | None = None,
         generator: torch.Generator | None = None,
+        sample_seeds: Sequence[int] | None = None,
     ) -> PretrainOutput:
         """One masked-prediction step.
 
@@ -193,6 +194,8 @@ class MERTObjective(nn.Module):
             targets: precomputed (cached) targets with the keys of :meth:`compute_targets`; missing ones are
                 computed by the teachers on the fly.
             generator: CPU generator driving masking and mixing (reproducible steps).
+            sample_seeds: one seed per item for its mask, so masks follow the samples rather than the batch
+                composition (a global batch split over ranks is masked as in one process).
         Returns:
             :class:`PretrainOutput` with loss sums over the masked frames.
         """
@@ -216,13 +219,14 @@ class MERTObjective(nn.Module):
                     f"got {tuple(value.shape)}"
                 )
 
+        mask_gen = generator if sample_seeds is None else [torch.Generator().manual_seed(int(s)) for s in sample_seeds]
         pred_mask = span_mask(
             frame_lens,
             t,
             mask_prob=self.mask_prob,
             span=self.mask_span_frames,
             min_spans=self.min_spans,
-            generator=generator,
+            generator=mask_gen,
         ).to(wav.device)
         x, segments = wav, []
         if self.training and self.mix["prob"] > 0:

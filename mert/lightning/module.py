@@ -1,0 +1,205 @@
+"""`PretrainModule`: a thin Lightning shell around `MERTObjective`.
+
+Shape legend: ``b`` batch, ``l`` samples.
+
+What lives here and nowhere else: the global masked-frame normalisation across ranks, skipping non-finite
+steps, per-step seeding (so a resumed run draws the same dropout, masks and mixing as an uninterrupted one),
+logging, and what a checkpoint carries besides tensors (the encoder config, teacher settings, counters).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from mert.pretrain.objective import MERTObjective
+
+__all__ = ["PretrainModule", "linear_warmup_decay"]
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int):
+    """LR multiplier rising linearly from 0 to 1 over ``warmup_steps``, then falling linearly to 0 at
+    ``total_steps`` (spec 4: 32k warm-up, 0 at 400k)."""
+    if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
+        raise ValueError(
+            f"need 0 <= warmup_steps <= total_steps and total_steps > 0, got {warmup_steps}, {total_steps}"
+        )
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from several integers (stable across processes, unlike hash())."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class PretrainModule(pl.LightningModule):
+    """Lightning wrapper of the MERT objective.
+
+    Args:
+        objective: the :class:`~mert.pretrain.MERTObjective` (encoder, heads, frozen teachers).
+        optimizer: builds the optimiser from the trainable parameters (teachers are never included).
+        scheduler: builds a per-step LR scheduler from the optimiser, or None.
+        seed: base of every per-step and per-sample seed.
+        run_config: the resolved run configuration (plain containers), saved as hyper-parameters.
+    """
+
+    def __init__(
+        self,
+        objective: MERTObjective,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        *,
+        seed: int = 0,
+        run_config: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.objective = objective
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.seed = seed
+        self.save_hyperparameters({"run": run_config or {}})
+        self.micro_batches_seen = 0
+        self.skipped_steps = 0
+        self.skipped_files = 0
+        self.audio_seconds = 0.0
+        self._t_start: float | None = None
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        wav, lengths = batch["wav"], batch["lengths"]
+        positions = batch["position"]
+        self.skipped_files += int(batch.get("n_skipped", 0))
+        if wav.shape[0] == 0:
+            # Every file of this micro-batch was unreadable. A zero loss tied to all parameters keeps DDP ranks
+            # in step (they all still all-reduce gradients).
+            self.micro_batches_seen += 1
+            return sum(p.sum() for p in self.objective.parameters() if p.requires_grad) * 0.0
+        # Seeds from the samples' global positions: dropout, masks and mixing repeat exactly after a resume.
+        first = int(positions[0])
+        torch.manual_seed(_mix(self.seed, 1, first))
+        out = self.objective(
+            wav,
+            lengths,
+            targets=batch.get("targets"),
+            generator=torch.Generator().manual_seed(_mix(self.seed, 2, first)),
+            sample_seeds=[_mix(self.seed, 3, int(p)) for p in positions],
+        )
+        strategy = self.trainer.strategy
+        n_global = strategy.reduce(out.n_masked.float(), reduce_op="sum")
+        world = self.trainer.world_size
+        # DDP averages gradients over ranks, so scaling by world / N_global makes the update the gradient of
+        # (sum of all ranks' loss sums) / (all masked frames): every masked frame weighs the same (spec 2).
+        loss = out.loss_sum * world / n_global.clamp(min=1.0)
+
+        self.micro_batches_seen += 1
+        seconds = float(lengths.sum()) / self.objective.encoder.sample_rate
+        self.audio_seconds += seconds * world
+        terms = {
+            k: strategy.reduce(v.detach().float(), reduce_op="sum") / n_global.clamp(min=1.0)
+            for k, v in out.terms.items()
+        }
+        logs = {f"train/{k}": v for k, v in terms.items()}
+        logs["train/loss"] = strategy.reduce(out.loss_sum.detach().float(), reduce_op="sum") / n_global.clamp(min=1.0)
+        if out.correct is not None:
+            correct = strategy.reduce(out.correct.float(), reduce_op="sum") / n_global.clamp(min=1.0)
+            logs.update({f"train/acc_code_{i}": c for i, c in enumerate(correct)})
+        logs["train/masked_frames"] = n_global
+        self.log_dict(logs, on_step=True, prog_bar=False, batch_size=wav.shape[0])
+        self.log("loss", logs["train/loss"], prog_bar=True, on_step=True, logger=False, batch_size=wav.shape[0])
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._t_start is None:
+            self._t_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._t_start is not None and batch["wav"].shape[0]:
+            dt = time.perf_counter() - self._t_start
+            sec = float(batch["lengths"].sum()) / self.objective.encoder.sample_rate * self.trainer.world_size
+            self.log("train/audio_sec_per_sec", sec / max(dt, 1e-9), on_step=True, batch_size=1)
+        self._t_start = time.perf_counter()
+        self.log_dict(
+            {
+                "train/skipped_steps": float(self.skipped_steps),
+                "train/skipped_files": float(self.skipped_files),
+                "train/audio_hours": self.audio_seconds / 3600,
+            },
+            on_step=True,
+            batch_size=1,
+        )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.objective.parameters() if p.grad is not None]
+        norm = (
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            if grads
+            else torch.zeros(())
+        )
+        self.log("train/grad_norm", norm, on_step=True, batch_size=1)
+        if not torch.isfinite(norm):
+            # Skip the update: optimisers leave parameters whose grad is None untouched (no moment update either).
+            # Gradients are already all-reduced, so every rank takes the same decision.
+            for p in self.objective.parameters():
+                p.grad = None
+            self.skipped_steps += 1
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.objective.parameters() if p.requires_grad]
+        opt = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return {"optimizer": opt}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from mert import __version__
+
+        checkpoint["mert"] = {
+            "version": __version__,
+            "encoder_config": self.objective.encoder.config.to_dict(),
+            "teachers": self.objective.teacher_settings(),
+            "micro_batches_seen": self.micro_batches_seen,
+            "skipped_steps": self.skipped_steps,
+            "skipped_files": self.skipped_files,
+            "audio_seconds": self.audio_seconds,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("mert", {})
+        self.micro_batches_seen = int(state.get("micro_batches_seen", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.skipped_files = int(state.get("skipped_files", 0))
+        self.audio_seconds = float(state.get("audio_seconds", 0.0))
+
+    def summary(self) -> dict[str, Any]:
+        """Training summary for ``meta.json``."""
+        return {
+            "steps": int(self.global_step),
+            "micro_batches": self.micro_batches_seen,
+            "audio_hours": round(self.audio_seconds / 3600, 4),
+            "skipped_steps": self.skipped_steps,
+            "skipped_files": self.skipped_files,
+            "final_loss": None if not math.isfinite(self._last_loss()) else self._last_loss(),
+        }
+
+    def _last_loss(self) -> float:
+        value = self.trainer.callback_metrics.get("train/loss") if self._trainer is not None else None
+        return float(value) if value is not None else float("nan")

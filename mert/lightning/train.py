@@ -1,0 +1,171 @@
+"""`mert pretrain`: Hydra composes the run, this module wires the objects and starts Lightning.
+
+Hydra stays at the edge: configs become plain objects here (`EncoderConfig` from a mapping, teachers and
+optimiser from `_target_`s) and nothing below sees OmegaConf. The run directory is derived from the
+experiment name and the overrides that change the science (not the hardware or logging), so rerunning the
+same command finds the same folder and resumes from its ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("mert.pretrain")
+
+__all__ = ["main", "run", "derive_run_dir", "NON_SCIENTIFIC_PREFIXES"]
+
+# Overrides that do not change what is learned; they never change the run directory.
+NON_SCIENTIFIC_PREFIXES = (
+    "trainer",
+    "logger",
+    "callbacks",
+    "hydra",
+    "run_dir",
+    "runs_root",
+    "ckpt_path",
+    "experiment",
+    "name",
+    "data.num_workers",
+    "data.micro_batch_size",
+)
+
+
+def derive_run_dir(runs_root: str, name: str, overrides: Sequence[str]) -> Path:
+    """``runs_root/name`` plus a readable suffix for scientific overrides (hashed when long)."""
+    keep = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if not any(key == p or key.startswith(p + ".") or key.startswith(p + "/") for p in NON_SCIENTIFIC_PREFIXES):
+            keep.append(o.lstrip("+"))
+    suffix = ",".join(sorted(keep)).replace("/", "_")
+    if len(suffix) > 80:
+        suffix = suffix[:60] + "-" + hashlib.sha256(suffix.encode()).hexdigest()[:12]
+    return Path(runs_root) / name / suffix if suffix else Path(runs_root) / name
+
+
+def _build_encoder(cfg: Any, resuming: bool):
+    from mert import Encoder, EncoderConfig
+
+    if cfg.init_from and not resuming:
+        enc = Encoder.from_pretrained(cfg.init_from)
+        log.warning(
+            "continued pretraining from %s (%s); the model group's architecture is ignored",
+            cfg.init_from,
+            enc.config.name,
+        )
+        return enc.train()
+    from omegaconf import OmegaConf
+
+    return Encoder(EncoderConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True)))
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """Train as configured by a composed Hydra config; returns a summary (also written to the run dir)."""
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf, open_dict
+
+    from mert.lightning.data import AudioDataModule, derive_accumulation
+    from mert.lightning.module import PretrainModule
+    from mert.lightning.strategies import AtomicCheckpointIO
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.ckpt_path == "last":
+        ckpt_path = str(last) if last.is_file() else None
+    else:
+        ckpt_path = cfg.ckpt_path
+    print(
+        f"mert pretrain: run directory {run_dir}" + (f" (resuming from {ckpt_path})" if ckpt_path else ""), flush=True
+    )
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    encoder = _build_encoder(cfg, resuming=ckpt_path is not None)
+    if cfg.init_from and ckpt_path is None:
+        with open_dict(cfg):
+            cfg.model = encoder.config.to_dict()
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    teachers = instantiate(cfg.targets, _convert_="all")
+    objective = instantiate(cfg.objective, encoder=encoder, **teachers)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    module = PretrainModule(
+        objective,
+        instantiate(cfg.optim, _convert_="all"),
+        instantiate(cfg.scheduler, _convert_="all") if cfg.get("scheduler") else None,
+        seed=cfg.seed,
+        run_config=run_config,
+    )
+    datamodule = AudioDataModule(
+        instantiate(cfg.data.dataset),
+        global_batch_size=cfg.data.global_batch_size,
+        micro_batch_size=cfg.data.micro_batch_size,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+    )
+    world = int(cfg.trainer.devices) * int(cfg.trainer.get("num_nodes", 1))
+    accumulation = derive_accumulation(cfg.data.global_batch_size, cfg.data.micro_batch_size, world)
+    callbacks = list(instantiate(cfg.callbacks).values()) if cfg.get("callbacks") else []
+    loggers = list(instantiate(cfg.logger)) if cfg.get("logger") else False
+    trainer = instantiate(
+        cfg.trainer,
+        accumulate_grad_batches=accumulation,
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    summary = {
+        "run_dir": str(run_dir),
+        "accumulate_grad_batches": accumulation,
+        "world_size": trainer.world_size,
+        **module.summary(),
+    }
+    if trainer.is_global_zero:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(
+            f"mert pretrain: done at step {summary['steps']}; export with `mert export {run_dir} OUT_DIR`", flush=True
+        )
+    return summary
+
+
+def _hydra_entry(cfg: Any) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    if cfg.run_dir is None:
+        overrides = HydraConfig.get().overrides.task
+        with open_dict(cfg):
+            cfg.run_dir = str(derive_run_dir(cfg.runs_root, cfg.name, overrides))
+    run(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mert pretrain [hydra overrides]``: runs through ``hydra.main`` (multirun and launchers included)."""
+    try:
+        import hydra
+        import lightning  # noqa: F401
+    except ImportError:
+        print("mert pretrain needs the train extra: pip install 'mert[train]'", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    torch.set_float32_matmul_precision("high")
+    entry = hydra.main(config_path="pkg://mert.conf", config_name="train", version_base="1.3")(_hydra_entry)
+    saved = sys.argv
+    sys.argv = [saved[0], *(argv if argv is not None else saved[1:])]
+    try:
+        entry()
+    finally:
+        sys.argv = saved
+    return 0

@@ -1,0 +1,76 @@
+"""`mert export`: turn a training run (or one of its checkpoints) into a release folder.
+
+Reads the Lightning checkpoint with ``torch.load(weights_only=True)`` (it holds only tensors and plain
+containers), keeps the encoder's weights (heads and teachers are training-only), and writes what
+``Encoder.from_pretrained`` loads: ``config.json``, ``model.safetensors``, and ``meta.json`` with the teacher
+settings and a training summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mert.models.checkpoint import save_checkpoint
+from mert.models.config import EncoderConfig
+
+__all__ = ["export_run", "find_checkpoint"]
+
+ENCODER_PREFIX = "objective.encoder."
+
+
+def find_checkpoint(run_or_ckpt: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory's ``checkpoints/last.ckpt``."""
+    p = Path(run_or_ckpt).expanduser()
+    if p.is_file():
+        return p
+    for candidate in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{str(p)!r} is neither a checkpoint file nor a run directory with checkpoints/last.ckpt")
+
+
+def export_run(
+    run_or_ckpt: str | os.PathLike, out_dir: str | os.PathLike, *, meta: dict[str, Any] | None = None
+) -> Path:
+    """Write a release folder for the encoder trained in ``run_or_ckpt``; returns the folder."""
+    ckpt_path = find_checkpoint(run_or_ckpt)
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, or a checkpoint that is not ours
+        raise ValueError(f"cannot read checkpoint {str(ckpt_path)!r}: {e}") from None
+    info = ckpt.get("mert")
+    if not isinstance(info, dict) or "encoder_config" not in info:
+        raise ValueError(f"{str(ckpt_path)!r} is not a mert pretraining checkpoint (no 'mert' section)")
+    config = EncoderConfig.from_dict(info["encoder_config"])
+    state = {k[len(ENCODER_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(ENCODER_PREFIX)}
+    run = (ckpt.get("hyper_parameters") or {}).get("run", {})
+    summary = {
+        "checkpoint": str(ckpt_path),
+        "global_step": int(ckpt.get("global_step", 0)),
+        "micro_batches": info.get("micro_batches_seen"),
+        "audio_hours": round(float(info.get("audio_seconds", 0.0)) / 3600, 4),
+        "skipped_steps": info.get("skipped_steps"),
+        "skipped_files": info.get("skipped_files"),
+    }
+    run_dir = ckpt_path.parent.parent
+    if (run_dir / "summary.json").is_file():
+        summary["final_loss"] = json.loads((run_dir / "summary.json").read_text()).get("final_loss")
+    full_meta = {
+        "training": summary,
+        "teachers": info.get("teachers", {}),
+        "objective": run.get("objective"),
+        "data": run.get("data"),
+        "experiment": run.get("name"),
+        "trained_with": info.get("version"),
+        **(meta or {}),
+    }
+    # Validate before writing: the weights must build the model they claim to be.
+    from mert.models.checkpoint import _check_keys
+
+    _check_keys(state, config, ckpt_path)
+    return save_checkpoint(out_dir, config, state, full_meta)

@@ -1,0 +1,1 @@
+"""Probing frozen encoders on labelled tasks."""

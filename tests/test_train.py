@@ -1,0 +1,206 @@
+"""Pretraining end to end: config composition, a tiny run, exact resume, DDP equivalence, export, corrupt data."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+pytest.importorskip("hydra")
+
+from hydra import compose, initialize_config_module  # noqa: E402
+from hydra.utils import get_class, get_method, instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from mert import Encoder, EncoderConfig  # noqa: E402
+from mert.cli import main as cli  # noqa: E402
+from mert.lightning.train import derive_run_dir  # noqa: E402
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+FAST = ["trainer.log_every_n_steps=1", "logger=csv", "data.dataset.num_clips=32", "data.dataset.seconds=1.5"]
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_module("mert.conf", version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    """Logged training rows of every launch of a run (one csv/version_N folder per launch)."""
+    rows = []
+    for f in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
+        with open(f) as fh:
+            rows.extend(r for r in csv.DictReader(fh) if r.get("train/loss"))
+    return rows
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    """Per-step train/loss (step -> value)."""
+    return {int(r["step"]): float(r["train/loss"]) for r in _rows(run_dir)}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_builds(experiment, tmp_path):
+    extra = {
+        "mert_95m": ["data.manifest=x.tsv"],
+        "mert_330m": ["data.manifest=x.tsv"],
+        "demo_cpu": ["data.manifest=x.tsv", "targets.code_teacher.path=km.pt"],
+    }.get(experiment, [])
+    cfg = _compose([f"experiment={experiment}", f"run_dir={tmp_path}", *extra])
+    OmegaConf.resolve(cfg)
+    model = EncoderConfig.from_dict(OmegaConf.to_container(cfg.model))
+    assert model.name in {"tiny", "small", "95m", "330m"}
+    if experiment.startswith("mert_"):
+        preset = EncoderConfig.preset(experiment.split("_")[1])
+        assert model.replace(name=preset.name) == preset  # the YAML repeats the spec preset exactly
+        assert cfg.optim.lr == {"mert_95m": 5e-4, "mert_330m": 1.5e-3}[experiment]
+        assert cfg.trainer.gradient_clip_val == {"mert_95m": 10.0, "mert_330m": 1.0}[experiment]
+        assert (cfg.scheduler.warmup_steps, cfg.scheduler.total_steps) == (32000, 400000)
+        assert tuple(cfg.optim.betas) == (0.9, 0.98) and cfg.optim.eps == 1e-6 and cfg.optim.weight_decay == 0.01
+        assert cfg.data.dataset.crop_seconds == {"mert_95m": 5.0, "mert_330m": 5.12}[experiment]
+        assert cfg.trainer.precision == "bf16-mixed"
+        assert cfg.targets.code_teacher._target_ == "mert.targets.EncodecTargets"
+    # Every _target_ resolves, and trainer keys are real Trainer arguments.
+    for node in (cfg.targets.code_teacher, cfg.targets.feature_teacher, cfg.objective, cfg.data.dataset):
+        if node is not None:
+            target = node._target_
+            get_method(target) if target.endswith(".load") else get_class(target)
+    import lightning.pytorch as pl
+
+    allowed = set(inspect.signature(pl.Trainer.__init__).parameters)
+    assert set(cfg.trainer) - {"_target_"} <= allowed
+    enc = Encoder(model) if experiment != "mert_330m" else None  # 330M is built in the slow tier only
+    if enc is not None and experiment in ("tiny_cpu",):
+        teachers = instantiate(cfg.targets, _convert_="all")
+        objective = instantiate(cfg.objective, encoder=enc, **teachers)
+        assert objective.code_head is not None and objective.feature_head is not None
+        instantiate(cfg.optim)(list(objective.parameters()))
+
+
+def test_trainer_options_compose(tmp_path):
+    for trainer in ("cpu", "gpu", "ddp", "ddp_cpu", "fsdp"):
+        cfg = _compose(["experiment=tiny_cpu", f"trainer={trainer}", f"run_dir={tmp_path}"])
+        assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    cfg = _compose(["experiment=tiny_cpu", "trainer=ddp", "trainer.num_nodes=4", f"run_dir={tmp_path}"])
+    assert cfg.trainer.devices * cfg.trainer.num_nodes == 32
+
+
+def test_run_dir_derivation():
+    assert derive_run_dir("runs", "tiny_cpu", []) == Path("runs/tiny_cpu")
+    a = derive_run_dir("runs", "x", ["trainer.max_steps=5", "optim.lr=0.1", "data.num_workers=3", "seed=1"])
+    assert a == Path("runs/x/optim.lr=0.1,seed=1")
+    long = derive_run_dir("runs", "x", [f"model.k{i}={i}" for i in range(30)])
+    assert len(long.name) <= 80
+
+
+def test_tiny_cpu_run_resume_and_export(tmp_path):
+    common = ["experiment=tiny_cpu", *FAST, f"runs_root={tmp_path / 'runs'}"]
+    suffix = "data.dataset.num_clips=32,data.dataset.seconds=1.5"  # derived from the scientific overrides
+    # Uninterrupted: 8 steps.
+    assert cli(["pretrain", *common, "name=full", "trainer.max_steps=8"]) == 0
+    full = _losses(tmp_path / "runs" / "full" / suffix)
+    assert sorted(full) == list(range(8)) and all(math.isfinite(v) for v in full.values())
+    # Interrupted after 4 steps, then the same command again with the final step count: resumes at step 4.
+    assert cli(["pretrain", *common, "name=resumed", "trainer.max_steps=4"]) == 0
+    run = tmp_path / "runs" / "resumed" / suffix
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert cli(["pretrain", *common, "name=resumed", "trainer.max_steps=8"]) == 0
+    resumed = _losses(run)
+    assert sorted(resumed) == list(range(8))
+    for step in range(4, 8):
+        assert abs(resumed[step] - full[step]) <= 1e-6, (step, resumed[step], full[step])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["accumulate_grad_batches"] == 2 and summary["micro_batches"] == 16
+
+    assert cli(["export", str(run), str(tmp_path / "release")]) == 0
+    enc = Encoder.from_pretrained(tmp_path / "release")
+    meta = json.loads((tmp_path / "release" / "meta.json").read_text())
+    assert meta["training"]["global_step"] == 8
+    assert set(meta["teachers"]) == {"codes", "features"}
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, ckpt["state_dict"][f"objective.encoder.{k}"])
+    with torch.no_grad():
+        out = enc(torch.randn(1, 24000) * 0.1, sample_rate=24000)
+    assert out.last_hidden_state.shape == (1, 74, 32)
+
+
+def test_loss_decreases_on_tiny_cpu(tmp_path):
+    assert cli(["pretrain", "experiment=tiny_cpu", *FAST, "trainer.max_steps=30", f"run_dir={tmp_path / 'r'}"]) == 0
+    rows = _rows(tmp_path / "r")
+
+    def mean(key: str, part: slice) -> float:
+        values = [float(r[key]) for r in rows[part]]
+        return sum(values) / len(values)
+
+    first, last = slice(0, 3), slice(-3, None)
+    assert mean("train/loss", last) < 0.9 * mean("train/loss", first)
+    assert mean("train/features", last) < 0.6 * mean("train/features", first)  # the CQT regression learns
+    # Masked-code cross-entropy falls below the uniform guess over 1024 codes.
+    assert mean("train/code_0", last) < math.log(1024) < mean("train/code_0", first)
+
+
+def test_ddp_cpu_first_step_equals_single_process(tmp_path):
+    common = ["experiment=tiny_cpu", *FAST, "objective.mix_prob=0.0", "data.global_batch_size=4", "trainer.max_steps=1"]
+    assert cli(["pretrain", *common, "data.micro_batch_size=4", f"run_dir={tmp_path / 'single'}"]) == 0
+    assert cli(["pretrain", *common, "trainer=ddp_cpu", "data.micro_batch_size=2", f"run_dir={tmp_path / 'ddp'}"]) == 0
+    single, ddp = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
+    assert abs(single[0] - ddp[0]) <= 1e-5, (single[0], ddp[0])
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["accumulate_grad_batches"] == 1
+
+
+def test_corrupt_file_is_skipped_and_counted(tmp_path):
+    from mert.data.manifest import scan_audio, write_manifest
+    from mert.data.synthetic import write_synthetic_corpus
+
+    corpus = write_synthetic_corpus(tmp_path / "c", 6, seconds=2.0, seed=1)
+    entries = scan_audio(corpus, progress=False).entries
+    victim = Path(entries[0].path)
+    write_manifest(tmp_path / "train.tsv", entries)
+    victim.write_bytes(b"RIFF" + bytes(100))  # corrupted after the manifest was made
+    args = [
+        "experiment=tiny_cpu",
+        "trainer.log_every_n_steps=1",
+        "logger=csv",
+        "data=manifest",
+        f"data.manifest={tmp_path / 'train.tsv'}",
+        "data.dataset.crop_seconds=1.5",
+        "data.dataset.min_seconds=1.0",
+        "data.global_batch_size=6",
+        "data.micro_batch_size=6",
+        "data.num_workers=0",
+        "trainer.max_steps=2",
+        f"run_dir={tmp_path / 'r'}",
+    ]
+    assert cli(["pretrain", *args]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["skipped_files"] == 2  # the bad file came up once per step
+    assert summary["steps"] == 2
+
+
+def test_continued_pretraining_starts_from_release(tmp_path):
+    torch.manual_seed(3)
+    release = Encoder(EncoderConfig.preset("tiny", hidden_dropout=0.1))
+    release.save_pretrained(tmp_path / "rel")
+    args = [
+        "experiment=tiny_cpu",
+        *FAST,
+        f"init_from={tmp_path / 'rel'}",
+        f"run_dir={tmp_path / 'r'}",
+        "trainer.max_steps=1",
+        "optim.lr=0.0",
+    ]
+    assert cli(["pretrain", *args]) == 0
+    cfg = OmegaConf.load(tmp_path / "r" / "config.yaml")
+    assert cfg.model.hidden_dropout == 0.1  # the release's architecture, not the model group's
+    ckpt = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    for k, v in release.state_dict().items():
+        assert torch.allclose(ckpt["state_dict"][f"objective.encoder.{k}"], v), k  # lr 0: still the release
