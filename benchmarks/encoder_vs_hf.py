@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import hf_config, music_like, perturbed_hf_model, save_hf_folder  # noqa: E402
-
 from mert import Encoder  # noqa: E402
+from tests.conftest import hf_config, music_like, perturbed_hf_model, save_hf_folder  # noqa: E402
 
 
 def _time(fn, repeats: int) -> tuple[float, object]:
@@ -51,8 +50,8 @@ def main() -> None:
     sr = 24000
     wav = music_like(int(args.seconds * sr), sr=sr, seed=0)
     print(
-        f"# {args.layout} encoder, {args.seconds:g} s clip, {torch.get_num_threads()} threads, torch {torch.__version__},"
-        f" {platform.processor() or platform.machine()}"
+        f"# {args.layout} encoder, {args.seconds:g} s clip, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}"
     )
     print(
         "| precision | HubertModel s/pass | mert s/pass | HF x realtime | mert x realtime | speed-up | max abs diff |"
@@ -61,12 +60,12 @@ def main() -> None:
     for prec in args.precisions.split(","):
         ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if prec == "bf16" else torch.no_grad
 
-        def run_hf():
+        def run_hf(ctx=ctx):
             with torch.inference_mode(), ctx():
                 o = hf(wav, output_hidden_states=True)
                 return (*o.hidden_states[:-1], o.last_hidden_state)
 
-        def run_mert():
+        def run_mert(ctx=ctx):
             with torch.inference_mode(), ctx():
                 return enc(wav, sample_rate=sr).hidden_states
 
