@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import shlex
 import shutil
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -37,15 +39,47 @@ def test_python_snippets_run_and_print_what_they_claim(tmp_path, monkeypatch):
             assert claim.split(":")[0].strip() in normalised, f"README claims {claim!r}, printed {got!r}"
 
 
-def test_main_job_command_runs(tmp_path):
-    first = _blocks("bash")[0]
-    steps = [s.strip() for s in first.replace("\\\n", " ").split("&&") if s.strip().startswith("mert ")]
-    assert [s.split()[1] for s in steps] == ["synth", "embed"]
+def _mert_steps(block: str) -> list[list[str]]:
+    """The `mert ...` commands of a bash block, as argument lists (install steps are the CI's job)."""
+    steps = [s.strip() for s in block.replace("\\\n", " ").split("&&")]
+    return [shlex.split(s) for s in steps if s.startswith("mert ")]
+
+
+def _run(argv: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
     exe = shutil.which("mert")
-    for step in steps:
-        argv = shlex.split(step)
-        cmd = [exe, *argv[1:]] if exe else [sys.executable, "-m", "mert.cli", *argv[1:]]
-        res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    cmd = [exe, *argv[1:]] if exe else [sys.executable, "-m", "mert.cli", *argv[1:]]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_embed_commands_run(tmp_path):
+    block = next(b for b in _blocks("bash") if "mert embed" in b)
+    steps = _mert_steps(block)
+    assert [s[1] for s in steps] == ["synth", "embed"]
+    for argv in steps:
+        res = _run(argv, tmp_path, 300)
         assert res.returncode == 0, res.stderr
     emb = np.load(tmp_path / "embeddings" / "demo.npy")
     assert emb.shape == (3, 32)  # tiny preset: 2 layers + input, width 32, mean-pooled
+
+
+def test_main_job_runs_end_to_end_quickly(tmp_path):
+    """The README's main job with a tiny budget: every stage runs and writes its outputs."""
+    pytest.importorskip("lightning")
+    steps = _mert_steps(_blocks("bash")[0])
+    assert steps == [["mert", "demo"]]
+    quick = ["--max-steps", "3", "--corpus-clips", "12", "--probe-clips", "40", "--seconds", "2", "--model", "tiny"]
+    res = _run(["mert", "demo", "--out", "d", *quick], tmp_path, 600)
+    assert res.returncode in (0, 1), res.stderr  # 1: the pretrained encoder did not win (too short to learn)
+    out = tmp_path / "d"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["pretrained"]) == {"key", "timbre", "tempo_bpm"}
+    assert (out / "results.md").read_text().count("|") > 20
+    assert (out / "encoder" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_main_job_exactly_as_in_readme(tmp_path):
+    """`mert demo` as the README runs it: the pretrained encoder must beat the random one (exit status 0)."""
+    pytest.importorskip("lightning")
+    res = _run(["mert", "demo"], tmp_path, 1500)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -51,7 +51,7 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
     extra = {
         "mert_95m": ["data.manifest=x.tsv"],
         "mert_330m": ["data.manifest=x.tsv"],
-        "demo_cpu": ["data.manifest=x.tsv", "targets.code_teacher.path=km.pt"],
+        "demo_cpu": ["data.shards=x", "targets.code_teacher.path=km.pt"],
     }.get(experiment, [])
     cfg = _compose([f"experiment={experiment}", f"run_dir={tmp_path}", *extra])
     OmegaConf.resolve(cfg)
@@ -204,3 +204,69 @@ def test_continued_pretraining_starts_from_release(tmp_path):
     ckpt = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     for k, v in release.state_dict().items():
         assert torch.allclose(ckpt["state_dict"][f"objective.encoder.{k}"], v), k  # lr 0: still the release
+
+
+def test_cached_targets_train_exactly_like_on_the_fly(tmp_path, capsys):
+    """Shards with targets (teachers run once, offline) give the same step as teachers inside the step."""
+    from mert.data.manifest import scan_audio, write_manifest
+    from mert.data.shards import write_shards
+    from mert.data.synthetic import write_synthetic_corpus
+    from mert.lightning.train import check_cached_targets
+    from mert.targets import CQTTargets, RandomProjectionTargets
+
+    corpus = write_synthetic_corpus(tmp_path / "c", 4, seconds=2.0, seed=2)
+    write_manifest(tmp_path / "m.tsv", scan_audio(corpus, progress=False).entries)
+    teachers = {"codes": RandomProjectionTargets(seed=0), "features": CQTTargets()}
+    write_shards(
+        tmp_path / "m.tsv", tmp_path / "cached", segment_seconds=2.0, min_seconds=2.0, teachers=teachers, progress=False
+    )
+    write_shards(tmp_path / "m.tsv", tmp_path / "plain", segment_seconds=2.0, min_seconds=2.0, progress=False)
+    losses = {}
+    for name in ("cached", "plain"):
+        args = [
+            "experiment=tiny_cpu",
+            "logger=csv",
+            "trainer.log_every_n_steps=1",
+            "data=shards",
+            f"data.shards={tmp_path / name}",
+            "data.global_batch_size=4",
+            "data.micro_batch_size=4",
+            "data.num_workers=0",
+            "trainer.max_steps=2",
+            f"run_dir={tmp_path / ('r_' + name)}",
+        ]
+        assert cli(["pretrain", *args]) == 0
+        losses[name] = _losses(tmp_path / ("r_" + name))
+    assert losses["cached"] == losses["plain"]  # bit-identical, both steps
+
+    from mert.data.shards import ShardDataset
+
+    ds = ShardDataset(tmp_path / "cached")
+    check_cached_targets(ds, {k: t.settings() for k, t in teachers.items()})
+    other = {"codes": RandomProjectionTargets(seed=1).settings(), "features": CQTTargets().settings()}
+    with pytest.raises(ValueError, match="cached 'codes' targets were made by"):
+        check_cached_targets(ds, other)
+    status = cli(
+        [
+            "pretrain",
+            "experiment=tiny_cpu",
+            "data=shards",
+            f"data.shards={tmp_path / 'cached'}",
+            "seed=5",
+            f"run_dir={tmp_path / 'r_bad'}",
+        ]
+    )
+    assert status == 1 and "cached 'codes' targets were made by" in capsys.readouterr().err
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_module("mert.conf", version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["experiment=tiny_cpu", "hydra/launcher=mert_slurm", "trainer.devices=8", "trainer.num_nodes=4"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (4, 8, 8)

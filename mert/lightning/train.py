@@ -21,7 +21,7 @@ import torch
 
 log = logging.getLogger("mert.pretrain")
 
-__all__ = ["main", "run", "derive_run_dir", "NON_SCIENTIFIC_PREFIXES"]
+__all__ = ["main", "run", "derive_run_dir", "check_cached_targets", "NON_SCIENTIFIC_PREFIXES"]
 
 # Overrides that do not change what is learned; they never change the run directory.
 NON_SCIENTIFIC_PREFIXES = (
@@ -68,12 +68,32 @@ def _build_encoder(cfg: Any, resuming: bool):
     return Encoder(EncoderConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True)))
 
 
+def check_cached_targets(dataset: Any, teacher_settings: dict[str, dict[str, Any]]) -> None:
+    """Refuse shards whose cached targets came from other teachers than the run configures.
+
+    Cached targets replace the teachers' output, so a mismatch would silently train on other targets.
+    Paths are not compared (shards and k-means files move between machines); everything else is.
+    """
+    cached = (getattr(dataset, "info", None) or {}).get("teachers") or {}
+    for role, settings in cached.items():
+        if role not in teacher_settings or not isinstance(settings, dict):
+            continue
+        mine = {k: v for k, v in teacher_settings[role].items() if k != "path"}
+        theirs = {k: v for k, v in settings.items() if k != "path"}
+        if mine != theirs:
+            raise ValueError(
+                f"the shards' cached '{role}' targets were made by {theirs}, but this run configures {mine}; "
+                "write the shards again with the run's teachers, or change targets.* to match"
+            )
+
+
 def run(cfg: Any) -> dict[str, Any]:
     """Train as configured by a composed Hydra config; returns a summary (also written to the run dir)."""
     import lightning.pytorch as pl
     from hydra.utils import instantiate
     from omegaconf import OmegaConf, open_dict
 
+    from mert.lightning.callbacks import FinalCheckpoint
     from mert.lightning.data import AudioDataModule, derive_accumulation
     from mert.lightning.module import PretrainModule
     from mert.lightning.strategies import AtomicCheckpointIO
@@ -105,8 +125,10 @@ def run(cfg: Any) -> dict[str, Any]:
         seed=cfg.seed,
         run_config=run_config,
     )
+    dataset = instantiate(cfg.data.dataset)
+    check_cached_targets(dataset, objective.teacher_settings())
     datamodule = AudioDataModule(
-        instantiate(cfg.data.dataset),
+        dataset,
         global_batch_size=cfg.data.global_batch_size,
         micro_batch_size=cfg.data.micro_batch_size,
         num_workers=cfg.data.num_workers,
@@ -115,6 +137,7 @@ def run(cfg: Any) -> dict[str, Any]:
     world = int(cfg.trainer.devices) * int(cfg.trainer.get("num_nodes", 1))
     accumulation = derive_accumulation(cfg.data.global_batch_size, cfg.data.micro_batch_size, world)
     callbacks = list(instantiate(cfg.callbacks).values()) if cfg.get("callbacks") else []
+    callbacks.append(FinalCheckpoint(str(last)))
     loggers = list(instantiate(cfg.logger)) if cfg.get("logger") else False
     trainer = instantiate(
         cfg.trainer,
@@ -166,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.argv = [saved[0], *(argv if argv is not None else saved[1:])]
     try:
         entry()
+    except SystemExit as e:  # hydra.main reports errors and exits; the CLI returns the status instead
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    except (ValueError, FileNotFoundError) as e:  # our own checks: the message says what to do
+        print(f"mert pretrain: error: {e}", file=sys.stderr)
+        return 1
     finally:
         sys.argv = saved
     return 0
