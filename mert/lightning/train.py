@@ -147,7 +147,8 @@ def run(cfg: Any) -> dict[str, Any]:
         default_root_dir=str(run_dir),
         plugins=[AtomicCheckpointIO()],
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # Our checkpoints hold only tensors and plain containers, so resuming never unpickles arbitrary objects.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     summary = {
         "run_dir": str(run_dir),
