@@ -222,6 +222,10 @@ _DELEGATED = {
 def _delegate(argv: list[str]) -> int | None:
     import importlib
 
+    if any(a.startswith("hydra.job.name=train_ddp_process_") for a in argv):
+        # Lightning re-launching the other DDP ranks of `python -m mert.cli pretrain ...` without "pretrain".
+        argv = ["pretrain", *argv]
+
     for key, (module, func) in _DELEGATED.items():
         words = (key,) if isinstance(key, str) else key
         if tuple(argv[: len(words)]) == words:

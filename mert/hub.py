@@ -320,6 +320,7 @@ def _from_hub(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import (
         EntryNotFoundError,
+        GatedRepoError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -362,8 +363,13 @@ def _from_hub(
         # EntryNotFoundError can only be config.json's here: the other files handle their own.
         if isinstance(err, RevisionNotFoundError):
             problem = "was not found: the repo has no such branch, tag or commit"
-        elif isinstance(err, RepositoryNotFoundError):  # also private or gated repos without a token
-            problem = "was not found (check the name; pass token= if it is private or gated)"
+        elif isinstance(err, GatedRepoError):  # a subclass of RepositoryNotFoundError: say what to do instead
+            problem = "is gated: accept its terms on the Hub with your account, then pass token= (or log in)"
+        elif isinstance(err, RepositoryNotFoundError):  # also private repos without a token
+            problem = (
+                f"was not found, and there is no local path {repo_id!r} either (check the name or the path; pass "
+                "token= if the repo is private)"
+            )
         else:
             problem = "has no config.json, so it is not a checkpoint this library can load"
         raise FileNotFoundError(f"{where} {problem} (tried {', '.join(tried)})") from err

@@ -318,3 +318,17 @@ def test_presets_and_config_validation():
         EncoderConfig(hidden_size=100, num_heads=12)
     with pytest.raises(ValueError, match=r"unknown EncoderConfig field\(s\) \['hiden_size'\]"):
         EncoderConfig.from_dict({"hiden_size": 3})
+
+
+def test_masked_group_norm_statistics_in_float32():
+    from mert.models.modules import masked_group_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 70000) * 3 + 1  # longer than fp16 can count
+    lengths = torch.tensor([70000, 23999])
+    w, b = torch.rand(8) + 0.5, torch.randn(8)
+    ref = masked_group_norm(x, lengths, 8, w, b, 1e-5)
+    for dtype, tol in ((torch.float16, 2e-2), (torch.bfloat16, 6e-2)):
+        got = masked_group_norm(x.to(dtype), lengths, 8, w.to(dtype), b.to(dtype), 1e-5)
+        assert got.dtype == dtype and torch.isfinite(got).all()
+        assert (got.float() - ref)[1, :, :23999].abs().max() < tol

@@ -402,3 +402,22 @@ def test_encodec_missing_or_foreign_file(tmp_path):
     torch.save({"weight": torch.zeros(3)}, foreign)
     with pytest.raises(ValueError, match="not an EnCodec 24 kHz state dict"):
         EncodecTargets(weights=foreign)
+
+
+def test_padded_batch_targets_equal_each_clip_alone():
+    """With lengths, every teacher computes each clip on its own samples: padding never changes targets."""
+    from mert.data.synthetic import render_clip
+    from mert.targets import CQTTargets, RandomProjectionTargets
+
+    a = torch.from_numpy(render_clip(2.0, 24000, seed=1)[0])
+    b = torch.from_numpy(render_clip(1.2, 24000, seed=2)[0])
+    batch = torch.zeros(2, len(a))
+    batch[0], batch[1, : len(b)] = a, b
+    lengths = torch.tensor([len(a), len(b)])
+    for teacher in (CQTTargets(), RandomProjectionTargets()):
+        together = teacher(batch, lengths)
+        alone = teacher(b[None])
+        t = alone.shape[1]
+        assert torch.equal(together[1, :t], alone[0]), type(teacher).__name__
+        assert torch.equal(together[0], teacher(a[None])[0])
+        assert (together[1, t:] == 0).all()

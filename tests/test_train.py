@@ -270,3 +270,55 @@ def test_slurm_launcher_config_composes(tmp_path):
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (4, 8, 8)
+
+
+def test_ddp_subprocess_launch_and_all_corrupt_micro_batch(tmp_path):
+    """Plain `ddp` (Lightning re-launches the other rank through the `mert` script) runs, and a rank whose whole
+    micro-batch is unreadable still takes part in every collective instead of hanging the job."""
+    import shutil
+    import subprocess
+    import sys
+
+    from mert.data.manifest import scan_audio, write_manifest
+    from mert.data.synthetic import write_synthetic_corpus
+    from mert.lightning.data import StreamSampler
+
+    corpus = write_synthetic_corpus(tmp_path / "c", 6, seconds=2.0, seed=3)
+    entries = scan_audio(corpus, progress=False).entries
+    write_manifest(tmp_path / "m.tsv", entries)
+    # The two files rank 1 reads in the first step: corrupt both.
+    rank1 = StreamSampler(len(entries), micro_batch_size=2, seed=0, rank=1, world_size=2)
+    it = iter(rank1)
+    for _ in range(2):
+        Path(entries[next(it)[0]].path).write_bytes(b"RIFF" + bytes(64))
+    exe = shutil.which("mert")
+    cmd = [exe] if exe else [sys.executable, "-m", "mert.cli"]
+    args = [
+        "pretrain",
+        "experiment=tiny_cpu",
+        "trainer=ddp_cpu",
+        "trainer.strategy=ddp",
+        "logger=csv",
+        "data=manifest",
+        f"data.manifest={tmp_path / 'm.tsv'}",
+        "data.dataset.crop_seconds=1.5",
+        "data.dataset.min_seconds=1.0",
+        "data.global_batch_size=4",
+        "data.micro_batch_size=2",
+        "data.num_workers=0",
+        "trainer.max_steps=2",
+        f"run_dir={tmp_path / 'r'}",
+    ]
+    res = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+
+
+def test_resume_with_another_micro_batch_size_continues_the_stream(tmp_path):
+    common = ["experiment=tiny_cpu", *FAST, f"run_dir={tmp_path / 'r'}"]
+    assert cli(["pretrain", *common, "trainer.max_steps=2", "data.micro_batch_size=4"]) == 0
+    assert cli(["pretrain", *common, "trainer.max_steps=4", "data.micro_batch_size=2"]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    # 4 steps of 8 clips: 2 x (2 passes of 4), then 2 x (4 passes of 2); no sample replayed or skipped.
+    assert summary["steps"] == 4 and summary["samples_seen"] == 32 and summary["accumulate_grad_batches"] == 4

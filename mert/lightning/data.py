@@ -3,9 +3,9 @@
 Training is counted in steps, not epochs, so the sampler is an endless stream of global sample positions:
 position ``p`` is sample ``perm_e[p % N]`` of epoch ``e = p // N``, with ``perm_e`` a permutation drawn from
 ``(seed, e)``. Global micro-batch ``j`` covers positions ``[j G, (j + 1) G)`` with ``G = micro_batch * world``;
-rank ``r`` takes the ``r``-th slice of ``micro_batch`` positions. Restarting from "micro-batches seen" therefore
-resumes the exact stream on any number of ranks, and the samples of a global batch do not depend on how it is
-split over ranks.
+rank ``r`` takes the ``r``-th slice of ``micro_batch`` positions. A resume restarts at the number of positions
+consumed, so it continues the same stream even with another micro-batch size or number of ranks (as long as
+``G`` divides that number), and the samples of a global batch do not depend on how it is split over ranks.
 """
 
 from __future__ import annotations
@@ -136,8 +136,16 @@ class AudioDataModule(pl.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         module = trainer.lightning_module if trainer is not None else None
-        # Micro-batches already trained on (restored from the checkpoint before this is called).
-        start = int(getattr(module, "micro_batches_seen", 0))
+        # Stream positions already trained on (restored from the checkpoint before this is called). Counted in
+        # samples, so a resume with another micro-batch size or number of ranks continues the same stream.
+        seen = int(getattr(module, "samples_seen", 0))
+        per_pass = self.micro_batch_size * world
+        if seen % per_pass:
+            raise ValueError(
+                f"the checkpoint has consumed {seen} samples, not a multiple of micro_batch_size x ranks = {per_pass}; "
+                "resume with a micro-batch size and number of ranks whose product divides it"
+            )
+        start = seen // per_pass
         sampler = StreamSampler(
             len(self.dataset),
             micro_batch_size=self.micro_batch_size,

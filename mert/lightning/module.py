@@ -77,6 +77,7 @@ class PretrainModule(pl.LightningModule):
         self.seed = seed
         self.save_hyperparameters({"run": run_config or {}})
         self.micro_batches_seen = 0
+        self.samples_seen = 0  # global stream positions consumed (all ranks): where a resume restarts
         self.skipped_steps = 0
         self.skipped_files = 0
         self.audio_seconds = 0.0
@@ -87,24 +88,25 @@ class PretrainModule(pl.LightningModule):
         wav, lengths = batch["wav"], batch["lengths"]
         positions = batch["position"]
         self.skipped_files += int(batch.get("n_skipped", 0))
+        world = self.trainer.world_size
+        self.samples_seen += self.trainer.datamodule.micro_batch_size * world if self.trainer.datamodule else 0
         if wav.shape[0] == 0:
-            # Every file of this micro-batch was unreadable. A zero loss tied to all parameters keeps DDP ranks
-            # in step (they all still all-reduce gradients).
-            self.micro_batches_seen += 1
-            return sum(p.sum() for p in self.objective.parameters() if p.requires_grad) * 0.0
-        # Seeds from the samples' global positions: dropout, masks and mixing repeat exactly after a resume.
-        first = int(positions[0])
-        torch.manual_seed(_mix(self.seed, 1, first))
-        out = self.objective(
-            wav,
-            lengths,
-            targets=batch.get("targets"),
-            generator=torch.Generator().manual_seed(_mix(self.seed, 2, first)),
-            sample_seeds=[_mix(self.seed, 3, int(p)) for p in positions],
-        )
+            # Every file of this micro-batch was unreadable. A zero output tied to all parameters keeps this rank
+            # making the same collective calls (reductions below, gradient all-reduce) as the others.
+            out = self.objective.empty_output(self.device)
+        else:
+            # Seeds from the samples' global positions: dropout, masks and mixing repeat exactly after a resume.
+            first = int(positions[0])
+            torch.manual_seed(_mix(self.seed, 1, first))
+            out = self.objective(
+                wav,
+                lengths,
+                targets=batch.get("targets"),
+                generator=torch.Generator().manual_seed(_mix(self.seed, 2, first)),
+                sample_seeds=[_mix(self.seed, 3, int(p)) for p in positions],
+            )
         strategy = self.trainer.strategy
         n_global = strategy.reduce(out.n_masked.float(), reduce_op="sum")
-        world = self.trainer.world_size
         # DDP averages gradients over ranks, so scaling by world / N_global makes the update the gradient of
         # (sum of all ranks' loss sums) / (all masked frames): every masked frame weighs the same (spec 2).
         loss = out.loss_sum * world / n_global.clamp(min=1.0)
@@ -134,7 +136,7 @@ class PretrainModule(pl.LightningModule):
         if self._t_start is not None and batch["wav"].shape[0]:
             dt = time.perf_counter() - self._t_start
             sec = float(batch["lengths"].sum()) / self.objective.encoder.sample_rate * self.trainer.world_size
-            self.log("train/audio_sec_per_sec", sec / max(dt, 1e-9), on_step=True, batch_size=1)
+            self.log("train/audio_sec_per_sec", sec / max(dt, 1e-9), on_step=True, batch_size=1, sync_dist=False)
         self._t_start = time.perf_counter()
         self.log_dict(
             {
@@ -177,6 +179,7 @@ class PretrainModule(pl.LightningModule):
             "encoder_config": self.objective.encoder.config.to_dict(),
             "teachers": self.objective.teacher_settings(),
             "micro_batches_seen": self.micro_batches_seen,
+            "samples_seen": self.samples_seen,
             "skipped_steps": self.skipped_steps,
             "skipped_files": self.skipped_files,
             "audio_seconds": self.audio_seconds,
@@ -185,6 +188,7 @@ class PretrainModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("mert", {})
         self.micro_batches_seen = int(state.get("micro_batches_seen", 0))
+        self.samples_seen = int(state.get("samples_seen", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.skipped_files = int(state.get("skipped_files", 0))
         self.audio_seconds = float(state.get("audio_seconds", 0.0))
@@ -194,6 +198,7 @@ class PretrainModule(pl.LightningModule):
         return {
             "steps": int(self.global_step),
             "micro_batches": self.micro_batches_seen,
+            "samples_seen": self.samples_seen,
             "audio_hours": round(self.audio_seconds / 3600, 4),
             "skipped_steps": self.skipped_steps,
             "skipped_files": self.skipped_files,

@@ -52,9 +52,16 @@ def derive_run_dir(runs_root: str, name: str, overrides: Sequence[str]) -> Path:
     return Path(runs_root) / name / suffix if suffix else Path(runs_root) / name
 
 
-def _build_encoder(cfg: Any, resuming: bool):
+def _build_encoder(cfg: Any, ckpt_path: str | None):
     from mert import Encoder, EncoderConfig
 
+    resuming = ckpt_path is not None
+    if resuming:
+        # The checkpoint's own architecture (after init_from it is the release's, not the model group's).
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        saved = (state.get("mert") or {}).get("encoder_config")
+        if saved is not None:
+            return Encoder(EncoderConfig.from_dict(saved))
     if cfg.init_from and not resuming:
         enc = Encoder.from_pretrained(cfg.init_from)
         log.warning(
@@ -91,6 +98,7 @@ def run(cfg: Any) -> dict[str, Any]:
     """Train as configured by a composed Hydra config; returns a summary (also written to the run dir)."""
     import lightning.pytorch as pl
     from hydra.utils import instantiate
+    from lightning.pytorch.strategies import FSDPStrategy
     from omegaconf import OmegaConf, open_dict
 
     from mert.lightning.callbacks import FinalCheckpoint
@@ -110,10 +118,9 @@ def run(cfg: Any) -> dict[str, Any]:
     )
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    encoder = _build_encoder(cfg, resuming=ckpt_path is not None)
-    if cfg.init_from and ckpt_path is None:
-        with open_dict(cfg):
-            cfg.model = encoder.config.to_dict()
+    encoder = _build_encoder(cfg, ckpt_path)
+    with open_dict(cfg):
+        cfg.model = encoder.config.to_dict()  # what is actually trained (a release's or a checkpoint's config)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     teachers = instantiate(cfg.targets, _convert_="all")
     objective = instantiate(cfg.objective, encoder=encoder, **teachers)
@@ -134,19 +141,20 @@ def run(cfg: Any) -> dict[str, Any]:
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
     )
-    world = int(cfg.trainer.devices) * int(cfg.trainer.get("num_nodes", 1))
-    accumulation = derive_accumulation(cfg.data.global_batch_size, cfg.data.micro_batch_size, world)
     callbacks = list(instantiate(cfg.callbacks).values()) if cfg.get("callbacks") else []
     callbacks.append(FinalCheckpoint(str(last)))
     loggers = list(instantiate(cfg.logger)) if cfg.get("logger") else False
     trainer = instantiate(
-        cfg.trainer,
-        accumulate_grad_batches=accumulation,
-        callbacks=callbacks,
-        logger=loggers,
-        default_root_dir=str(run_dir),
-        plugins=[AtomicCheckpointIO()],
+        cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()]
     )
+    # The world size as the trainer resolved it (devices may be "auto", -1 or a list), then the accumulation.
+    accumulation = derive_accumulation(cfg.data.global_batch_size, cfg.data.micro_batch_size, trainer.world_size)
+    trainer.accumulate_grad_batches = accumulation
+    if encoder.config.layerdrop > 0 and isinstance(trainer.strategy, FSDPStrategy):
+        raise ValueError(
+            f"LayerDrop ({encoder.config.layerdrop}) skips layers per rank, which FSDP cannot shard around; "
+            "set model.layerdrop=0 or use trainer=ddp"
+        )
     # Our checkpoints hold only tensors and plain containers, so resuming never unpickles arbitrary objects.
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
@@ -187,7 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_float32_matmul_precision("high")
     entry = hydra.main(config_path="pkg://mert.conf", config_name="train", version_base="1.3")(_hydra_entry)
     saved = sys.argv
-    sys.argv = [saved[0], *(argv if argv is not None else saved[1:])]
+    # argv[0] is this file: Lightning's DDP launcher starts the other ranks by re-running `sys.argv[0]` with
+    # the same overrides, and this file runs `main()` as a script (the `mert` command would need "pretrain").
+    sys.argv = [os.path.abspath(__file__), *(argv if argv is not None else saved[1:])]
     try:
         entry()
     except SystemExit as e:  # hydra.main reports errors and exits; the CLI returns the status instead
@@ -198,3 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -46,14 +46,18 @@ def masked_group_norm(x: Tensor, lengths: Tensor, num_groups: int, weight: Tenso
     Returns:
         ``(b, c, t)``; values at padded frames are normalised with the valid statistics (and ignored later).
     """
-    valid = _valid_mask(lengths, x.shape[-1])[:, None, None, :].to(x.dtype)  # (b, 1, 1, t)
+    dtype = x.dtype
+    # Statistics in float32 whatever the input dtype, as nn.GroupNorm does: frame counts and sums over long
+    # clips overflow fp16 and lose digits in bf16.
+    x = x.float()
+    valid = _valid_mask(lengths, x.shape[-1])[:, None, None, :].float()  # (b, 1, 1, t)
     xg = rearrange(x, "b (g c) t -> b g c t", g=num_groups)
-    count = (lengths.to(x.dtype) * xg.shape[2])[:, None, None, None]  # valid elements per group
+    count = (lengths.float() * xg.shape[2])[:, None, None, None]  # valid elements per group
     mean = (xg * valid).sum(dim=(2, 3), keepdim=True) / count
     # Two-pass variance: the one-pass E[x^2]-E[x]^2 loses digits on long, loud clips.
     var = (((xg - mean) * valid) ** 2).sum(dim=(2, 3), keepdim=True) / count
     y = rearrange((xg - mean) * torch.rsqrt(var + eps), "b g c t -> b (g c) t")
-    return y * weight[None, :, None] + bias[None, :, None]
+    return (y * weight.float()[None, :, None] + bias.float()[None, :, None]).to(dtype)
 
 
 class ConvLayer(nn.Module):

@@ -172,6 +172,23 @@ class MERTObjective(nn.Module):
         """JSON-able description of the teachers, for checkpoints' ``meta.json``."""
         return {role: t.settings() for role, t in self._teachers.items()}
 
+    def empty_output(self, device: torch.device | str = "cpu") -> PretrainOutput:
+        """A zero :class:`PretrainOutput` with the same terms as a real one, its loss tied to every trainable
+        parameter: what a rank whose micro-batch held no readable audio contributes, so that distributed
+        ranks still make the same collective calls and gradient reductions."""
+        zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        terms = {}
+        correct = None
+        if self.code_head is not None:
+            terms.update({f"code_{i}": zero.detach() for i in range(self.code_head.num_codebooks)})
+            correct = torch.zeros(self.code_head.num_codebooks, dtype=torch.long, device=device)
+        if self.feature_head is not None:
+            terms["features"] = zero.detach()
+        if self.feature_penalty_weight:
+            terms["feature_penalty"] = zero.detach()
+        empty_mask = torch.zeros(0, 0, dtype=torch.bool, device=device)
+        return PretrainOutput(zero, torch.zeros((), dtype=torch.long, device=device), terms, correct, empty_mask)
+
     @torch.no_grad()
     def compute_targets(self, wav: Tensor, lengths: Tensor | None = None) -> dict[str, Tensor]:
         """Teacher targets of clean audio: ``{"codes": (b, t, k) int64, "features": (b, t, f)}``."""

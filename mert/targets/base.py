@@ -66,14 +66,26 @@ class Teacher(nn.Module):
 
         Args:
             wav: ``(b, l)`` float waveform at ``self.sample_rate``.
-            lengths: ``(b,)`` valid samples, or None. Targets at frames past an item's length are computed on
-                zero padding and must be ignored by the caller (the objective never predicts them).
+            lengths: ``(b,)`` valid samples, or None. Each item's targets are computed on its valid samples
+                only; frames past an item's length are zero (the objective never predicts them).
         Returns:
             ``(b, t, k)`` int64 codes or ``(b, t, f)`` float features, ``t = frame_lengths(l)``.
         """
         if wav.dim() != 2:
             raise ValueError(f"{type(self).__name__} expects wav of shape (batch, samples), got {tuple(wav.shape)}")
         t = self.num_frames(wav.shape[1])
+        if lengths is not None and bool((lengths.to("cpu") != wav.shape[1]).any()):
+            # Each item on exactly its own samples, grouped by length: a clip's targets are then the same alone,
+            # in a padded batch and in cached shards (edge padding of the CQT/STFT would otherwise see zeros).
+            lens = lengths.tolist()
+            out = None
+            for n in sorted(set(lens)):
+                idx = [i for i, m in enumerate(lens) if m == n]
+                part = self.forward(wav[idx, : int(n)], None)
+                if out is None:
+                    out = part.new_zeros((wav.shape[0], t, *part.shape[2:]))
+                out[idx, : part.shape[1]] = part
+            return out
         # Targets are computed in float32 even inside a bf16-mixed training step: autocast off.
         with torch.inference_mode(), torch.autocast(wav.device.type, enabled=False):
             out = self.compute(wav.float())
