@@ -1,0 +1,417 @@
+"""`mert probe`: a labelled manifest + an encoder -> cached features -> probes -> results.json, table, plot.
+
+Shape legend: ``N`` examples, ``n`` layers, ``d`` width, ``t`` label frames, ``P`` heads, ``C`` outputs.
+
+    mert probe encoder=m-a-p/MERT-v1-95M data.manifest=gtzan.csv task=gtzan_genre
+    mert probe encoder=random:runs/export data.manifest=x.csv           # a random encoder of that shape
+    mert probe compare runs/probe/x/*                                    # side-by-side table
+
+Hydra composes ``conf/probe.yaml``; everything below the entry point takes plain values. The run directory is
+``runs_root/probe/<manifest stem>-<task>/<encoder>`` unless ``run_dir`` is set; features live in the shared cache
+(``features.cache_dir``, default ``$MERT_CACHE/features``) so a second run of the same encoder and data set
+skips extraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mert.probe import metrics as M
+from mert.probe.tasks import ProbeDataset, TaskSpec
+
+log = logging.getLogger("mert.probe")
+
+__all__ = ["main", "run", "load_encoder", "compare_runs", "build_probe_data"]
+
+
+def load_encoder(source: str, *, random_seed: int = 0, device: str = "cpu"):
+    """An encoder from a source (registry name, hub id, folder, URL), or ``random:<preset or source>``: a
+    randomly initialised encoder of that shape (seeded), the baseline a pretrained encoder must beat."""
+    from mert import Encoder, EncoderConfig
+    from mert.models.config import PRESETS
+
+    if source.startswith("random:"):
+        shape = source[len("random:") :]
+        if shape.lower() in PRESETS:
+            config = EncoderConfig.preset(shape)
+        else:
+            config = Encoder.from_pretrained(shape).config
+        torch.manual_seed(random_seed)
+        enc = Encoder(config)
+    else:
+        enc = Encoder.from_pretrained(source)
+    return enc.to(device).eval()
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "encoder"
+    return s if len(s) <= limit else s[: limit - 13] + "-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def build_probe_data(ds: ProbeDataset, feats: list[np.ndarray | None], ok: np.ndarray):
+    """Turn cached features and parsed labels into a :class:`~mert.probe.probes.ProbeData`."""
+    from mert.probe.probes import ProbeData, scorer, standardize
+
+    task = ds.task
+    metrics = task.resolved_metrics()
+    split_idx = {s: np.array([i for i in ds.indices(s) if ok[i]], dtype=np.int64) for s in ("train", "valid", "test")}
+    for s, idx in split_idx.items():
+        if len(idx) == 0:
+            raise ValueError(f"no usable {s} examples after skipping unreadable files: check skipped.json")
+    if not task.frame_level:
+        x = {s: torch.from_numpy(np.stack([feats[i] for i in idx])) for s, idx in split_idx.items()}  # (N, n, d)
+        if task.type == "multiclass":
+            y_np = {s: ds.targets[idx] for s, idx in split_idx.items()}
+            y = {s: torch.from_numpy(v) for s, v in y_np.items()}
+            kind, c = "multiclass", len(ds.classes)
+        elif task.type == "multilabel":
+            y_np = {s: ds.targets[idx] for s, idx in split_idx.items()}
+            y = {s: torch.from_numpy(v) for s, v in y_np.items()}
+            kind, c = "multilabel", len(ds.classes)
+        else:
+            y_np = {s: ds.targets[idx] for s, idx in split_idx.items()}
+            mean, std = y_np["train"].mean(0), y_np["train"].std(0) + 1e-8
+            # Standardised targets train well with one LR grid whatever their unit; R2 is unchanged by it.
+            y_np = {s: (v - mean) / std for s, v in y_np.items()}
+            y = {s: torch.from_numpy(v) for s, v in y_np.items()}
+            kind, c = "regression", ds.targets.shape[1]
+        score = scorer(kind, y_np, metrics, task.output_names)
+        return ProbeData(standardize(x), y, kind, c, metrics, score)
+
+    # Frame level: every frame is an example; scores are computed per clip (beats) or over frames.
+    rate = task.frame_rate
+    x, y, spans = {}, {}, {}
+    for s, idx in split_idx.items():
+        xs, ys, bounds, at = [], [], [], 0
+        for i in idx:
+            f = feats[i]  # (t, n, d)
+            xs.append(torch.from_numpy(f))
+            ys.append(ds.frame_targets(int(i), f.shape[0]))
+            bounds.append((int(i), at, at + f.shape[0]))
+            at += f.shape[0]
+        x[s] = torch.cat(xs)
+        y[s] = torch.from_numpy(np.concatenate(ys))
+        spans[s] = bounds
+    x = standardize(x)
+    if task.type == "frame_multiclass":
+        frame_y = {s: v.numpy() for s, v in y.items()}
+        names = {"frame_accuracy": "accuracy", "frame_macro_f1": "macro_f1"}
+        base = scorer("multiclass", frame_y, [names.get(m, m) for m in metrics])
+
+        def score(split: str, out: torch.Tensor) -> dict[str, np.ndarray]:
+            got = base(split, out)
+            return {m: got[names.get(m, m)] for m in metrics}
+
+        return ProbeData(x, y, "multiclass", len(ds.classes), metrics, score)
+
+    y = {s: v.float()[:, None] for s, v in y.items()}  # (N, 1) beat / no beat
+    positives = float(y["train"].sum())
+    pos_weight = torch.tensor([max(1.0, (len(y["train"]) - positives) / max(positives, 1.0))])
+
+    def beat_score(split: str, out: torch.Tensor) -> dict[str, np.ndarray]:
+        prob = torch.sigmoid(out[..., 0].float()).numpy()  # (P, N)
+        res = np.zeros(prob.shape[0])
+        for i, a, b in spans[split]:
+            for p in range(prob.shape[0]):
+                est = M.pick_peaks(prob[p, a:b], rate)
+                res[p] += M.beat_f_measure(ds.events[i], est, task.beat_tolerance_seconds)
+        return {metrics[0]: res / max(1, len(spans[split]))}
+
+    return ProbeData(x, y, "multilabel", 1, metrics, beat_score, pos_weight)
+
+
+def _chance(ds: ProbeDataset, ok: np.ndarray) -> dict[str, float]:
+    """What a predictor without audio scores on test: the majority class, constant scores, the train mean."""
+    test = np.array([i for i in ds.indices("test") if ok[i]])
+    train = np.array([i for i in ds.indices("train") if ok[i]])
+    if ds.task.type == "multiclass" and len(test):
+        majority = np.bincount(ds.targets[train]).argmax()
+        return {"accuracy": M.accuracy(ds.targets[test], np.full(len(test), majority))}
+    if ds.task.type == "multilabel":
+        return {"roc_auc": 0.5}
+    if ds.task.type == "regression":
+        return {"r2": M.r2(ds.targets[test], np.broadcast_to(ds.targets[train].mean(0), ds.targets[test].shape))}
+    return {}
+
+
+def _markdown(summary: dict) -> str:
+    res = summary["results"]
+    metrics = list(summary["task"]["metrics"])
+    lines = [
+        f"# {summary['task']['name']} ({summary['task']['type']}): {summary['encoder']['source']}",
+        "",
+        f"{summary['data']['splits']} examples (train/valid/test); {summary['features']['skipped']} skipped; "
+        f"head {summary['probe']['head']}; {len(summary['probe']['seeds'])} seeds; test scores mean +- std over "
+        f"seeds; learning rate and layer chosen on validation ({res['selection_metric']}).",
+        "",
+        "| layer | valid "
+        + res["selection_metric"]
+        + " | "
+        + " | ".join(f"test {m}" for m in metrics)
+        + " | LR per seed |",
+        "|---|---|" + "---|" * len(metrics) + "---|",
+    ]
+    for name, r in res["candidates"].items():
+        mark = " **(best)**" if name == res["best_candidate"] else ""
+        cells = " | ".join(f"{100 * r['test'][m]['mean']:.1f} +- {100 * r['test'][m]['std']:.1f}" for m in metrics)
+        lrs = ", ".join(f"{lr:g}" for lr in r["lr_per_seed"])
+        lines.append(f"| {name}{mark} | {100 * r['val_mean']:.1f} | {cells} | {lrs} |")
+    if summary.get("chance"):
+        lines += [
+            "",
+            "Without audio (majority class / constant / train mean): "
+            + ", ".join(f"{m} {100 * v:.1f}" for m, v in summary["chance"].items()),
+        ]
+    weights = res["candidates"].get("weighted", {}).get("layer_weights_mean")
+    if weights:
+        lines += [
+            "",
+            "Learned layer weights (weighted sum, mean over seeds): " + ", ".join(f"{w:.3f}" for w in weights),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(summary: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    res = summary["results"]
+    metric = summary["task"]["metrics"][0]
+    layers = [(int(k), v) for k, v in res["candidates"].items() if k != "weighted"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if layers:
+        xs = [k for k, _ in layers]
+        ax.errorbar(
+            xs,
+            [100 * v["test"][metric]["mean"] for _, v in layers],
+            yerr=[100 * v["test"][metric]["std"] for _, v in layers],
+            marker="o",
+            capsize=3,
+            label="test",
+        )
+        ax.plot(xs, [100 * v["val_mean"] for _, v in layers], "s--", alpha=0.6, label="valid")
+        ax.set_xticks(xs)
+    if "weighted" in res["candidates"]:
+        w = res["candidates"]["weighted"]["test"][metric]["mean"]
+        ax.axhline(100 * w, color="C2", linestyle=":", label="weighted sum (test)")
+    for m, v in (summary.get("chance") or {}).items():
+        if m == metric:
+            ax.axhline(100 * v, color="grey", linewidth=0.8, label="no audio")
+    ax.set_xlabel("hidden state (0 = transformer input)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{summary['task']['name']}: {summary['encoder']['source']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Probe as configured (a plain mapping shaped like ``conf/probe.yaml``); returns the results summary."""
+    from mert.hub import default_cache_dir
+    from mert.probe.cache import FeatureCache, FeatureSpec
+    from mert.probe.probes import ProbeConfig, run_probes
+
+    t0 = time.time()
+    task = TaskSpec(**cfg["task"])
+    data_cfg = cfg["data"]
+    ds = ProbeDataset.from_manifest(
+        data_cfg["manifest"],
+        task,
+        root=data_cfg.get("root"),
+        split_seed=int(data_cfg.get("split_seed", 0)),
+        split_fractions=tuple(data_cfg.get("split_fractions", (0.8, 0.1, 0.1))),
+    )
+    task = ds.task
+    device = cfg.get("device") or "cpu"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    run_dir = Path(
+        cfg.get("run_dir")
+        or Path(cfg.get("runs_root", "runs"))
+        / "probe"
+        / f"{_slug(Path(data_cfg['manifest']).stem)}-{task.name}"
+        / _slug(cfg["encoder"])
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"mert probe: {ds.summary()} -> {run_dir}", flush=True)
+
+    encoder = load_encoder(cfg["encoder"], random_seed=int(cfg.get("random_seed", 0)), device=device)
+    fcfg = cfg.get("features", {})
+    spec = FeatureSpec(
+        window_seconds=float(fcfg.get("window_seconds", 5.0)),
+        min_window_seconds=float(fcfg.get("min_window_seconds", 1.0)),
+        frame_rate=task.frame_rate if task.frame_level else None,
+        layers=str(fcfg.get("layers", "all")),
+    )
+    cache_dir = fcfg.get("cache_dir") or default_cache_dir() / "features"
+    cache = FeatureCache(cache_dir, encoder, spec, batch_size=int(fcfg.get("batch_size", 8)))
+    report = cache.extract(ds, progress=bool(cfg.get("progress", True)))
+    print(f"mert probe: features {report} ({cache.folder})", flush=True)
+    feats, ok = cache.load(ds)
+    del encoder  # the probes need only the cached features
+
+    pcfg = dict(cfg.get("probe", {}))
+    if isinstance(pcfg.get("layers"), list | tuple):
+        pcfg["layers"] = [int(i) for i in pcfg["layers"]]
+    probe_cfg = ProbeConfig(**pcfg)
+    data = build_probe_data(ds, feats, ok)
+    num_layers = data.x["train"].shape[1]
+    results = run_probes(data, num_layers, probe_cfg, progress=lambda m: print(f"mert probe: {m}", flush=True))
+    res = results.to_dict()
+    best = res["candidates"][res["best_candidate"]]
+    headline = {m: best["test"][m] for m in task.resolved_metrics()}
+    counts = {s: int(sum(ok[i] for i in ds.indices(s))) for s in ("train", "valid", "test")}
+    summary = {
+        "mert_probe_version": 1,
+        "task": {**task.__dict__, "metrics": list(task.resolved_metrics()), "classes": ds.classes},
+        "encoder": {
+            "source": cfg["encoder"],
+            "fingerprint": cache.fingerprint,
+            "config": cache.encoder.config.to_dict(),
+            "num_hidden_states": num_layers,
+        },
+        "data": {"manifest": str(data_cfg["manifest"]), "examples": len(ds.examples), "splits": counts},
+        "features": {
+            "cache": str(cache.folder),
+            "spec": spec.__dict__,
+            "computed": report.computed,
+            "from_cache": report.cached,
+            "skipped": int((~ok).sum()),
+            "skipped_files": {
+                str(ds.examples[i].path): "unreadable (see the cache's skipped.json)" for i in np.flatnonzero(~ok)
+            },
+        },
+        "probe": {**probe_cfg.__dict__, "lrs": list(probe_cfg.lrs), "seeds": list(probe_cfg.seeds)},
+        "headline": {"candidate": res["best_candidate"], **headline},
+        "chance": _chance(ds, ok),
+        "results": res,
+        "seconds": round(time.time() - t0, 1),
+    }
+    summary["data"]["splits"] = f"{counts['train']}/{counts['valid']}/{counts['test']}"
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    table = _markdown(summary)
+    (run_dir / "results.md").write_text(table)
+    plotted = _plot(summary, run_dir / "layers.png")
+    print(table, flush=True)
+    print(f"mert probe: wrote {run_dir / 'results.json'}, results.md" + (", layers.png" if plotted else ""), flush=True)
+    return summary
+
+
+def compare_runs(run_dirs: Sequence[str | os.PathLike]) -> str:
+    """A Markdown table with one column per run: per task and metric, the best layer's test score and the
+    weighted sum's (mean +- std over seeds), plus the best layer's index."""
+    runs = []
+    for d in run_dirs:
+        p = Path(d)
+        p = p / "results.json" if p.is_dir() else p
+        if not p.is_file():
+            raise FileNotFoundError(f"{str(d)!r} has no results.json: give `mert probe` run directories")
+        runs.append(json.loads(p.read_text()))
+    header = "| task | metric | " + " | ".join(r["encoder"]["source"] for r in runs) + " |"
+    lines = [header, "|---|---|" + "---|" * len(runs)]
+    tasks = list(dict.fromkeys(r["task"]["name"] for r in runs))
+    for t in tasks:
+        metrics = list(dict.fromkeys(m for r in runs if r["task"]["name"] == t for m in r["task"]["metrics"]))
+        for m in metrics:
+            for which in ("best layer", "weighted"):
+                cells = []
+                for r in runs:
+                    cands = r["results"]["candidates"]
+                    key = r["results"]["best_candidate"] if which == "best layer" else "weighted"
+                    if r["task"]["name"] != t or key not in cands or m not in cands[key]["test"]:
+                        cells.append("-")
+                        continue
+                    s = cands[key]["test"][m]
+                    cells.append(f"{100 * s['mean']:.1f} +- {100 * s['std']:.1f}")
+                if any(c != "-" for c in cells):
+                    lines.append(f"| {t} | {m} ({which}) | " + " | ".join(cells) + " |")
+        cells = [str(r["results"]["best_candidate"]) if r["task"]["name"] == t else "-" for r in runs]
+        lines.append(f"| {t} | best layer | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_cli(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(prog="mert probe compare", description="side-by-side table of probe runs")
+    ap.add_argument("runs", nargs="+", help="run directories (or results.json files) of `mert probe`")
+    ap.add_argument("--out", help="also write the table to this Markdown file")
+    args = ap.parse_args(list(argv))
+    try:
+        table = compare_runs(args.runs)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"mert probe compare: error: {e}", file=sys.stderr)
+        return 1
+    print(table, end="")
+    if args.out:
+        Path(args.out).write_text(table)
+    return 0
+
+
+# `task=gtzan_genre` and `protocol=quick` are the documented spellings of Hydra's package overrides.
+_ALIASES = {"task": "probe_task@task", "protocol": "probe_protocol@probe"}
+
+
+def _rewrite(argv: Sequence[str]) -> list[str]:
+    out = []
+    for a in argv:
+        key, sep, value = a.partition("=")
+        out.append(f"{_ALIASES[key]}={value}" if sep and key in _ALIASES else a)
+    return out
+
+
+def _hydra_entry(cfg: Any) -> None:
+    from omegaconf import OmegaConf
+
+    run(OmegaConf.to_container(cfg, resolve=True))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mert probe [hydra overrides]``, ``mert probe compare RUN_DIRS...``, ``mert probe manifest ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        return compare_cli(argv[1:])
+    if argv[:1] == ["manifest"]:
+        from mert.probe.layouts import manifest_cli
+
+        return int(manifest_cli(argv[1:]) or 0)
+    try:
+        import hydra
+    except ImportError:
+        print("mert probe needs hydra-core: pip install 'mert[train]'", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    entry = hydra.main(config_path="pkg://mert.conf", config_name="probe", version_base="1.3")(_hydra_entry)
+    saved = sys.argv
+    sys.argv = [saved[0], *_rewrite(argv)]
+    try:
+        entry()
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    except (ValueError, FileNotFoundError) as e:
+        print(f"mert probe: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
