@@ -183,10 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; parsed by their own modules (see _DELEGATED).
     sub.add_parser("pretrain", help="pretrain an encoder: mert pretrain [hydra overrides] (see docs/pretraining.md)")
     sub.add_parser("demo", help="synthetic corpus -> pretraining -> export -> probe, on CPU in minutes")
+    sub.add_parser(
+        "probe",
+        help="probe an encoder on a labelled manifest: mert probe encoder=... data.manifest=... [task=...]; "
+        "`mert probe compare RUN_DIRS...`; `mert probe manifest LAYOUT ROOT --out FILE` (see docs/probing.md)",
+    )
     data = sub.add_parser("data", help="data preparation: `mert data manifest`, `mert data shard`")
     data.add_argument("action", choices=["manifest", "shard"])
     targets = sub.add_parser("targets", help="teachers: `mert targets fit-kmeans`")
     targets.add_argument("action", choices=["fit-kmeans"])
+    sub.add_parser("download", help="fetch a named checkpoint (MERT-v1-95M...), hub id or URL; print its path")
 
     p = sub.add_parser("synth", help="write synthetic music clips (chords, melody, drums) as audio files")
     p.add_argument("out", nargs="+", help="output file(s), e.g. demo.wav")
@@ -213,9 +219,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 _DELEGATED = {
     "pretrain": ("mert.lightning.train", "main"),
     "demo": ("mert.demo", "main"),
+    "probe": ("mert.probe.run", "main"),
     ("data", "manifest"): ("mert.data.cli", "manifest_cli"),
     ("data", "shard"): ("mert.data.cli", "shard_cli"),
     ("targets", "fit-kmeans"): ("mert.targets.kmeans", "fit_kmeans_cli"),
+    "download": ("mert.hub", "download_cli"),
 }
 
 

@@ -1,16 +1,22 @@
-"""Checkpoint sources: a local path, an http(s) URL or a Hugging Face repo id, turned into a local path.
+"""Checkpoint sources: a registry name, a local path, an http(s) URL or a Hugging Face repo id, turned into a path.
 
-URL downloads live in ``$MERT_CACHE`` (default ``~/.cache/mert``) under ``urls/<key>/<file name>``, ``key`` being
-derived from the URL. Each one is written to a temporary file and moved into place under a file lock, so several
-processes starting at once (DDP ranks) download once and nobody ever sees a partial file. Hub repos go through
-``huggingface_hub`` and its cache. Nothing heavy is imported until a download is needed.
+Names (``MERT-v1-95M``, ``MERT-v1-330M`` and the user's own, see :mod:`mert.registry`) are looked up first and
+bring their pinned revision and digest. URL downloads live in ``$MERT_CACHE`` (default ``~/.cache/mert``) under
+``urls/<key>/<file name>``, ``key`` being derived from the URL. Each one is written to a partial file and moved
+into place under a file lock, so several processes starting at once (DDP ranks) download once and nobody ever
+sees a partial file; an interrupted download is continued with an HTTP range request. Hub repos go through
+``huggingface_hub``, into ``<cache_dir>/hf``, ``$MERT_CACHE/hf`` when that is set, or huggingface_hub's own cache.
+Offline (``MERT_OFFLINE=1``, ``HF_HUB_OFFLINE=1``, ``local_files_only=True``) only the caches are used. Nothing
+heavy is imported until a download is needed. ``mert download`` is :func:`download_cli`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import http.client
+import json
 import logging
 import os
 import posixpath
@@ -23,12 +29,21 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
+
+from mert.registry import HUB_ID as _HUB_ID
+from mert.registry import (
+    CheckpointEntry,
+    builtin_checkpoints,
+    is_url,
+    known_names,
+    lookup_checkpoint,
+    normalise_sha256,
+)
 
 log = logging.getLogger(__name__)
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # first one the repo has wins
 _HUB_OPTIONAL = ("preprocessor_config.json", "meta.json")
 _ARCHIVES = (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar", ".zip")
@@ -36,11 +51,38 @@ _LOCK_NAME = ".lock"
 _CHUNK_BYTES = 1 << 20
 _PROGRESS_MIN_BYTES = 64 << 20  # outside a terminal, only downloads this large are worth a progress bar
 _TIMEOUT_S = 60.0
+_TRUE = ("1", "true", "yes", "on")
 
 
 def default_cache_dir() -> Path:
     """The download cache: ``$MERT_CACHE`` if set, else ``~/.cache/mert``."""
     return Path(os.environ.get("MERT_CACHE") or "~/.cache/mert").expanduser()
+
+
+def offline_mode() -> bool:
+    """True when ``MERT_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to 1 (or true/yes/on): only caches are used."""
+    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in ("MERT_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def url_cache_path(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where :func:`download_url` keeps the file of ``url``: ``<cache>/urls/<key>/<file name>``.
+
+    ``key`` is the first 16 hex digits of the SHA-256 of the URL without its ``#`` fragment. Putting a file
+    there by hand (e.g. copied from a connected machine) makes it a cache hit, re-verified when a digest is known.
+    """
+    base = url.partition("#")[0]
+    name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(base).path)).name
+    if name in ("", ".", "..", _LOCK_NAME):
+        name = "download"
+    folder = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
+    return folder / "urls" / hashlib.sha256(base.encode()).hexdigest()[:16] / name
+
+
+def _hub_cache_dir(cache_dir: str | os.PathLike | None) -> Path | None:
+    """``<cache_dir>/hf``, else ``$MERT_CACHE/hf`` when set, else None (huggingface_hub's own cache)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser() / "hf"
+    return default_cache_dir() / "hf" if os.environ.get("MERT_CACHE") else None
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -64,20 +106,25 @@ def resolve_source(
 ) -> Path:
     """Turn a checkpoint source into a local path (a folder or a single weights file).
 
-    Tried in order: an existing local path (``~`` expanded) is returned resolved; an ``http(s)://`` URL is
-    downloaded with :func:`download_url` and, if it is an archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.zip``...),
-    safely unpacked next to it (a lone top-level folder in the archive is returned itself); an ``owner/name``
-    string is fetched from the Hugging Face Hub (``config.json``, the first of ``model.safetensors`` and
-    ``pytorch_model.bin`` the repo has, and ``preprocessor_config.json``/``meta.json`` when present).
+    Tried in order: an existing local path (``~`` expanded) is returned resolved; a registry name (see
+    :mod:`mert.registry`: ``MERT-v1-95M``, ``mert-v1-330m``, ``m-a-p/MERT-v1-95M``, or a user entry) is replaced
+    by its source, revision and digest; an ``http(s)://`` URL is downloaded with :func:`download_url` and, if it
+    is an archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.zip``...), safely unpacked next to it (a lone top-level
+    folder in the archive is returned itself); an ``owner/name`` string is fetched from the Hugging Face Hub
+    (``config.json``, the first of ``model.safetensors`` and ``pytorch_model.bin`` the repo has, and
+    ``preprocessor_config.json``/``meta.json`` when present).
 
     Args:
-        source: local file or folder, http(s) URL (optionally ending in ``#sha256=<hex>``) or hub repo id.
-        revision: branch, tag or commit of a hub repo (default ``main``).
-        cache_dir: download cache (default :func:`default_cache_dir`); hub files go to ``<cache_dir>/hf``,
-            or to huggingface_hub's own cache when no ``cache_dir`` is given.
+        source: local file or folder, registry name, http(s) URL (optionally ending in ``#sha256=<hex>``) or hub
+            repo id.
+        revision: branch, tag or commit of a hub repo; default: the registry entry's pinned commit, else ``main``.
+        cache_dir: download cache (default :func:`default_cache_dir`); hub files go to ``<cache_dir>/hf``, or,
+            without ``cache_dir``, to ``$MERT_CACHE/hf`` when ``MERT_CACHE`` is set, else to huggingface_hub's
+            own cache.
         sha256: expected hex digest of the file the source names: a local file, a URL's download (the archive
-            itself for archives) or a hub repo's weights file.
-        local_files_only: never touch the network; only cached files are used.
+            itself for archives) or a hub repo's weights file. A registry entry's digest is used when not given.
+        local_files_only: never touch the network; only cached files are used. Also on when ``MERT_OFFLINE`` or
+            ``HF_HUB_OFFLINE`` is set.
         token: Hugging Face token for private or gated repos (``True``: the saved login).
         endpoint: Hub address (default ``$HF_ENDPOINT``, else huggingface.co).
 
@@ -85,9 +132,11 @@ def resolve_source(
         The local folder (or single file) holding the checkpoint.
 
     Raises:
-        FileNotFoundError: the source does not exist, is not cached while offline, or has no weights.
-        ValueError: a digest mismatch, a malformed digest, or an archive member escaping its folder.
-        OSError: a failed or truncated download.
+        FileNotFoundError: the source does not exist (the message lists the registry names), is not cached while
+            offline (the message says how to fetch it and where to put it), or has no weights.
+        ValueError: a digest mismatch, a malformed digest, an invalid registry file, or an archive member escaping
+            its folder.
+        OSError: a failed or truncated download (a truncated one is resumed by the next call).
     """
     path = Path(source).expanduser()
     if path.exists():
@@ -99,8 +148,13 @@ def resolve_source(
         return path
     if not isinstance(source, str):  # a path object is meant as a path, never as a URL or repo id
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
-    if urllib.parse.urlsplit(source).scheme.lower() in ("http", "https"):
-        file = download_url(source, cache_dir=cache_dir, sha256=sha256, local_files_only=local_files_only)
+    local_files_only = local_files_only or offline_mode()
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT")
+    entry = lookup_checkpoint(source)
+    if entry is not None:
+        return _resolve_entry(entry, revision, cache_dir, sha256, local_files_only, token, endpoint)
+    if is_url(source):
+        file = _download(source, cache_dir, sha256, local_files_only, label=source)
         return _extract(file) if file.name.lower().endswith(_ARCHIVES) else file
     if _HUB_ID.match(source):
         return _from_hub(
@@ -110,11 +164,58 @@ def resolve_source(
             sha256=sha256,
             local_files_only=local_files_only,
             token=token,
-            endpoint=endpoint or os.environ.get("HF_ENDPOINT"),
+            endpoint=endpoint,
+            label=source,
         )
+    try:
+        names, unreadable = known_names(), ""
+    except ValueError as err:  # a broken user registry must not hide the real problem
+        names, unreadable = [e.name for e in builtin_checkpoints()], f"; the user registry was not read: {err}"
+    folded = [n.casefold() for n in names]
+    close = difflib.get_close_matches(source.casefold(), folded, n=1, cutoff=0.75)
+    hint = f"; did you mean {names[folded.index(close[0])]!r}?" if close else ""
     raise FileNotFoundError(
-        f"checkpoint source {source!r} is neither an existing path, nor an http(s) URL, "
-        "nor a Hugging Face repo id of the form owner/name"
+        f"checkpoint source {source!r} is neither an existing path, nor an http(s) URL, nor a Hugging Face repo id "
+        f"of the form owner/name, nor a registered checkpoint name (known: {', '.join(names)}; `mert download "
+        f"--list` shows them){hint}{unreadable}"
+    )
+
+
+def _resolve_entry(
+    entry: CheckpointEntry,
+    revision: str | None,
+    cache_dir: str | os.PathLike | None,
+    sha256: str | None,
+    local_files_only: bool,
+    token: str | bool | None,
+    endpoint: str | None,
+) -> Path:
+    """Fetch a registry entry: its pinned revision and digest apply unless the caller overrides them."""
+    if sha256 is not None and entry.sha256 is not None and normalise_sha256(sha256, entry.name) != entry.sha256:
+        raise ValueError(
+            f"sha256={sha256} disagrees with the digest registered for checkpoint {entry.name!r} ({entry.sha256})"
+        )
+    digest = sha256 or entry.sha256
+    if revision is not None and entry.revision is not None and revision != entry.revision:
+        log.info("checkpoint %s: using revision %s instead of the registered %s", entry.name, revision, entry.revision)
+    what = f"checkpoint {entry.name!r}"
+    revision = revision or entry.revision
+    if entry.is_url:
+        # A user entry exists only in this machine's registry: the hint names what works anywhere.
+        label = entry.name if entry.builtin else f"'{entry.source}#sha256={digest}'"
+        file = _download(entry.source, cache_dir, digest, local_files_only, label=label, what=what)
+        return _extract(file) if file.name.lower().endswith(_ARCHIVES) else file
+    label = entry.name if entry.builtin and revision == entry.revision else f"{entry.source} --revision {revision}"
+    return _from_hub(
+        entry.source,
+        revision=revision,
+        cache_dir=cache_dir,
+        sha256=digest,
+        local_files_only=local_files_only,
+        token=token,
+        endpoint=endpoint,
+        label=label,
+        what=what,
     )
 
 
@@ -129,11 +230,14 @@ def download_url(
 
     A cached copy is reused without touching the network, and re-verified when a digest is known (from
     ``sha256`` or a ``#sha256=<hex>`` URL fragment); a copy that fails verification is deleted and downloaded
-    again. A new download is checked against ``Content-Length`` and the digest before it is moved into place.
+    again. A download goes to ``.<name>.part`` next to the final file and is checked against the announced size
+    and the digest before it is renamed into place. A partial file left by an interrupted download is continued
+    with an HTTP ``Range`` request when the server supports it and the file can be checked (a known digest, or
+    the server's ``ETag``/``Last-Modified`` sent as ``If-Range``); otherwise the download starts over.
 
     Args:
         url: ``http(s)://`` address, optionally ending in ``#sha256=<hex>``.
-        cache_dir: download cache (default :func:`default_cache_dir`).
+        cache_dir: download cache (default :func:`default_cache_dir`); see :func:`url_cache_path`.
         sha256: expected hex digest of the file.
         local_files_only: raise instead of downloading when the file is not cached.
 
@@ -143,24 +247,37 @@ def download_url(
     Raises:
         FileNotFoundError: not cached with ``local_files_only``, or the server answers 404/410.
         ValueError: the file does not match the expected digest (nothing is left in the cache).
-        OSError: the server cannot be reached, answers an error, or sends fewer bytes than announced.
+        OSError: the server cannot be reached, answers an error, or sends fewer bytes than announced (the
+            partial file is kept, and the next call continues it).
     """
+    return _download(url, cache_dir, sha256, local_files_only or offline_mode(), label=url)
+
+
+def _download(
+    url: str,
+    cache_dir: str | os.PathLike | None,
+    sha256: str | None,
+    local_files_only: bool,
+    *,
+    label: str,
+    what: str | None = None,
+) -> Path:
+    """:func:`download_url`; ``label`` is what to pass to ``mert download``, ``what`` names the thing in errors."""
     base, _, fragment = url.partition("#")
     expected = _expected_digest(url, fragment, sha256)
-    name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(base).path)).name
-    if name in ("", ".", "..", _LOCK_NAME):
-        name = "download"
-    folder = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
-    folder = folder / "urls" / hashlib.sha256(base.encode()).hexdigest()[:16]
-    target = folder / name
+    target = url_cache_path(base, cache_dir)
+    folder = target.parent
 
     # Files only ever appear complete (os.replace), so a cached copy can be trusted without taking the lock.
     if target.is_file() and (expected is None or sha256_file(target) == expected):
         return target
     if local_files_only and not target.is_file():
+        where = f"{what} ({base})" if what else base
         raise FileNotFoundError(
-            f"{base} is not in the download cache ({target}) and local_files_only=True; download it once with "
-            "network access (the same call without local_files_only), copy the file there, or pass a local path"
+            f"{where} is not in the download cache ({target}) and local_files_only=True (offline: --offline, "
+            f"MERT_OFFLINE=1 or HF_HUB_OFFLINE=1). On a machine with internet access run `mert download {label} "
+            f"--cache-dir DIR`, copy DIR here and set MERT_CACHE to it (or pass cache_dir=), or put the file itself "
+            f"at {target}, or pass a local path"
         )
 
     from filelock import FileLock
@@ -173,9 +290,10 @@ def download_url(
                 return target
             target.unlink()
             if local_files_only:
-                raise _mismatch(base, expected, actual, "the cached copy was deleted; download it again")
+                raise _mismatch(what or base, expected, actual, "the cached copy was deleted; download it again")
             log.warning("cached %s does not match sha256 %s; downloading it again", target, expected)
-        _clear(folder)  # partial files of killed downloads, and what was unpacked from a stale copy
+        # Partial files of older layouts and what was unpacked from a stale copy go; a resumable partial stays.
+        _clear(folder, keep={_part_path(target).name, _part_meta_path(target).name})
         _fetch(base, target, expected)
     return target
 
@@ -183,16 +301,10 @@ def download_url(
 def _expected_digest(url: str, fragment: str, sha256: str | None) -> str | None:
     """The digest to check: from ``sha256=`` and/or the URL's ``#sha256=`` fragment, which must agree."""
     from_url = fragment[len("sha256=") :] if fragment.startswith("sha256=") else None
-    digests = {_normalise_digest(d, url) for d in (sha256, from_url) if d}
+    digests = {normalise_sha256(d, url) for d in (sha256, from_url) if d}
     if len(digests) > 1:
         raise ValueError(f"{url}: sha256={sha256} disagrees with the URL's #sha256= fragment")
     return digests.pop() if digests else None
-
-
-def _normalise_digest(digest: str, what: str) -> str:
-    if not _SHA256.match(digest.lower()):
-        raise ValueError(f"{what}: {digest!r} is not a SHA-256 digest (64 hex characters)")
-    return digest.lower()
 
 
 def _mismatch(what: str, expected: str | None, actual: str | None, hint: str) -> ValueError:
@@ -203,57 +315,163 @@ def _mismatch(what: str, expected: str | None, actual: str | None, hint: str) ->
 
 
 def _check_file(path: Path, sha256: str, what: str, hint: str) -> None:
-    expected = _normalise_digest(sha256, what)
+    expected = normalise_sha256(sha256, what)
     if (actual := sha256_file(path)) != expected:
         raise _mismatch(what, expected, actual, hint)
 
 
-def _clear(folder: Path) -> None:
-    """Empty a URL's cache folder, except for its lock file."""
+def _clear(folder: Path, keep: Collection[str] = ()) -> None:
+    """Empty a URL's cache folder, except for its lock file and the names in ``keep``."""
     for entry in folder.iterdir():
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
-        elif entry.name != _LOCK_NAME:
+        elif entry.name != _LOCK_NAME and entry.name not in keep:
             entry.unlink()
 
 
+def _part_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.part")
+
+
+def _part_meta_path(target: Path) -> Path:
+    """What the server said about the file when the partial download began: URL, validator, size."""
+    return target.with_name(f".{target.name}.part.json")
+
+
 def _fetch(url: str, target: Path, expected: str | None) -> None:
-    """Stream ``url`` into a temporary file next to ``target``, check it, and move it into place."""
+    """Download (or continue downloading) ``url`` into a partial file, check it, and move it into place."""
+    part, meta = _part_path(target), _part_meta_path(target)
+    for attempt in (1, 2):
+        digest, resumed_from = _stream(url, part, meta, expected)
+        if expected is not None and digest != expected:
+            part.unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
+            if resumed_from and attempt == 1:
+                # The old partial bytes may be the bad ones (e.g. written by another version of the file).
+                log.warning("%s: resumed download does not match sha256 %s; downloading it again whole", url, expected)
+                continue
+            raise _mismatch(url, expected, digest, "nothing was kept in the cache")
+        break
+    os.replace(part, target)
+    meta.unlink(missing_ok=True)
+
+
+def _stream(url: str, part: Path, meta: Path, expected: str | None) -> tuple[str, int]:
+    """Fill ``part`` with the whole file (appending to what it holds when the server allows it).
+
+    Returns:
+        ``(hex digest of the whole file, byte offset the download continued from)``.
+
+    Raises:
+        OSError: the server is unreachable or answers an error, or the transfer ended early (``part`` is kept so
+            the next call continues it).
+        FileNotFoundError: HTTP 404/410.
+    """
     from tqdm import tqdm
 
-    log.info("downloading %s to %s", url, target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    offset = part.stat().st_size if part.is_file() else 0
+    validator = _read_validator(meta, url) if offset else None
+    if offset and validator is None and expected is None:
+        offset = 0  # nothing could tell a stale partial file from a good one: start over
+    headers = {"User-Agent": "mert"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if validator is not None:  # the server sends the whole file instead if it changed since the partial one
+            headers["If-Range"] = validator
     try:
-        digest, received, total, cut_short = hashlib.sha256(), 0, None, False
-        with os.fdopen(fd, "wb") as out:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT_S)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # the partial file is not a prefix of this file: start over
+            part.unlink()
+            meta.unlink(missing_ok=True)
+            return _stream(url, part, meta, expected)
+        kind = FileNotFoundError if err.code in (404, 410) else OSError
+        raise kind(f"could not download {url}: HTTP {err.code} {err.reason}") from err
+    except urllib.error.URLError as err:
+        raise OSError(f"could not reach {url}: {err.reason}; check the address and the network") from err
+    except OSError as err:  # e.g. a timeout before the headers arrived
+        raise OSError(f"could not download {url}: {err}; check the address and the network") from err
+
+    if response.status == 206 and _range_start(response) != offset:
+        response.close()  # a range other than the one asked for: unusable
+        if not offset:
+            raise OSError(f"could not download {url}: the server sent part of the file without being asked to")
+        part.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+        return _stream(url, part, meta, expected)
+    with response:
+        length = response.headers.get("Content-Length")
+        remaining = int(length) if length else None
+        if offset and response.status != 206:  # no range support, or If-Range saw a changed file
+            log.info("%s: the server sent the whole file (HTTP %d); downloading from the start", url, response.status)
+            offset = 0
+        elif offset:
+            log.info("%s: continuing a partial download at byte %d", url, offset)
+        total = _range_total(response) if offset else None
+        if total is None and remaining is not None:
+            total = offset + remaining
+        _write_meta(meta, url, response.headers, total)
+        digest = hashlib.sha256()
+        if offset:
+            with open(part, "rb") as f:  # the digest covers the whole file, old bytes included
+                for block in iter(lambda: f.read(_CHUNK_BYTES), b""):
+                    digest.update(block)
+        received, cut_short, error = offset, False, None
+        show = (sys.stderr is not None and sys.stderr.isatty()) or (total or 0) >= _PROGRESS_MIN_BYTES
+        name = part.name[1 : -len(".part")]
+        with (
+            open(part, "ab" if offset else "wb") as out,
+            tqdm(total=total, initial=offset, desc=name, unit="B", unit_scale=True, disable=not show) as bar,
+        ):
             try:
-                request = urllib.request.Request(url, headers={"User-Agent": "mert"})
-                with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
-                    total = int(response.headers["Content-Length"]) if response.headers["Content-Length"] else None
-                    show = (sys.stderr is not None and sys.stderr.isatty()) or (total or 0) >= _PROGRESS_MIN_BYTES
-                    with tqdm(total=total, desc=target.name, unit="B", unit_scale=True, disable=not show) as bar:
-                        # read(n) returns b"" when the connection closes early: the byte count is compared below.
-                        while block := response.read(_CHUNK_BYTES):
-                            out.write(block)
-                            digest.update(block)
-                            received += len(block)
-                            bar.update(len(block))
-            except urllib.error.HTTPError as err:
-                kind = FileNotFoundError if err.code in (404, 410) else OSError
-                raise kind(f"could not download {url}: HTTP {err.code} {err.reason}") from err
-            except urllib.error.URLError as err:
-                raise OSError(f"could not reach {url}: {err.reason}; check the address and the network") from err
+                # read(n) returns b"" when the connection closes early: the byte count is compared below.
+                while block := response.read(_CHUNK_BYTES):
+                    out.write(block)
+                    digest.update(block)
+                    received += len(block)
+                    bar.update(len(block))
             except http.client.IncompleteRead as err:  # chunked responses (and newer Pythons) report it this way
+                out.write(err.partial)
+                digest.update(err.partial)
                 received, cut_short = received + len(err.partial), True
-            if cut_short or (total is not None and received != total):
-                raise OSError(f"download of {url} is truncated: received {received} of {total or '?'} bytes; retry it")
+            except OSError as err:  # connection reset, timeout: what arrived is kept for the next call
+                cut_short, error = True, err
             out.flush()
             os.fsync(out.fileno())
-        if expected is not None and digest.hexdigest() != expected:
-            raise _mismatch(url, expected, digest.hexdigest(), "nothing was kept in the cache")
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # no-op after os.replace
+    if cut_short or (total is not None and received != total):
+        why = f" ({error})" if error is not None else ""
+        raise OSError(
+            f"download of {url} is truncated: received {received} of {total or '?'} bytes{why}; run the same call "
+            "again to continue it"
+        )
+    return digest.hexdigest(), offset
+
+
+def _range_start(response) -> int | None:
+    match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range") or "")
+    return int(match.group(1)) if match else None
+
+
+def _range_total(response) -> int | None:
+    match = re.match(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range") or "")
+    return int(match.group(1)) if match else None
+
+
+def _read_validator(meta: Path, url: str) -> str | None:
+    """The ``ETag`` (strong only) or ``Last-Modified`` recorded when the partial download of ``url`` began."""
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("url") != url:
+        return None
+    return info.get("validator") or None
+
+
+def _write_meta(meta: Path, url: str, headers, total: int | None) -> None:
+    etag = headers.get("ETag")
+    validator = etag if etag and not etag.startswith("W/") else headers.get("Last-Modified")  # If-Range needs strong
+    meta.write_text(json.dumps({"url": url, "validator": validator, "total": total}))
 
 
 def _extract(archive: Path) -> Path:
@@ -315,9 +533,14 @@ def _from_hub(
     local_files_only: bool,
     token: str | bool | None,
     endpoint: str | None,
+    label: str,
+    what: str | None = None,
 ) -> Path:
-    """Fetch a checkpoint's files from a Hugging Face repo; return the snapshot folder holding them."""
-    from huggingface_hub import hf_hub_download
+    """Fetch a checkpoint's files from a Hugging Face repo; return the snapshot folder holding them.
+
+    ``label`` is what ``mert download`` needs to fetch it on another machine; ``what`` names it in errors.
+    """
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.utils import (
         EntryNotFoundError,
         GatedRepoError,
@@ -326,8 +549,10 @@ def _from_hub(
         RevisionNotFoundError,
     )
 
-    hf_cache = Path(cache_dir).expanduser() / "hf" if cache_dir is not None else None
+    hf_cache = _hub_cache_dir(cache_dir)
     where = f"Hugging Face repo {repo_id!r} (revision {revision or 'main'!r})"
+    if what is not None:
+        where = f"{what} ({where})"
     tried: list[str] = []
 
     def get(filename: str, at: str | None) -> Path:
@@ -353,11 +578,14 @@ def _from_hub(
             with contextlib.suppress(EntryNotFoundError):
                 get(name, commit)
     except LocalEntryNotFoundError as err:
+        cache = hf_cache if hf_cache is not None else Path(constants.HF_HUB_CACHE)
+        repo_folder = cache / f"models--{repo_id.replace('/', '--')}"
         raise FileNotFoundError(
-            f"{where} is not in the cache ({hf_cache or 'the default Hugging Face cache'}) and cannot be downloaded "
-            "now (offline, local_files_only=True, HF_HUB_OFFLINE=1 or the Hub is unreachable). Download it once on a "
-            f"machine with internet access (e.g. `hf download {repo_id}`) and copy the cache over, or pass cache_dir= "
-            "pointing at a cache that holds it."
+            f"{where} is not in the cache ({repo_folder} has no {tried[-1]}) and cannot be downloaded now "
+            "(offline: --offline, local_files_only=True, MERT_OFFLINE=1 or HF_HUB_OFFLINE=1; or the Hub is "
+            f"unreachable). On a machine with internet access run `mert download {label} --cache-dir DIR`, copy DIR "
+            "here (keeping its symlinks, e.g. `cp -a` or `rsync -a`) and set MERT_CACHE to it or pass cache_dir=; "
+            f"DIR/hf/models--{repo_id.replace('/', '--')} then holds the files."
         ) from err
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
         # EntryNotFoundError can only be config.json's here: the other files handle their own.
@@ -376,3 +604,83 @@ def _from_hub(
     if sha256 is not None:
         _check_file(weights, sha256, f"{repo_id}/{weights.name}", "pin revision= to the commit you checked")
     return folder
+
+
+# --------------------------------------------------------------------------------------------- mert download
+def download_cli(argv: list[str]) -> int:
+    """``mert download``: fetch a checkpoint into the cache and print its local path; list or edit the registry.
+
+    ``mert download NAME_OR_SOURCE`` prints only the path on stdout (so ``$(mert download MERT-v1-95M)`` works);
+    progress and the licence go to stderr. Returns 0 on success, 1 with a one-line error on stderr otherwise.
+    """
+    import argparse
+
+    from mert.registry import list_checkpoints, register_checkpoint, registry_path, unregister_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="mert download",
+        description="Download a checkpoint into the cache and print its local path, or list/add/remove named "
+        "checkpoints (see docs/checkpoints.md).",
+    )
+    parser.add_argument("source", nargs="?", help="registry name (see --list), Hugging Face repo id, URL or path")
+    parser.add_argument("--revision", help="branch, tag or commit of a hub repo (default: the registry's pin)")
+    parser.add_argument("--sha256", help="expected digest of the file (URL entries: required with --add)")
+    parser.add_argument(
+        "--cache-dir",
+        help="download cache (default $MERT_CACHE; unset: ~/.cache/mert for URLs, the Hugging Face cache for repos)",
+    )
+    parser.add_argument("--offline", action="store_true", help="use the cache only; fail if the files are missing")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--list", action="store_true", help="show the named checkpoints")
+    action.add_argument("--add", nargs=2, metavar=("NAME", "SOURCE"), help="register a URL or hub id under NAME")
+    action.add_argument("--remove", metavar="NAME", help="remove a user entry")
+    parser.add_argument("--licence", "--license", dest="licence", help="licence of the weights (with --add)")
+    parser.add_argument("--description", help="one line for --list (with --add)")
+    parser.add_argument("--force", action="store_true", help="with --add: replace a user entry of the same name")
+    args = parser.parse_args(argv)
+    if args.source is not None and (args.list or args.add or args.remove):
+        parser.error("give a checkpoint to download, or one of --list/--add/--remove, not both")
+    if args.source is None and not (args.list or args.add or args.remove):
+        parser.error("name a checkpoint to download (see `mert download --list`)")
+
+    try:
+        if args.list:
+            _print_registry(list_checkpoints(), registry_path())
+        elif args.add:
+            name, source = args.add
+            kw = dict(revision=args.revision, sha256=args.sha256, licence=args.licence, description=args.description)
+            entry = register_checkpoint(name, source, overwrite=args.force, **kw)
+            print(f"mert download: registered {entry.name!r} -> {entry.source} in {registry_path()}", file=sys.stderr)
+        elif args.remove:
+            entry = unregister_checkpoint(args.remove)
+            print(f"mert download: removed {entry.name!r} from {registry_path()}", file=sys.stderr)
+        else:
+            entry = lookup_checkpoint(args.source) if not Path(args.source).expanduser().exists() else None
+            path = resolve_source(
+                args.source,
+                revision=args.revision,
+                cache_dir=args.cache_dir,
+                sha256=args.sha256,
+                local_files_only=args.offline,
+            )
+            if entry is not None:
+                print(f"mert download: {entry.name} ({entry.source}), licence {entry.licence}", file=sys.stderr)
+            print(path)
+    except (OSError, ValueError, KeyError) as err:  # FileNotFoundError is an OSError
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"mert download: {' '.join(str(message).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_registry(entries: list[CheckpointEntry], user_file: Path) -> None:
+    rows = [("NAME", "SOURCE", "REVISION / SHA256", "LICENCE", "FROM")]
+    for e in entries:
+        version = e.revision or "main (not pinned)"
+        if e.is_url:
+            version = f"sha256:{e.sha256[:16]}..." if e.sha256 else "-"
+        rows.append((e.name, e.source, version, e.licence, "built-in" if e.builtin else "user"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    print(f"\nuser entries: {user_file}" + ("" if user_file.is_file() else " (none yet)"))
