@@ -232,15 +232,31 @@ def test_probe_finds_the_informative_layer_and_shuffled_labels_stay_at_chance():
     assert all(r.test_mean_std("accuracy")[0] < 0.42 for r in res.candidates.values())
 
 
-def test_heads_trained_side_by_side_equal_heads_trained_alone():
+def test_heads_trained_side_by_side_equal_heads_trained_alone(monkeypatch):
+    import mert.probe.probes as P
+
+    shed, compact = [], P._compact
+    monkeypatch.setattr(P, "_compact", lambda h, o, keep, lr: shed.append(int(keep.sum())) or compact(h, o, keep, lr))
     x, y = _features(n=200)
     data = _data(x, y, metrics=("accuracy",))
-    cfg = ProbeConfig(head="linear", layers=[1, 2], lrs=(1e-3, 1e-2), seeds=(0,), max_epochs=8, patience=8)
+    # Short patiences: heads stop at different epochs (the group sheds them) and LRs get cut on plateaus.
+    cfg = ProbeConfig(
+        head="linear",
+        layers=[0, 1, 2, WEIGHTED],
+        lrs=(1e-3, 3e-2),
+        seeds=(0,),
+        max_epochs=25,
+        patience=3,
+        plateau_patience=1,
+        plateau_factor=0.5,
+    )
     together = run_probes(data, 4, cfg)
+    assert shed, "no head stopped early: the test no longer covers shedding stopped heads"
     alone = run_probes(data, 4, ProbeConfig(**{**cfg.__dict__, "max_parallel": 1}))
-    for c in (1, 2):
-        assert together.candidates[c].val == alone.candidates[c].val
-        assert together.candidates[c].test == alone.candidates[c].test
+    for c in (0, 1, 2, WEIGHTED):
+        assert together.candidates[c].val == pytest.approx(alone.candidates[c].val, abs=1e-6)
+        assert together.candidates[c].test[0]["accuracy"] == pytest.approx(alone.candidates[c].test[0]["accuracy"])
+    assert np.allclose(together.candidates[WEIGHTED].layer_weights, alone.candidates[WEIGHTED].layer_weights, atol=1e-5)
 
 
 def test_mlp_regression_and_multilabel_probes_learn():

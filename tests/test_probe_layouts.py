@@ -562,3 +562,30 @@ def test_recipe_scripts_write_manifests(tmp_path, script):
             rows = list(csv.DictReader(f))
         assert rows and {r["split"] for r in rows} <= {"train", "valid", "test"}
         assert all(Path(r["path"]).is_file() for r in rows)
+
+
+# --- folders (any class-per-folder collection) ------------------------------------------------------------------
+
+
+def test_folders_seeded_split_and_fixed_split(tmp_path):
+    from mert.probe.layouts import folders
+
+    root = tmp_path / "instruments"
+    for label in ("cello", "flute"):
+        for i in range(10):
+            _audio(root / label / ("take1" if i % 2 else "") / f"{label}{i}.flac", seed=i)
+    _audio(root / "stray.wav")
+    res = folders(root, seed=3)
+    assert len(res.rows) == 20 and {r.label for r in res.rows} == {"cello", "flute"}
+    assert res.split_counts() == {"train": 16, "valid": 2, "test": 2}
+    assert _reasons(res) == {"directly in ROOT (no label folder)": 1}
+    assert [r.split for r in folders(root, seed=3).rows] == [r.split for r in res.rows]
+
+    fixed = tmp_path / "fixed"
+    for split, n in (("train", 3), ("val", 1), ("test", 2)):
+        for i in range(n):
+            _audio(fixed / split / "oboe" / f"o{i}.wav")
+    res = folders(fixed)
+    assert res.split_counts() == {"train": 3, "valid": 1, "test": 2} and {r.label for r in res.rows} == {"oboe"}
+    with pytest.raises(ValueError, match="no usable clips"):
+        folders(tmp_path / "instruments" / "cello" / "take1")

@@ -140,16 +140,28 @@ class ProbeResults:
 
 
 class _Heads(torch.nn.Module):
-    """``P`` independent heads; head ``p`` reads layer ``sources[p]`` or, when it is ``WEIGHTED``, a softmax mix."""
+    """``P`` independent heads; head ``p`` reads layer ``sources[p]`` or, when it is ``WEIGHTED``, a softmax mix.
 
-    def __init__(self, sources: list[int], mix_layers: list[int], d: int, c: int, cfg: ProbeConfig, seed: int):
+    Per-head learning rates with one fused Adam: every parameter is stored as ``U`` and used as
+    ``W = scale[p] * U``. Adam's step on ``U`` is invariant to the gradient's scale, so with base rate
+    ``lr_max`` the step on ``W`` is exactly Adam with rate ``scale[p] * lr_max`` (and epsilon divided by
+    ``scale[p]``, below 1e-8 either way). That turns ten elementwise passes of a hand-written batched Adam into
+    torch's single fused CPU/GPU kernel (measured 9x faster on a 84 x 768 x 512 weight).
+    """
+
+    def __init__(
+        self, sources: list[int], mix_layers: list[int], d: int, c: int, cfg: ProbeConfig, seed: int, lrs: list[float]
+    ):
         super().__init__()
         p = len(sources)
         self.register_buffer("sources", torch.tensor(sources))
         self.register_buffer("mix_layers", torch.tensor(mix_layers))
+        self.register_buffer("scale", torch.tensor(lrs, dtype=torch.float32) / max(lrs))
         self.weighted = torch.tensor([s == WEIGHTED for s in sources])
+        self.n_plain = int((~self.weighted).sum())
+        if self.weighted[: self.n_plain].any():
+            raise ValueError("weighted-sum heads must come after the per-layer heads")
         self.dropout = cfg.dropout if cfg.head == "mlp" else 0.0
-
         # Each head's initialisation depends only on (seed, its candidate), not on which heads share its group,
         # so chunking by max_parallel changes nothing.
         gens = [torch.Generator().manual_seed(seed * 1_000_003 + src + 1) for src in sources]
@@ -158,7 +170,7 @@ class _Heads(torch.nn.Module):
             bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation, per head
             w = torch.stack([torch.rand(fan_in, fan_out, generator=g) for g in gens]) * 2 - 1
             b = torch.stack([torch.rand(1, fan_out, generator=g) for g in gens]) * 2 - 1
-            return torch.nn.Parameter(w * bound), torch.nn.Parameter(b * bound)
+            return torch.nn.Parameter(self._store(w * bound)), torch.nn.Parameter(self._store(b * bound))
 
         self.mix = torch.nn.Parameter(torch.zeros(p, len(mix_layers)))  # uniform weights at the start
         if cfg.head == "mlp":
@@ -168,47 +180,67 @@ class _Heads(torch.nn.Module):
             self.w1, self.b1 = linear(d, c)
             self.w2 = self.b2 = None
 
-    def inputs(self, x: Tensor) -> Tensor:
-        """``(B, n, d)`` -> ``(P, B, d)``."""
+    def _scale(self, t: Tensor) -> Tensor:
+        return self.scale.view(-1, *([1] * (t.dim() - 1)))
+
+    def _store(self, w: Tensor) -> Tensor:
+        return w / self._scale(w)
+
+    def params(self) -> list[torch.nn.Parameter]:
+        return [t for t in (self.mix, self.w1, self.b1, self.w2, self.b2) if t is not None]
+
+    def effective(self) -> list[Tensor]:
+        """The heads' actual weights ``W`` (what the best-state snapshots hold)."""
+        return [t.detach() * self._scale(t) for t in self.params()]
+
+    def load_effective(self, weights: list[Tensor]) -> None:
+        with torch.no_grad():
+            for t, w in zip(self.params(), weights):
+                t.copy_(self._store(w))
+
+    def cut_lr(self, heads: Tensor, factor: float, opt: torch.optim.Optimizer) -> None:
+        """Multiply the learning rate of ``heads`` (bool ``(P,)``) by ``factor`` without moving their weights:
+        ``scale`` shrinks, ``U`` grows to keep ``W``, and Adam's moments are rescaled to the new gradient scale."""
+        with torch.no_grad():
+            for t in self.params():
+                t[heads] /= factor
+                state = opt.state.get(t, {})
+                if "exp_avg" in state:
+                    state["exp_avg"][heads] *= factor
+                    state["exp_avg_sq"][heads] *= factor**2
+            self.scale[heads] *= factor
+
+    def _hidden(self, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        """``(B, n, d)`` features -> ``(P, B, k)`` first-layer output ``x_p @ U_p + b_p`` (unscaled).
+
+        Per-layer heads read a gathered copy of their layer, which needs no gradient; only the weighted heads
+        (kept last) read a mixed input that does, so only they pay for the input gradient's GEMM.
+        """
         x = x.float()
-        out = rearrange(x[:, self.sources.clamp(min=0)], "b p d -> p b d")
-        if self.weighted.any():
-            w = self.mix[self.weighted].softmax(-1)  # (p_w, n_mix)
-            mixed = torch.einsum("bnd,pn->pbd", x[:, self.mix_layers], w)
-            out = out.clone()
-            out[self.weighted] = mixed
-        return out
+        n_plain = self.n_plain
+        outs = []
+        if n_plain:
+            xs = rearrange(x[:, self.sources[:n_plain]], "b p d -> p b d")
+            outs.append(torch.baddbmm(b[:n_plain], xs, w[:n_plain]))
+        if n_plain < len(self.sources):
+            mix = (self.mix * self._scale(self.mix))[n_plain:].softmax(-1)  # (p_w, n_mix)
+            xw = torch.einsum("bnd,pn->pbd", x[:, self.mix_layers], mix)
+            outs.append(torch.baddbmm(b[n_plain:], xw, w[n_plain:]))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = torch.baddbmm(self.b1, self.inputs(x), self.w1)  # (P, B, H or C)
+        """``(B, n, d)`` -> ``(P, B, C)``. ``(x @ sU + sb) = s (x @ U + b)``: the per-head scale multiplies the
+        small activations rather than the large weights."""
+        s = self.scale.view(-1, 1, 1)
+        h = self._hidden(x, self.w1, self.b1) * s  # (P, B, H or C)
         if self.w2 is None:
             return h
         h = F.dropout(torch.relu(h), self.dropout, self.training)
-        return torch.baddbmm(self.b2, h, self.w2)
+        return torch.baddbmm(self.b2, h, self.w2) * s
 
-
-class _BatchedAdam:
-    """Adam with a step size per head (heads are the leading dimension of every parameter)."""
-
-    def __init__(self, params: list[Tensor], lrs: Tensor, weight_decay: float, betas=(0.9, 0.999), eps=1e-8):
-        self.params, self.lrs, self.wd, self.betas, self.eps = params, lrs.clone(), weight_decay, betas, eps
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-        self.t = 0
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
-        for p, m, v in zip(self.params, self.m, self.v):
-            if p.grad is None:
-                continue
-            g = p.grad if self.wd == 0 else p.grad + self.wd * p
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            lr = self.lrs.view(-1, *([1] * (p.dim() - 1)))
-            p.sub_(lr * (m / c1) / ((v / c2).sqrt_() + self.eps))
+    def l2(self) -> Tensor:
+        """Sum over heads of half the squared norm of their weights: its gradient is Adam's coupled decay."""
+        return sum(0.5 * (w * self._scale(w)).pow(2).sum() for w in (self.w1, self.w2) if w is not None)
 
 
 def _loss(out: Tensor, y: Tensor, kind: str, pos_weight: Tensor | None) -> Tensor:
@@ -228,18 +260,47 @@ def _predict(heads: _Heads, x: Tensor, batch: int = 512) -> Tensor:
     return torch.cat([heads(x[i : i + batch]) for i in range(0, x.shape[0], batch)], dim=1)
 
 
+def _adam(heads: _Heads, lr: float, device: torch.device) -> torch.optim.Adam:
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
+    return torch.optim.Adam(heads.params(), lr=lr, **fused)
+
+
+def _compact(heads: _Heads, opt: torch.optim.Adam, keep: Tensor, lr: float) -> tuple[_Heads, torch.optim.Adam]:
+    """Drop the heads where ``keep`` (bool ``(P,)``) is False, with their optimiser state: stopped heads stop
+    costing compute. Order is kept, so the weighted heads stay last."""
+    old = heads.params()
+    with torch.no_grad():
+        heads.sources, heads.scale = heads.sources[keep], heads.scale[keep]
+        heads.weighted = heads.weighted[keep]
+        heads.n_plain = int((~heads.weighted).sum())
+        for name in ("mix", "w1", "b1", "w2", "b2"):
+            t = getattr(heads, name)
+            if t is not None:
+                setattr(heads, name, torch.nn.Parameter(t.detach()[keep].clone()))
+    new_opt = _adam(heads, lr, old[0].device)
+    for o, n in zip(old, heads.params()):
+        state = opt.state.get(o)
+        if state:
+            new_opt.state[n] = {
+                "step": state["step"].clone(),
+                "exp_avg": state["exp_avg"][keep].clone(),
+                "exp_avg_sq": state["exp_avg_sq"][keep].clone(),
+            }
+    return heads, new_opt
+
+
 def _train_group(
     data: ProbeData, sources: list[int], lrs: list[float], mix_layers: list[int], cfg: ProbeConfig, seed: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
     """Train heads side by side; returns per head the best validation score, test scores and mix weights."""
     x_tr, y_tr = data.x["train"], data.y["train"]
     d = x_tr.shape[-1]
-    heads = _Heads(sources, mix_layers, d, data.num_outputs, cfg, seed)
-    params = [p for p in (heads.mix, heads.w1, heads.b1, heads.w2, heads.b2) if p is not None]
-    opt = _BatchedAdam(params, torch.tensor(lrs), cfg.weight_decay)
+    heads = _Heads(sources, mix_layers, d, data.num_outputs, cfg, seed, lrs)
+    opt = _adam(heads, max(lrs), x_tr.device)
     p = len(sources)
+    live = np.arange(p)  # original index of each head still in `heads`
     best_val = np.full(p, -np.inf)
-    best_state = [t.detach().clone() for t in params]
+    best_state = heads.effective()  # full size (all p heads), effective weights
     bad = np.zeros(p, dtype=np.int64)
     plateau = np.zeros(p, dtype=np.int64)
     plateau_best = np.full(p, -np.inf)
@@ -250,15 +311,21 @@ def _train_group(
         order = torch.randperm(x_tr.shape[0], generator=g)
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            for t in params:
-                t.grad = None
-            _loss(heads(x_tr[idx]), y_tr[idx], data.kind, data.pos_weight).backward()
+            opt.zero_grad(set_to_none=True)
+            loss = _loss(heads(x_tr[idx]), y_tr[idx], data.kind, data.pos_weight)
+            if cfg.weight_decay:
+                loss = loss + cfg.weight_decay * heads.l2()
+            loss.backward()
             opt.step()
         scores = data.score("valid", _predict(heads, data.x["valid"]))
-        val = np.nan_to_num(scores[data.metrics[0]], nan=-np.inf)
+        val = np.full(p, -np.inf)
+        val[live] = np.nan_to_num(scores[data.metrics[0]], nan=-np.inf)
         improved = active & (val > best_val)
-        for t, b in zip(params, best_state):
-            b[torch.from_numpy(improved)] = t.detach()[torch.from_numpy(improved)]
+        if improved[live].any():
+            mine = torch.from_numpy(improved[live])
+            where = torch.from_numpy(live[improved[live]])
+            for b, w in zip(best_state, heads.effective()):
+                b[where] = w[mine]
         best_val = np.where(improved, val, best_val)
         bad = np.where(improved, 0, bad + 1)
         # ReduceLROnPlateau per head, on the same validation score.
@@ -266,17 +333,21 @@ def _train_group(
         plateau_best = np.where(better, val, plateau_best)
         plateau = np.where(better, 0, plateau + 1)
         cut = active & (plateau > cfg.plateau_patience)
-        opt.lrs[torch.from_numpy(cut)] *= cfg.plateau_factor
-        plateau[cut] = 0
+        if cut[live].any():
+            heads.cut_lr(torch.from_numpy(cut[live]), cfg.plateau_factor, opt)
+            plateau[cut] = 0
         active &= bad < cfg.patience
-        opt.lrs[torch.from_numpy(~active)] = 0.0  # a stopped head keeps its best state; stop moving it
         if not active.any():
             break
-    with torch.no_grad():
-        for t, b in zip(params, best_state):
-            t.copy_(b)
-    test = data.score("test", _predict(heads, data.x["test"])) if data.x["test"].shape[0] else {}
-    mix = heads.mix.detach().softmax(-1).numpy() if heads.weighted.any() else None
+        # Stopped heads keep their best state; once they are a quarter of the group, they leave it.
+        keep = active[live]
+        if keep.sum() <= 0.75 * len(live):
+            heads, opt = _compact(heads, opt, torch.from_numpy(keep), max(lrs))
+            live = live[keep]
+    final = _Heads(sources, mix_layers, d, data.num_outputs, cfg, seed, lrs)
+    final.load_effective(best_state)
+    test = data.score("test", _predict(final, data.x["test"])) if data.x["test"].shape[0] else {}
+    mix = best_state[0].softmax(-1).numpy() if final.weighted.any() else None
     return best_val, test, mix
 
 
