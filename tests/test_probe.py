@@ -182,6 +182,9 @@ def test_beat_f_measure_matches_mir_eval_and_peak_picking():
     mir_eval = pytest.importorskip("mir_eval")
     assert expected == pytest.approx(mir_eval.beat.f_measure(ref, est), abs=1e-9)
     assert M.beat_f_measure(ref, ref) == 1.0 and M.beat_f_measure(ref, []) == 0.0
+    onsets = np.sort(np.r_[ref, ref + 0.03])  # close pairs: maximum matching matters
+    guess = np.sort(onsets + rng.normal(0, 0.02, len(onsets)))
+    assert M.onset_f_measure(onsets, guess) == pytest.approx(mir_eval.onset.f_measure(onsets, guess)[0], abs=1e-9)
     act = np.zeros(100)
     act[[10, 11, 30, 31, 32, 70]] = [0.9, 0.7, 0.6, 0.95, 0.6, 0.4]
     assert M.pick_peaks(act, 25.0).tolist() == [10 / 25, 31 / 25]
@@ -374,11 +377,12 @@ def _probe(corpus, tmp_path, manifest, *extra, encoder=None) -> dict:
         ("multilabel", [], "roc_auc", 0.6),
         ("regression", [], "r2", 0.5),
         ("beat", ["task=beat"], "beat_f1", 0.3),
+        ("onset", ["task=onset"], "onset_f1", 0.3),  # the beat times read as onsets (50 ms window)
         ("frame_multiclass", ["task=frame_multiclass"], "frame_accuracy", 0.42),  # chance 0.33; ~0.47 measured
     ],
 )
 def test_mert_probe_each_task_type_end_to_end(corpus, tmp_path, task, extra, metric, floor):
-    res = _probe(corpus, tmp_path, corpus["manifests"][task], *extra)
+    res = _probe(corpus, tmp_path, corpus["manifests"]["beat" if task == "onset" else task], *extra)
     assert res["task"]["type"] == task
     assert res["data"]["splits"] == "30/15/15"
     best = res["results"]["candidates"][res["results"]["best_candidate"]]

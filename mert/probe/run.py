@@ -117,20 +117,24 @@ def build_probe_data(ds: ProbeDataset, feats: list[np.ndarray | None], ok: np.nd
 
         return ProbeData(x, y, "multiclass", len(ds.classes), metrics, score)
 
-    y = {s: v.float()[:, None] for s, v in y.items()}  # (N, 1) beat / no beat
+    y = {s: v.float()[:, None] for s, v in y.items()}  # (N, 1) event / no event
     positives = float(y["train"].sum())
     pos_weight = torch.tensor([max(1.0, (len(y["train"]) - positives) / max(positives, 1.0))])
 
-    def beat_score(split: str, out: torch.Tensor) -> dict[str, np.ndarray]:
+    f_measure = M.beat_f_measure if task.type == "beat" else M.onset_f_measure
+    # Peaks closer than this are one event: beats are >= 0.25 s apart in music, onsets can be much closer.
+    min_gap = 0.1 if task.type == "beat" else max(task.beat_tolerance_seconds, 1.0 / rate)
+
+    def event_score(split: str, out: torch.Tensor) -> dict[str, np.ndarray]:
         prob = torch.sigmoid(out[..., 0].float()).numpy()  # (P, N)
         res = np.zeros(prob.shape[0])
         for i, a, b in spans[split]:
             for p in range(prob.shape[0]):
-                est = M.pick_peaks(prob[p, a:b], rate)
-                res[p] += M.beat_f_measure(ds.events[i], est, task.beat_tolerance_seconds)
+                est = M.pick_peaks(prob[p, a:b], rate, min_gap_seconds=min_gap)
+                res[p] += f_measure(ds.events[i], est, task.beat_tolerance_seconds)
         return {metrics[0]: res / max(1, len(spans[split]))}
 
-    return ProbeData(x, y, "multilabel", 1, metrics, beat_score, pos_weight)
+    return ProbeData(x, y, "multilabel", 1, metrics, event_score, pos_weight)
 
 
 def _chance(ds: ProbeDataset, ok: np.ndarray) -> dict[str, float]:

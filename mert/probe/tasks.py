@@ -9,7 +9,7 @@ Label encodings per task type:
 * ``multiclass``: the class name;
 * ``multilabel``: tags joined by ``;``;
 * ``regression``: a number, or several joined by ``;`` (e.g. ``valence;arousal``);
-* ``beat``: event times in seconds (relative to ``start``) joined by ``;``;
+* ``beat`` and ``onset``: event times in seconds (relative to ``start``) joined by ``;``;
 * ``frame_multiclass``: segments ``start:end:label`` (seconds) joined by ``;``; frames outside every segment
   take the class ``none``.
 
@@ -32,11 +32,12 @@ import numpy as np
 
 __all__ = ["TASK_TYPES", "SPLITS", "Example", "ProbeDataset", "TaskSpec", "load_manifest", "infer_task_type"]
 
-TASK_TYPES = ("multiclass", "multilabel", "regression", "beat", "frame_multiclass")
+TASK_TYPES = ("multiclass", "multilabel", "regression", "beat", "onset", "frame_multiclass")
 SPLITS = ("train", "valid", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid"}
 _SPLIT_ALIASES |= {"dev": "valid", "test": "test", "eval": "test", "evaluation": "test"}
-_FRAME_TYPES = ("beat", "frame_multiclass")
+_FRAME_TYPES = ("beat", "onset", "frame_multiclass")
+EVENT_TYPES = ("beat", "onset")  # labels are event times; scored by F-measure within a tolerance window
 NONE_CLASS = "none"
 
 
@@ -48,9 +49,11 @@ class TaskSpec:
         name: task name (file and table names).
         type: one of :data:`TASK_TYPES`, or ``auto`` to infer it from the labels.
         metrics: metric names to report; the first is the one early stopping and layer choice use.
-            Empty: the type's defaults (accuracy/macro_f1, roc_auc/average_precision, r2, beat_f1/frame_f1).
+            Empty: the type's defaults (accuracy/macro_f1, roc_auc/average_precision, r2, beat_f1, onset_f1,
+            frame_accuracy/frame_macro_f1).
         frame_rate: label frames per second for frame-level types (features are pooled to this rate).
-        beat_tolerance_seconds: hit window of the beat F-measure (mir_eval's default is 0.07 s).
+        beat_tolerance_seconds: hit window of the event F-measure (mir_eval's defaults: 0.07 s for beats,
+            0.05 s for onsets).
         output_names: names of regression outputs (``valence``, ``arousal``), for metrics like ``r2_valence``.
     """
 
@@ -81,6 +84,7 @@ class TaskSpec:
             "multilabel": ("roc_auc", "average_precision"),
             "regression": ("r2",),
             "beat": ("beat_f1",),
+            "onset": ("onset_f1",),
             "frame_multiclass": ("frame_accuracy", "frame_macro_f1"),
         }[self.type]
 
@@ -251,11 +255,11 @@ class ProbeDataset:
                     f"{name}: regression labels have different numbers of values {sorted({len(r) for r in rows})}"
                 )
             self.targets = np.array(rows, dtype=np.float32)
-        elif kind == "beat":
+        elif kind in EVENT_TYPES:
             for w, e in zip(where, self.examples):
                 parts = [p for p in e.label.split(";") if p.strip()]
                 if not all(_is_number(p) for p in parts):
-                    raise ValueError(f"{w}: beat label must be times in seconds joined by ';', got {e.label[:60]!r}")
+                    raise ValueError(f"{w}: {kind} label must be times in seconds joined by ';', got {e.label[:60]!r}")
                 self.events.append(np.sort(np.array([float(p) for p in parts], dtype=np.float64)))
         else:  # frame_multiclass
             raw = []
@@ -302,7 +306,7 @@ class ProbeDataset:
     def frame_targets(self, i: int, num_frames: int) -> np.ndarray:
         """Frame labels of example ``i`` at ``task.frame_rate``: ``(t,)`` 0/1 beats or class indices."""
         rate = self.task.frame_rate
-        if self.task.type == "beat":
+        if self.task.type in EVENT_TYPES:
             out = np.zeros(num_frames, dtype=np.int64)
             idx = np.round(self.events[i] * rate).astype(np.int64)
             out[idx[(idx >= 0) & (idx < num_frames)]] = 1
