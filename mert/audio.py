@@ -5,6 +5,7 @@ Shape legend: ``l`` samples, ``b`` batch.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -20,15 +21,44 @@ def resampled_length(num_samples: int, orig_sr: int, new_sr: int) -> int:
     return -(-num_samples * new_sr // orig_sr)
 
 
+_MAX_REDUCED_RATE = 1000  # torchaudio's sinc kernel grows with orig / gcd(orig, new): 47999 -> 24000 took 19 GB
+
+
+def _tractable_rate(orig_sr: int, new_sr: int) -> int:
+    """``orig_sr``, or the nearest rate whose ratio to ``new_sr`` reduces to a small fraction.
+
+    Odd rates such as 47999 Hz (a clock a hair off 48 kHz) make the exact polyphase kernel gigabytes large.
+    Reading such a file as 48000 Hz shifts pitch and tempo by ``|orig - snapped| / orig`` (2e-5 here), far
+    below what an embedding can hear; a shift above 0.1 % is never made.
+    """
+    if orig_sr // math.gcd(orig_sr, new_sr) <= _MAX_REDUCED_RATE:
+        return orig_sr
+    for delta in range(1, max(1, orig_sr // 1000) + 1):
+        for cand in (orig_sr - delta, orig_sr + delta):
+            if cand > 0 and cand // math.gcd(cand, new_sr) <= _MAX_REDUCED_RATE:
+                return cand
+    return orig_sr
+
+
 def resample(wav: Tensor, orig_sr: int, new_sr: int) -> Tensor:
-    """Band-limited resampling along the last axis: ``(..., l) -> (..., l')``."""
+    """Band-limited resampling along the last axis: ``(..., l) -> (..., l')``.
+
+    ``l' = ceil(l * new_sr / orig_sr)`` (:func:`resampled_length`). A rate whose exact conversion would need an
+    enormous filter (see :func:`_tractable_rate`) is treated as the nearest tractable one, within 0.1 %.
+    """
     if orig_sr == new_sr:
         return wav
     if orig_sr <= 0 or new_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
     import torchaudio.functional as AF
 
-    return AF.resample(wav, int(orig_sr), int(new_sr))
+    orig_sr, new_sr = int(orig_sr), int(new_sr)
+    snapped = _tractable_rate(orig_sr, new_sr)
+    out = AF.resample(wav, snapped, new_sr)
+    if snapped != orig_sr:  # keep the promised length
+        target = resampled_length(wav.shape[-1], orig_sr, new_sr)
+        out = torch.nn.functional.pad(out, (0, max(0, target - out.shape[-1])))[..., :target]
+    return out
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bool = True) -> tuple[Tensor, int]:

@@ -146,6 +146,28 @@ def test_seeded_split_is_stratified_and_deterministic():
         assert [(got == s).sum() for s in ("train", "valid", "test")] == [40, 5, 5]
 
 
+def test_segments_of_one_file_share_a_split(tmp_path):
+    rows = [
+        {"path": f"{f}.wav", "label": "ab"[f % 2], "start": str(k), "end": str(k + 1)}
+        for f in range(20)
+        for k in range(4)
+    ]
+    m = _write_manifest(tmp_path / "seg.csv", rows, ("path", "label", "start", "end"))
+    ds = ProbeDataset.from_manifest(m, TaskSpec(type="multiclass"))
+    by_file = {}
+    for e, sp in zip(ds.examples, ds.splits):
+        by_file.setdefault(e.path, set()).add(sp)
+    assert all(len(v) == 1 for v in by_file.values()) and len(by_file) == 20
+    assert sorted(ds.splits.tolist()).count("test") == 8  # 2 files x 4 segments (10 % of 10 files per class)
+
+
+def test_non_utf8_manifest_is_named(tmp_path):
+    m = tmp_path / "latin1.csv"
+    m.write_bytes("path,label\nfl\xfbte.wav,fl\xfbte\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.csv' is not UTF-8"):
+        load_manifest(m)
+
+
 def test_frame_targets_for_beats_and_segments(corpus):
     beat = ProbeDataset.from_manifest(corpus["manifests"]["beat"], TaskSpec(type="beat", frame_rate=25.0))
     y = beat.frame_targets(1, 50)  # 150 BPM: a beat every 0.4 s = 10 frames
@@ -260,6 +282,15 @@ def test_heads_trained_side_by_side_equal_heads_trained_alone(monkeypatch):
         assert together.candidates[c].val == pytest.approx(alone.candidates[c].val, abs=1e-6)
         assert together.candidates[c].test[0]["accuracy"] == pytest.approx(alone.candidates[c].test[0]["accuracy"])
     assert np.allclose(together.candidates[WEIGHTED].layer_weights, alone.candidates[WEIGHTED].layer_weights, atol=1e-5)
+    # MLP heads with dropout: masks come from per-head generators, not torch's global RNG.
+    mlp = ProbeConfig(**{**cfg.__dict__, "head": "mlp", "hidden": 16, "dropout": 0.3, "max_epochs": 6})
+    torch.manual_seed(1)
+    a = run_probes(data, 4, mlp)
+    torch.manual_seed(2)
+    b = run_probes(data, 4, ProbeConfig(**{**mlp.__dict__, "max_parallel": 3}))
+    for c in (0, 1, 2, WEIGHTED):
+        assert a.candidates[c].val == pytest.approx(b.candidates[c].val, abs=1e-6)
+        assert a.candidates[c].test[0]["accuracy"] == pytest.approx(b.candidates[c].test[0]["accuracy"])
 
 
 def test_mlp_regression_and_multilabel_probes_learn():
@@ -274,11 +305,23 @@ def test_mlp_regression_and_multilabel_probes_learn():
     assert res.candidates[1].test[0]["roc_auc"] > 0.9 and res.candidates[0].test[0]["roc_auc"] < 0.65
 
 
+def test_layer_ids_name_candidates_and_shape_the_weighted_sum():
+    x, y = _features(layers=3, informative=1)  # feature position 1 holds the class
+    cfg = ProbeConfig(head="linear", lrs=(1e-2,), seeds=(0,), max_epochs=20)
+    res = run_probes(_data(x, y), 3, cfg, layer_ids=[0, 7, 9])  # e.g. features.layers=0,7,9
+    assert set(res.candidates) == {0, 7, 9, WEIGHTED} and res.best == 7
+    assert len(res.candidates[WEIGHTED].layer_weights[0]) == 2  # hidden state 0 left out of the mix
+    res = run_probes(_data(x, y), 3, cfg, layer_ids=[6, 7, 8])
+    assert len(res.candidates[WEIGHTED].layer_weights[0]) == 3  # no hidden state 0 cached: all are mixed
+    res = run_probes(_data(x, y), 3, ProbeConfig(**{**cfg.__dict__, "layers": [WEIGHTED, 8, 8]}), layer_ids=[6, 7, 8])
+    assert list(res.candidates) == [8, WEIGHTED] and len(res.candidates[8].test) == 1
+
+
 def test_probe_config_errors():
     with pytest.raises(ValueError, match="'mlp' or 'linear'"):
         ProbeConfig(head="svm")
     x, y = _features(n=50)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="not among the cached hidden states"):
         run_probes(_data(x, y), 4, ProbeConfig(layers=[7], lrs=(1e-2,), seeds=(0,)))
 
 
@@ -384,7 +427,7 @@ def _probe(corpus, tmp_path, manifest, *extra, encoder=None) -> dict:
 def test_mert_probe_each_task_type_end_to_end(corpus, tmp_path, task, extra, metric, floor):
     res = _probe(corpus, tmp_path, corpus["manifests"]["beat" if task == "onset" else task], *extra)
     assert res["task"]["type"] == task
-    assert res["data"]["splits"] == "30/15/15"
+    assert res["data"]["splits"] == {"train": 30, "valid": 15, "test": 15}
     best = res["results"]["candidates"][res["results"]["best_candidate"]]
     assert best["test"][metric]["mean"] > floor, res["headline"]
     assert set(res["results"]["candidates"]) == {"0", "1", "2", "weighted"}
@@ -408,8 +451,23 @@ def test_named_task_config_and_compare_table(corpus, tmp_path, capsys):
     runs = sorted(str(p.parent) for p in (tmp_path / "runs").rglob("results.json"))
     assert cli(["probe", "compare", *runs, "--out", str(tmp_path / "cmp.md")]) == 0
     table = capsys.readouterr().out
-    assert f"random:{corpus['encoder']}" in table and "| gtzan_genre | accuracy (best layer) |" in table
+    assert f"random:{corpus['encoder']}" in table and "| multiclass.csv: gtzan_genre | accuracy (best layer) |" in table
     assert (tmp_path / "cmp.md").read_text() == table
+
+
+def test_results_name_the_skipped_files_and_why(corpus, tmp_path):
+    bad = corpus["root"] / "audio" / "broken.wav"
+    bad.write_bytes(b"RIFF....WAVEfmt garbage")
+    rows = [{"path": r["path"], "label": r["timbre"]} for r in corpus["rows"]] + [
+        {"path": "audio/broken.wav", "label": "saw"}
+    ]
+    m = _write_manifest(corpus["root"] / "with_broken.csv", rows)
+    res = _probe(corpus, tmp_path, m)
+    assert res["features"]["skipped"] == 1
+    ((name, why),) = res["features"]["skipped_files"].items()
+    assert name == str(bad) and "could not read audio file" in why
+    run_dir = tmp_path / "runs" / "with_broken" / "pre"
+    assert json.loads((run_dir / "skipped.json").read_text()) == {name: why}
 
 
 def test_second_run_reuses_the_feature_cache(corpus, tmp_path):
@@ -428,3 +486,13 @@ def test_probe_cli_errors(corpus, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli(["probe", "compare", str(tmp_path)]) == 1
     assert "has no results.json" in capsys.readouterr().err
+
+
+def test_odd_sample_rates_resample_quickly_to_the_promised_length():
+    from mert.audio import resample, resampled_length
+
+    # 47999 Hz reduces to 47999/24000: torchaudio's exact kernel needed 19 GB; snapped to 48 kHz it is instant.
+    x = torch.randn(47999)
+    y = resample(x, 47999, 24000)
+    assert y.shape[-1] == resampled_length(47999, 47999, 24000) == 24000
+    assert torch.allclose(y, resample(x, 48000, 24000)[..., :24000], atol=1e-6)

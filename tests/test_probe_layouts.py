@@ -35,6 +35,7 @@ from mert.probe.layouts import (
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "probe"
 TASKS = {
+    "multiclass",
     "gtzan_genre",
     "gtzan_beat",
     "nsynth_instrument",

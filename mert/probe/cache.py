@@ -107,6 +107,8 @@ def read_example(example: Example, sample_rate: int) -> Tensor:
             sr = f.samplerate
             start = int(round((example.start or 0.0) * sr))
             stop = int(round(example.end * sr)) if example.end is not None else f.frames
+            if f.frames == 0:
+                raise ValueError("the file is empty (0 samples)")
             if start >= f.frames:
                 raise ValueError(f"segment start {example.start} s is past the end ({f.frames / sr:.2f} s)")
             f.seek(start)
@@ -184,20 +186,26 @@ class FeatureCache:
         stop = threading.Event()
 
         def work() -> None:
-            for e in todo:
-                if stop.is_set():
-                    break
-                try:
-                    item: Tensor | Exception = read_example(e, sr)
-                except (OSError, ValueError, RuntimeError) as err:
-                    item = err
-                q.put((e, item))
-            q.put(None)
+            try:
+                for e in todo:
+                    if stop.is_set():
+                        break
+                    try:
+                        item: Tensor | Exception = read_example(e, sr)
+                    except (OSError, ValueError, RuntimeError) as err:  # this file is bad: skip it
+                        item = err
+                    q.put((e, item))
+            except BaseException as err:  # anything else (MemoryError...) stops the run, in the main thread
+                q.put(("fatal", err))
+            finally:
+                q.put(None)  # always: a reader that died silently would leave the main thread waiting for ever
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
         try:
             while (got := q.get()) is not None:
+                if got[0] == "fatal":
+                    raise got[1]
                 yield got
         finally:
             stop.set()

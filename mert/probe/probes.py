@@ -162,6 +162,12 @@ class _Heads(torch.nn.Module):
         if self.weighted[: self.n_plain].any():
             raise ValueError("weighted-sum heads must come after the per-layer heads")
         self.dropout = cfg.dropout if cfg.head == "mlp" else 0.0
+        # Dropout masks from a generator per head, seeded by (seed, candidate, learning rate): the run is
+        # reproducible whatever else used torch's global RNG, and a head draws the same masks in any group.
+        self.drop_gens = [
+            torch.Generator().manual_seed(seed * 1_000_003 + (src + 2) * 10_007 + round(1e6 * lr))
+            for src, lr in zip(sources, lrs)
+        ]
         # Each head's initialisation depends only on (seed, its candidate), not on which heads share its group,
         # so chunking by max_parallel changes nothing.
         gens = [torch.Generator().manual_seed(seed * 1_000_003 + src + 1) for src in sources]
@@ -235,7 +241,11 @@ class _Heads(torch.nn.Module):
         h = self._hidden(x, self.w1, self.b1) * s  # (P, B, H or C)
         if self.w2 is None:
             return h
-        h = F.dropout(torch.relu(h), self.dropout, self.training)
+        h = torch.relu(h)
+        if self.training and self.dropout > 0:
+            keep = 1.0 - self.dropout
+            mask = torch.stack([torch.rand(h.shape[1:], generator=g) for g in self.drop_gens]) < keep
+            h = h * mask.to(h.device) / keep
         return torch.baddbmm(self.b2, h, self.w2) * s
 
     def l2(self) -> Tensor:
@@ -272,6 +282,7 @@ def _compact(heads: _Heads, opt: torch.optim.Adam, keep: Tensor, lr: float) -> t
     with torch.no_grad():
         heads.sources, heads.scale = heads.sources[keep], heads.scale[keep]
         heads.weighted = heads.weighted[keep]
+        heads.drop_gens = [g for g, k in zip(heads.drop_gens, keep.tolist()) if k]
         heads.n_plain = int((~heads.weighted).sum())
         for name in ("mix", "w1", "b1", "w2", "b2"):
             t = getattr(heads, name)
@@ -352,29 +363,38 @@ def _train_group(
 
 
 def run_probes(
-    data: ProbeData, num_layers: int, cfg: ProbeConfig, progress: Callable[[str], None] | None = None
+    data: ProbeData,
+    num_layers: int,
+    cfg: ProbeConfig,
+    progress: Callable[[str], None] | None = None,
+    layer_ids: Sequence[int] | None = None,
 ) -> ProbeResults:
     """Train every candidate x learning rate x seed and choose learning rates and the best layer on validation.
 
     Args:
         data: features ``(N, n, d)`` with ``n == num_layers`` and targets per split.
         num_layers: ``n``, the number of feature layers (hidden states kept in the cache).
+        layer_ids: the hidden-state index of each feature layer (default ``0..n-1``); candidates, results and
+            ``cfg.layers`` use these indices, and ``weighted_layers="transformer"`` leaves out index 0.
     """
+    ids = list(range(num_layers)) if layer_ids is None else [int(i) for i in layer_ids]
+    if len(ids) != num_layers:
+        raise ValueError(f"layer_ids has {len(ids)} entries for {num_layers} feature layers")
+    pos = {lid: k for k, lid in enumerate(ids)}
     if cfg.layers in ("all", "sweep"):
-        candidates = list(range(num_layers)) + ([WEIGHTED] if cfg.layers == "all" and num_layers > 1 else [])
+        wanted = ids + ([WEIGHTED] if cfg.layers == "all" and num_layers > 1 else [])
     elif cfg.layers == "weighted":
-        candidates = [WEIGHTED]
+        wanted = [WEIGHTED]
     else:
         layers = [cfg.layers] if isinstance(cfg.layers, int) else list(cfg.layers)
-        candidates = [int(i) for i in layers]
-        bad = [i for i in candidates if not (0 <= i < num_layers or i == WEIGHTED)]
+        wanted = list(dict.fromkeys(int(i) for i in layers))  # duplicates would double-count seeds
+        bad = [i for i in wanted if i not in pos and i != WEIGHTED]
         if bad:
-            raise ValueError(f"probe layers {bad} are out of range: the features have layers 0..{num_layers - 1}")
-    mix_layers = (
-        list(range(1, num_layers))
-        if cfg.weighted_layers == "transformer" and num_layers > 1
-        else list(range(num_layers))
-    )
+            raise ValueError(f"probe layers {bad} are not among the cached hidden states {ids}")
+    # Positions in the feature tensor; the weighted sum comes last (the batched heads expect it there).
+    candidates = [pos[c] for c in wanted if c != WEIGHTED] + ([WEIGHTED] if WEIGHTED in wanted else [])
+    transformer_only = cfg.weighted_layers == "transformer" and any(i != 0 for i in ids)
+    mix_layers = [k for k, lid in enumerate(ids) if not (transformer_only and lid == 0)]
     jobs = [(c, lr) for c in candidates for lr in cfg.lrs]
     results = {c: CandidateResult(c) for c in candidates}
     for seed in cfg.seeds:
@@ -392,8 +412,8 @@ def run_probes(
                 if group[k][0] == WEIGHTED and mix is not None:
                     per_job_mix[start + k] = mix[k]
         for c in candidates:
-            ids = [i for i, (cc, _) in enumerate(jobs) if cc == c]
-            best = ids[int(np.argmax(per_job_val[ids]))]
+            mine = [i for i, (cc, _) in enumerate(jobs) if cc == c]
+            best = mine[int(np.argmax(per_job_val[mine]))]
             r = results[c]
             r.lrs.append(jobs[best][1])
             r.val.append(float(per_job_val[best]))
@@ -401,7 +421,13 @@ def run_probes(
             if per_job_mix[best] is not None:
                 r.layer_weights.append(per_job_mix[best].tolist())
     best_candidate = max(candidates, key=lambda c: np.mean(results[c].val))
-    return ProbeResults(results, data.metrics, best_candidate)
+
+    def real(c: int) -> int:
+        return c if c == WEIGHTED else ids[c]
+
+    for r in results.values():
+        r.candidate = real(r.candidate)
+    return ProbeResults({real(c): r for c, r in results.items()}, data.metrics, real(best_candidate))
 
 
 def standardize(x: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -157,7 +157,8 @@ def _markdown(summary: dict) -> str:
     lines = [
         f"# {summary['task']['name']} ({summary['task']['type']}): {summary['encoder']['source']}",
         "",
-        f"{summary['data']['splits']} examples (train/valid/test); {summary['features']['skipped']} skipped; "
+        "{train}/{valid}/{test} examples (train/valid/test); ".format(**summary["data"]["splits"])
+        + f"{summary['features']['skipped']} skipped; "
         f"head {summary['probe']['head']}; {len(summary['probe']['seeds'])} seeds; test scores mean +- std over "
         f"seeds; learning rate and layer chosen on validation ({res['selection_metric']}).",
         "",
@@ -235,6 +236,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     from mert.probe.probes import ProbeConfig, run_probes
 
     t0 = time.time()
+    if cfg.get("encoder") in (None, "", "???"):
+        raise ValueError("no encoder given: pass encoder=NAME|HUB_ID|FOLDER|URL or encoder=random:<preset|source>")
     task = TaskSpec(**cfg["task"])
     data_cfg = cfg["data"]
     ds = ProbeDataset.from_manifest(
@@ -255,10 +258,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         / f"{_slug(Path(data_cfg['manifest']).stem)}-{task.name}"
         / _slug(cfg["encoder"])
     )
+    encoder = load_encoder(cfg["encoder"], random_seed=int(cfg.get("random_seed", 0)), device=device)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"mert probe: {ds.summary()} -> {run_dir}", flush=True)
-
-    encoder = load_encoder(cfg["encoder"], random_seed=int(cfg.get("random_seed", 0)), device=device)
     fcfg = cfg.get("features", {})
     spec = FeatureSpec(
         window_seconds=float(fcfg.get("window_seconds", 5.0)),
@@ -271,7 +273,10 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     report = cache.extract(ds, progress=bool(cfg.get("progress", True)))
     print(f"mert probe: features {report} ({cache.folder})", flush=True)
     feats, ok = cache.load(ds)
-    del encoder  # the probes need only the cached features
+    encoder_config = encoder.config.to_dict()
+    cache.encoder = encoder = None  # the probes need only the cached features: free the (GPU) memory
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
     pcfg = dict(cfg.get("probe", {}))
     if isinstance(pcfg.get("layers"), list | tuple):
@@ -279,7 +284,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     probe_cfg = ProbeConfig(**pcfg)
     data = build_probe_data(ds, feats, ok)
     num_layers = data.x["train"].shape[1]
-    results = run_probes(data, num_layers, probe_cfg, progress=lambda m: print(f"mert probe: {m}", flush=True))
+    results = run_probes(
+        data, num_layers, probe_cfg, progress=lambda m: print(f"mert probe: {m}", flush=True), layer_ids=cache.layers
+    )
     res = results.to_dict()
     best = res["candidates"][res["best_candidate"]]
     headline = {m: best["test"][m] for m in task.resolved_metrics()}
@@ -290,7 +297,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         "encoder": {
             "source": cfg["encoder"],
             "fingerprint": cache.fingerprint,
-            "config": cache.encoder.config.to_dict(),
+            "config": encoder_config,
             "num_hidden_states": num_layers,
         },
         "data": {"manifest": str(data_cfg["manifest"]), "examples": len(ds.examples), "splits": counts},
@@ -300,9 +307,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             "computed": report.computed,
             "from_cache": report.cached,
             "skipped": int((~ok).sum()),
-            "skipped_files": {
-                str(ds.examples[i].path): "unreadable (see the cache's skipped.json)" for i in np.flatnonzero(~ok)
-            },
+            "skipped_files": report.skipped,  # file[segment] -> why it could not be read
         },
         "probe": {**probe_cfg.__dict__, "lrs": list(probe_cfg.lrs), "seeds": list(probe_cfg.seeds)},
         "headline": {"candidate": res["best_candidate"], **headline},
@@ -310,7 +315,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         "results": res,
         "seconds": round(time.time() - t0, 1),
     }
-    summary["data"]["splits"] = f"{counts['train']}/{counts['valid']}/{counts['test']}"
+    if report.skipped:
+        (run_dir / "skipped.json").write_text(json.dumps(report.skipped, indent=2) + "\n")
     (run_dir / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     table = _markdown(summary)
     (run_dir / "results.md").write_text(table)
@@ -321,8 +327,12 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike]) -> str:
-    """A Markdown table with one column per run: per task and metric, the best layer's test score and the
-    weighted sum's (mean +- std over seeds), plus the best layer's index."""
+    """A Markdown table with one column per run: per data set and task, each metric's test score on the best
+    layer and on the weighted sum (mean +- std over seeds), plus the best layer's index.
+
+    Rows are keyed by (manifest, task), so runs on different data never share a row; columns are named by the
+    encoder source, with the head and seeds when runs of one encoder differ in protocol.
+    """
     runs = []
     for d in run_dirs:
         p = Path(d)
@@ -330,25 +340,35 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike]) -> str:
         if not p.is_file():
             raise FileNotFoundError(f"{str(d)!r} has no results.json: give `mert probe` run directories")
         runs.append(json.loads(p.read_text()))
-    header = "| task | metric | " + " | ".join(r["encoder"]["source"] for r in runs) + " |"
+
+    def row_key(r: dict) -> str:
+        return f"{Path(r['data']['manifest']).name}: {r['task']['name']}"
+
+    def column(r: dict) -> str:
+        same_source = [q for q in runs if q["encoder"]["source"] == r["encoder"]["source"]]
+        protocols = {(q["probe"]["head"], len(q["probe"]["seeds"]), len(q["probe"]["lrs"])) for q in same_source}
+        extra = f" ({r['probe']['head']}, {len(r['probe']['seeds'])} seeds)" if len(protocols) > 1 else ""
+        return r["encoder"]["source"] + extra
+
+    header = "| data: task | metric | " + " | ".join(column(r) for r in runs) + " |"
     lines = [header, "|---|---|" + "---|" * len(runs)]
-    tasks = list(dict.fromkeys(r["task"]["name"] for r in runs))
-    for t in tasks:
-        metrics = list(dict.fromkeys(m for r in runs if r["task"]["name"] == t for m in r["task"]["metrics"]))
+    for t in dict.fromkeys(row_key(r) for r in runs):
+        mine = [row_key(r) == t for r in runs]
+        metrics = list(dict.fromkeys(m for r, ok in zip(runs, mine) if ok for m in r["task"]["metrics"]))
         for m in metrics:
             for which in ("best layer", "weighted"):
                 cells = []
-                for r in runs:
+                for r, ok in zip(runs, mine):
                     cands = r["results"]["candidates"]
                     key = r["results"]["best_candidate"] if which == "best layer" else "weighted"
-                    if r["task"]["name"] != t or key not in cands or m not in cands[key]["test"]:
+                    if not ok or key not in cands or m not in cands[key]["test"]:
                         cells.append("-")
                         continue
                     s = cands[key]["test"][m]
                     cells.append(f"{100 * s['mean']:.1f} +- {100 * s['std']:.1f}")
                 if any(c != "-" for c in cells):
                     lines.append(f"| {t} | {m} ({which}) | " + " | ".join(cells) + " |")
-        cells = [str(r["results"]["best_candidate"]) if r["task"]["name"] == t else "-" for r in runs]
+        cells = [str(r["results"]["best_candidate"]) if ok else "-" for r, ok in zip(runs, mine)]
         lines.append(f"| {t} | best layer | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -383,8 +403,13 @@ def _rewrite(argv: Sequence[str]) -> list[str]:
 
 def _hydra_entry(cfg: Any) -> None:
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
-    run(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:  # `???` in conf/probe.yaml: encoder= and data.manifest= are required
+        raise ValueError(f"missing required setting {e.full_key}=... (docs/probing.md)") from None
+    run(plain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

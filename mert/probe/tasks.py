@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TASK_TYPES", "SPLITS", "Example", "ProbeDataset", "TaskSpec", "load_manifest", "infer_task_type"]
 
@@ -134,6 +137,13 @@ def load_manifest(path: str | os.PathLike, root: str | os.PathLike | None = None
         raise FileNotFoundError(f"probing manifest {str(path)!r} does not exist")
     base = Path(root).expanduser() if root else path.parent
     delimiter = "," if path.suffix.lower() == ".csv" else "\t"
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"manifest {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+        ) from None
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         columns = [c.strip().lower() for c in (reader.fieldnames or [])]
@@ -283,7 +293,26 @@ class ProbeDataset:
             n = sum(s is None for s in given)
             raise ValueError(f"{n} of {len(given)} manifest rows have no split: give every row one, or none")
         else:
-            splits = seeded_split(self.strata(), seed, fractions)
+            # Segments of one recording stay together, or a split would test on the audio it trained on.
+            paths = [str(e.path) for e in self.examples]
+            first = {}
+            for i, p in enumerate(paths):
+                first.setdefault(p, i)
+            files = list(first)
+            per_file = seeded_split(self.strata()[[first[p] for p in files]], seed, fractions)
+            of_file = dict(zip(files, per_file))
+            splits = np.array([of_file[p] for p in paths], dtype=object)
+        where: dict[str, set] = {}
+        for e, sp in zip(self.examples, splits):
+            where.setdefault(str(e.path), set()).add(sp)
+        shared = [p for p, sps in where.items() if len(sps) > 1]
+        if shared:
+            log.warning(
+                "%d files have segments in more than one split (e.g. %s): the test split then scores audio the "
+                "probe trained on",
+                len(shared),
+                shared[0],
+            )
         for s in SPLITS:
             if not (splits == s).any():
                 raise ValueError(

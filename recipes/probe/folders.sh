@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Your own labelled recordings, one folder per class (e.g. recordings/cello/*.flac, recordings/flute/*.wav):
+# the label is the folder name. Put train/, valid/ and test/ at the top (ROOT/train/<label>/...) to fix the
+# split; otherwise a seeded stratified 80/10/10 split is made. Compares ENCODER with a random encoder of the
+# same shape.
+# Needs: pip install -e ".[train,probe]"
+set -euo pipefail
+ROOT=${ROOT:?set ROOT to the folder holding one subfolder per class}
+OUT=${OUT:-runs/probe/folders}
+ENCODER=${ENCODER:-MERT-v1-95M}
+mkdir -p "$OUT"
+
+mert probe manifest folders "$ROOT" --out "$OUT/labels.csv" --report "$OUT/labels_skipped.tsv"
+mert probe task=multiclass encoder="$ENCODER" data.manifest="$OUT/labels.csv" run_dir="$OUT/pretrained"
+mert probe task=multiclass encoder="random:$ENCODER" data.manifest="$OUT/labels.csv" run_dir="$OUT/random"
+mert probe compare "$OUT/pretrained" "$OUT/random" --out "$OUT/compare.md"
