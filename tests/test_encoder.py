@@ -332,3 +332,21 @@ def test_masked_group_norm_statistics_in_float32():
         got = masked_group_norm(x.to(dtype), lengths, 8, w.to(dtype), b.to(dtype), 1e-5)
         assert got.dtype == dtype and torch.isfinite(got).all()
         assert (got.float() - ref)[1, :, :23999].abs().max() < tol
+
+
+def test_embed_file_keeps_only_chosen_layers_and_pools_window_by_window(tmp_path):
+    import soundfile as sf
+
+    enc = _encoder("post_ln_group")
+    wav = music_like(24000 * 7 + 123, seed=6)[0]
+    path = tmp_path / "long.wav"
+    sf.write(path, wav.numpy(), 24000, subtype="FLOAT")
+    with torch.no_grad():
+        ref = enc(wav, sample_rate=24000, chunk_seconds=2.0)
+    frames = enc.embed_file(path, layers=[0, 2], chunk_seconds=2.0)
+    pooled = enc.embed_file(path, layers=[0, 2], pool="mean", chunk_seconds=2.0, chunk_batch_size=3)
+    assert frames.shape == (2, int(ref.lengths[0]), 32)
+    assert torch.equal(frames, ref.stacked([0, 2])[0])
+    assert torch.allclose(pooled, ref.stacked([0, 2])[0].mean(dim=1), atol=1e-5)
+    with pytest.raises(ValueError, match="pool must be None or 'mean'"):
+        enc.embed_file(path, pool="max")

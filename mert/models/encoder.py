@@ -240,8 +240,10 @@ class Encoder(nn.Module):
                 f"the encoder needs at least {min_len} samples ({min_len / self.sample_rate * 1000:.1f} ms)"
             )
 
+        # The waveform stays at least float32 for a bf16/fp16 model: the first conv runs in its precision.
         param = self.mask_emb
-        wav = wav.to(device=param.device, dtype=param.dtype if param.is_floating_point() else torch.float32)
+        dtype = torch.promote_types(param.dtype, torch.float32) if param.is_floating_point() else torch.float32
+        wav = wav.to(device=param.device, dtype=dtype)
         if lengths is not None:
             # Padding is zero, whatever the caller put there (as the HF feature extractor pads).
             wav = wav.masked_fill(~_valid_mask(lengths.to(wav.device), wav.shape[1]), 0.0)
@@ -299,12 +301,22 @@ class Encoder(nn.Module):
         return EncoderOutput(states[-1], tuple(states), frame_lens, self.frame_rate, feats)
 
     def _encode_chunked(
-        self, wav: Tensor, lengths: Tensor | None, chunk_seconds: float, overlap_seconds: float | None, batch: int
+        self,
+        wav: Tensor,
+        lengths: Tensor | None,
+        chunk_seconds: float,
+        overlap_seconds: float | None,
+        batch: int,
+        keep: Sequence[int] | None = None,
+        mean: bool = False,
     ) -> EncoderOutput:
         """Bounded-memory windows; each output frame comes from the window where it sits most centrally.
 
         Windows start on multiples of the hop (320 samples) so their frames fall exactly on the global 75 Hz
-        grid; the last window is aligned to the end of the clip so it has full context.
+        grid; the last window is aligned to the end of the clip so it has full context. ``keep`` (hidden-state
+        indices) stitches only those layers and leaves None in the other slots: all 13 layers of a 10-minute
+        track at 75 Hz are 1.8 GB in float32, so `embed_file` keeps only what it returns. ``mean`` keeps each
+        kept layer's mean over valid frames, ``(b, 1, d)``, accumulated window by window.
         """
         hop = self.hop_length
         window = int(round(chunk_seconds * self.sample_rate))
@@ -352,13 +364,21 @@ class Encoder(nn.Module):
                     res = self._encode(chunk, None)
                     if out_states is None:
                         d = res.last_hidden_state.shape[-1]
-                        out_states = [wav.new_zeros(b, t_max, d) for _ in res.hidden_states]
-                        out_feats = wav.new_zeros(b, t_max, res.features.shape[-1])
+                        kept = range(len(res.hidden_states)) if keep is None else set(keep)
+                        t_out = 1 if mean else t_max
+                        out_states = [
+                            s.new_zeros(b, t_out, d, dtype=torch.float32 if mean else s.dtype) if n in kept else None
+                            for n, s in enumerate(res.hidden_states)
+                        ]
+                        out_feats = res.features.new_zeros(b, t_max, res.features.shape[-1])
                     for r, j in enumerate(part):
                         lo, hi = bounds[j], bounds[j + 1]
                         src = slice(lo - first[j], hi - first[j])
                         for dst, s in zip(out_states, res.hidden_states):
-                            dst[i, lo:hi] = s[r, src]
+                            if dst is not None and mean:
+                                dst[i, 0] += s[r, src].float().sum(dim=0) / n_frames[i]
+                            elif dst is not None:
+                                dst[i, lo:hi] = s[r, src]
                         out_feats[i, lo:hi] = res.features[r, src]
         assert out_states is not None
         frame_lens = torch.tensor(n_frames, dtype=torch.long, device=wav.device)
@@ -374,28 +394,40 @@ class Encoder(nn.Module):
         pool: str | None = None,
         chunk_seconds: float | None = 30.0,
         overlap_seconds: float | None = None,
+        chunk_batch_size: int = 1,
     ) -> Tensor:
         """Embeddings of one audio file (any soundfile-readable format, mixed to mono, resampled).
+
+        Memory is bounded for any duration: windows of ``chunk_seconds`` are encoded ``chunk_batch_size`` at a
+        time and only the chosen layers are kept (under 2 GB peak resident memory for a 10-minute track with the
+        95M model in float32, all layers pooled; ``docs/benchmarks.md``).
 
         Args:
             path: audio file.
             layers: which hidden states (see :func:`mert.parse_layers`); default all.
             pool: ``None`` for frames or ``"mean"`` for one vector per layer.
             chunk_seconds: window length for long files (None: one pass).
+            overlap_seconds: overlap between windows (default 20% of ``chunk_seconds``).
+            chunk_batch_size: windows encoded together; on CPU 1 is as fast as more and keeps memory lowest.
         Returns:
             ``(n', t, d)`` frames or ``(n', d)`` pooled, for the chosen layers.
         """
+        if pool not in (None, "mean"):
+            raise ValueError(f"pool must be None or 'mean', got {pool!r}")
         wav, sr = load_audio(path, mono=True)
+        idx = parse_layers(layers, self.config.num_hidden_states)
         try:
-            out = self(wav, sample_rate=sr, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds)
+            wav, lengths = self._prepare(wav, None, sr)
+            if chunk_seconds is None:
+                out = self._encode(wav, lengths)
+            else:
+                out = self._encode_chunked(
+                    wav, lengths, chunk_seconds, overlap_seconds, chunk_batch_size, keep=idx, mean=pool == "mean"
+                )
         except ValueError as e:
             raise ValueError(f"{str(path)!r}: {e}") from None
-        x = out.stacked(layers)[0]  # (n', t, d)
-        if pool is None:
-            return x
-        if pool == "mean":
-            return x.mean(dim=1)
-        raise ValueError(f"pool must be None or 'mean', got {pool!r}")
+        x = torch.stack([out.hidden_states[i][0] for i in idx])  # (n', t, d), t = 1 if pooled in windows
+        return x if pool is None else x.mean(dim=1).to(self.mask_emb.dtype)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod

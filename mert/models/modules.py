@@ -9,8 +9,14 @@ Shape legend:
     h  attention heads
     n  hidden-state layers (num_layers + 1)
 
-Everything aligned in time is ``(b, t, ...)``. The conv stack is the one exception: Conv1d wants
-``(b, c, t)``, so the front end works channel-first internally and hands ``(b, t, c)`` out.
+Everything aligned in time is ``(b, t, ...)``, the conv front end included: its strided convolutions run as
+GEMMs on views of ``(b, t, c)`` frames (:func:`strided_conv`), which on CPU beats oneDNN's direct convolution
+and needs no transposes (``docs/benchmarks.md``).
+
+Speed (inference on CPU): every Linear goes through :func:`linear`, which calls oneDNN's matmul on a weight
+packed once, with the bias and GELU fused, when no gradient is needed; the first conv's GroupNorm is folded
+into its weights (:func:`fold_group_norm`) so the front end can run in tiles. All give the numbers of the
+plain formulation up to float rounding (``tests/test_fast_path.py``); autograd takes the plain path.
 
 Padding: every module takes per-item valid lengths so that a clip gives the same numbers alone and inside a
 right-padded batch. Three places would otherwise leak padding into valid frames (spec 6.3): the first
@@ -21,6 +27,8 @@ original's GroupNorm over the padded length for bit-for-bit compatibility with t
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +37,17 @@ from torch import Tensor, nn
 
 from mert.models.config import EncoderConfig
 
-__all__ = ["ConvFrontEnd", "FeatureProjection", "PositionalConv", "TransformerLayer", "Transformer"]
+__all__ = [
+    "ConvFrontEnd",
+    "FeatureProjection",
+    "PositionalConv",
+    "TransformerLayer",
+    "Transformer",
+    "linear",
+    "strided_conv",
+    "fold_group_norm",
+    "folded_group_norm_conv",
+]
 
 
 def _valid_mask(lengths: Tensor, max_len: int) -> Tensor:
@@ -37,8 +55,157 @@ def _valid_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def _onednn_ops():
+    """oneDNN's fused linear and its weight packing (the ops inductor emits on CPU), or None, None where this
+    torch build lacks them."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise, torch.ops.mkldnn._reorder_linear_weight
+    except (AttributeError, RuntimeError):
+        return None, None
+
+
+_ONEDNN_LINEAR, _ONEDNN_PACK = _onednn_ops()
+
+
+def _use_onednn(x: Tensor, weight: Tensor) -> bool:
+    # The op has no autograd formula and does not autocast, so it only serves plain inference on CPU.
+    return (
+        _ONEDNN_LINEAR is not None
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and weight.dtype == x.dtype
+        # Other layouts fall to oneDNN's reference kernels (100x slower): a contiguous weight, unit-stride rows.
+        and (weight.is_mkldnn or weight.is_contiguous())
+        and x.stride(-1) == 1
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
+
+
+# Per module, tensors derived from its parameters for inference (oneDNN-packed weights, the positional conv's
+# normalised weight). Held outside the module so that pickling and deepcopy never see them, and freed with it.
+_INFERENCE_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, Tensor]]] = weakref.WeakKeyDictionary()
+
+
+def inference_cached(owner: nn.Module, name: str, params: tuple[Tensor, ...], make: Callable[[], Tensor]) -> Tensor:
+    """``make()``, cached on ``owner`` under ``name`` until one of ``params`` changes: updated in place (its
+    version counter moves), replaced (``load_state_dict``), moved or cast."""
+    # Inference tensors (parameters made under inference_mode) have no version counter; they cannot be updated
+    # in place outside inference_mode either.
+    key = tuple((-1 if p.is_inference() else p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+    cache = _INFERENCE_CACHE.setdefault(owner, {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        hit = cache[name] = (key, make())
+    return hit[1]
+
+
+def linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    gelu: bool = False,
+    add: Tensor | None = None,
+    owner: nn.Module | None = None,
+    name: str = "weight",
+) -> Tensor:
+    """``F.linear(x, weight, bias)``, then GELU (``gelu``) or ``+ add``, in one call where possible.
+
+    On CPU without autograd this is oneDNN's matmul with the bias and the GELU or sum fused, on a weight that
+    oneDNN has packed once into its blocked layout (cached on ``owner`` under ``name``; without an owner the
+    weight is packed on every call). torch's own float32 ``F.linear`` calls MKL's sgemm, which on the AMD EPYC
+    benchmark machine reaches 150-200 GFLOP/s on the encoder's shapes against 210-220 for packed oneDNN, and
+    adds the bias in a separate pass (``docs/benchmarks.md``). Results agree to float rounding.
+
+    Args:
+        x: ``(..., k)``; may be a strided view with unit stride in its last axis.
+        weight: ``(n, k)``.
+        bias: ``(n,)`` or None.
+        gelu: apply the exact (erf) GELU to the result.
+        add: ``(..., n)`` tensor added to the result (not combinable with ``gelu``).
+        owner, name: where to cache the packed weight; ``weight`` must not change identity between calls
+            without a parameter of ``owner`` changing too (pass parameters, or tensors derived from them).
+    Returns:
+        ``(..., n)``.
+    """
+    if gelu and add is not None:
+        raise ValueError("linear: pass gelu or add, not both")
+    if _use_onednn(x, weight) and (add is None or (add.dtype == x.dtype and add.is_contiguous())):
+        if owner is not None:
+            weight = inference_cached(owner, name, (weight,), lambda: _ONEDNN_PACK(weight))
+        if add is not None:
+            return _ONEDNN_LINEAR.binary(x, add, weight, bias, "add")
+        return _ONEDNN_LINEAR(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+    y = F.linear(x, weight, bias)
+    if gelu:
+        return F.gelu(y)
+    return y if add is None else y + add
+
+
+def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    # Under autocast the ops choose their own precision; leave the tensors alone.
+    if t is None or t.dtype == dtype or torch.is_autocast_enabled(t.device.type):
+        return t
+    return t.to(dtype)
+
+
+def _gelu(x: Tensor) -> Tensor:
+    # In place when autograd does not need the input: a fresh output costs page faults on large front-end maps.
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.gelu(x)
+    return torch.ops.aten.gelu_(x)
+
+
+def _conv_blocks(x: Tensor, kernel: int, stride: int) -> list[tuple[Tensor, int, int]]:
+    """Views of ``x (b, t, c)`` whose rows are the input frames of each output frame, ``stride`` frames at a time.
+
+    Output frame ``i`` reads frames ``[i * s, i * s + k)``. Block ``j`` holds frames ``i * s + j * s`` onwards,
+    ``min(s, k - j * s)`` of them, flattened as ``(frame, channel)``: a strided view with row stride ``s * c``
+    that BLAS/oneDNN read directly, so no im2col copy is made. Returns ``(view (b, t', w * c), tap0, w)``.
+    """
+    t_out = (x.shape[1] - kernel) // stride + 1
+    blocks = []
+    for first in range(0, kernel, stride):
+        w = min(stride, kernel - first)
+        view = x[:, first:].unfold(1, w, stride)[:, :t_out]  # (b, t', c, w)
+        blocks.append((view.transpose(2, 3).flatten(2), first, w))  # (b, t', w * c)
+    return blocks
+
+
+def strided_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, owner: nn.Module | None = None) -> Tensor:
+    """Unpadded Conv1d on channels-last frames: ``x (b, t, c)``, ``weight (o, c, k)`` -> ``(b, t', o)``.
+
+    ``t' = (t - k) // stride + 1``. The kernel is split into blocks of ``stride`` taps, each a GEMM on a view of
+    ``x`` (see ``_conv_blocks``), summed by oneDNN's fused add; ``owner`` caches the packed blocks (see
+    :func:`linear`). With few input channels (the waveform) the patches are copied instead, as one GEMM with a
+    deep reduction beats several shallow ones.
+    """
+    kernel = weight.shape[-1]
+    if weight.shape[1] * kernel <= 64:
+        patches = x.unfold(1, kernel, stride).transpose(2, 3).flatten(2)  # (b, t', k * c), a copy
+        return linear(patches.contiguous(), rearrange(weight, "o c k -> o (k c)").contiguous(), bias)
+    y = None
+    for view, first, w in reversed(_conv_blocks(x, kernel, stride)):
+
+        def taps(first: int = first, w: int = w) -> Tensor:
+            return rearrange(weight[:, :, first : first + w], "o c k -> o (k c)").contiguous()
+
+        if owner is not None and _use_onednn(view, weight):
+            w_block = inference_cached(owner, f"taps{first}", (weight,), lambda taps=taps: _ONEDNN_PACK(taps()))
+        else:
+            w_block = taps()
+        y = linear(view, w_block, bias if first == 0 else None, add=y)
+    return y
+
+
 def masked_group_norm(x: Tensor, lengths: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """GroupNorm whose statistics ignore frames at or beyond ``lengths``.
+
+    The reference formulation of the front end's first norm; the encoder computes the same thing folded into
+    the conv (:func:`folded_group_norm_conv`).
 
     Args:
         x: ``(b, c, t)`` conv output.
@@ -60,9 +227,65 @@ def masked_group_norm(x: Tensor, lengths: Tensor, num_groups: int, weight: Tenso
     return (y * weight.float()[None, :, None] + bias.float()[None, :, None]).to(dtype)
 
 
+def fold_group_norm(x: Tensor, conv: nn.Conv1d, norm: nn.GroupNorm, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Fold ``GroupNorm(conv(x))`` (one channel per group) into a per-item conv: ``x (b, t, c)`` -> ``w (b, o, k c)``,
+    ``bias (b, o)`` to apply to ``(frame, channel)``-flattened patches.
+
+    Per channel the norm is an affine map of the conv output, and the conv is linear in its input patches ``p``:
+    the output's mean is ``w . mean(p)`` and its variance ``w^T cov(p) w``. So the statistics come from the
+    patches' mean and covariance (``k * c`` numbers, float64) instead of three passes over the largest
+    activation of the network (``(b, 144000, 512)`` for 30 s), and the front end can then run in tiles. The
+    conv bias cancels in the normalisation. ``lengths`` (output frames per item) restricts the statistics to
+    valid frames; None uses all, as transformers' HubertModel does.
+    """
+    w, stride = conv.weight, conv.stride[0]
+    if norm.num_groups != w.shape[0]:
+        raise ValueError(f"fold_group_norm needs one channel per group, got {norm.num_groups} groups")
+    patches = x.unfold(1, w.shape[-1], stride).transpose(2, 3).flatten(2)  # (b, t', k * c), a view
+    b, t = patches.shape[:2]
+    f64 = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+    p = patches.to(f64)
+    if lengths is None:
+        count = torch.full((b,), float(t), dtype=f64, device=x.device)
+        mu = p.mean(dim=1)  # (b, kc)
+        centred = p - mu[:, None]
+    else:
+        valid = _valid_mask(lengths, t)[..., None]  # (b, t', 1)
+        count = lengths.to(f64)
+        mu = (p * valid).sum(dim=1) / count[:, None]
+        centred = (p - mu[:, None]) * valid
+    cov = centred.transpose(1, 2) @ centred / count[:, None, None]  # (b, kc, kc)
+    w2 = rearrange(w, "o c k -> o (k c)").to(f64)
+    mean = mu @ w2.T  # (b, o)
+    var = torch.einsum("oi,bij,oj->bo", w2, cov, w2).clamp(min=0.0)
+    scale = norm.weight.to(f64) * torch.rsqrt(var + norm.eps)  # (b, o)
+    w_fold = (w2 * scale[..., None]).to(x.dtype)  # (b, o, kc)
+    b_fold = (norm.bias.to(f64) - mean * scale).to(x.dtype)  # (b, o)
+    return w_fold, b_fold
+
+
+def _folded_conv(x: Tensor, w_fold: Tensor, b_fold: Tensor, kernel: int, stride: int) -> Tensor:
+    """GELU of the folded conv: ``x (b, t, c)`` -> ``(b, t', o)``; one GEMM per item with the GELU fused."""
+    patches = x.unfold(1, kernel, stride).transpose(2, 3).flatten(2).contiguous()  # (b, t', k * c)
+    if _use_onednn(patches, w_fold):
+        ys = [linear(patches[i], w_fold[i], b_fold[i], gelu=True) for i in range(len(patches))]
+        return ys[0][None] if len(ys) == 1 else torch.stack(ys)
+    return _gelu(torch.baddbmm(b_fold[:, None, :], patches, w_fold.transpose(1, 2)))
+
+
+def folded_group_norm_conv(x: Tensor, conv: nn.Conv1d, norm: nn.GroupNorm, lengths: Tensor | None) -> Tensor:
+    """``GELU(GroupNorm(conv(x)))``, one channel per group, as one GEMM: ``x (b, t, c)`` -> ``(b, t', o)``.
+
+    See :func:`fold_group_norm`; ``lengths`` are output frames per item, or None for all frames.
+    """
+    w_fold, b_fold = fold_group_norm(x, conv, norm, lengths)
+    return _folded_conv(x, w_fold, b_fold, conv.kernel_size[0], conv.stride[0])
+
+
 class ConvLayer(nn.Module):
     """Conv1d -> optional norm -> GELU. ``norm`` is "group" (GroupNorm, one group per channel), "layer"
-    (LayerNorm over channels at each frame) or None."""
+    (LayerNorm over channels at each frame) or None. The ``conv`` module only holds the parameters (the
+    checkpoint layout); the computation is :func:`strided_conv` on channels-last frames."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, bias: bool, norm: str | None, eps: float):
         super().__init__()
@@ -75,27 +298,44 @@ class ConvLayer(nn.Module):
         else:
             self.norm = None
 
-    def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        """``(b, c_in, t_in) -> (b, c_out, t_out)``; ``lengths`` are this layer's OUTPUT frames, or None."""
-        x = self.conv(x)
+    def forward(self, x: Tensor, folded: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``(b, t_in, c_in) -> (b, t_out, c_out)``. A GroupNorm layer needs ``folded``, its statistics over the
+        whole clip from :func:`fold_group_norm`, as ``x`` may be a tile of it.
+
+        Runs in ``x``'s dtype (the parameters are cast if they differ: the first layer of a bf16 model).
+        """
         if self.norm_kind == "group":
-            assert isinstance(self.norm, nn.GroupNorm)
-            if lengths is None:
-                x = self.norm(x)
-            else:
-                x = masked_group_norm(x, lengths, self.norm.num_groups, self.norm.weight, self.norm.bias, self.norm.eps)
-        elif self.norm_kind == "layer":
-            x = rearrange(self.norm(rearrange(x, "b c t -> b t c")), "b t c -> b c t")
-        return F.gelu(x)
+            if folded is None:
+                raise ValueError("a GroupNorm conv layer needs its folded statistics (fold_group_norm)")
+            return _folded_conv(x, *folded, self.conv.kernel_size[0], self.conv.stride[0])
+        weight, bias = _cast(self.conv.weight, x.dtype), _cast(self.conv.bias, x.dtype)
+        # Cache packed taps only for the parameters themselves (not for a cast copy, new on every call).
+        owner = self if weight is self.conv.weight else None
+        x = strided_conv(x, weight, bias, self.conv.stride[0], owner)
+        if self.norm_kind == "layer":
+            assert isinstance(self.norm, nn.LayerNorm)
+            norm = self.norm
+            x = F.layer_norm(x, norm.normalized_shape, _cast(norm.weight, x.dtype), _cast(norm.bias, x.dtype), norm.eps)
+        return _gelu(x)
 
 
 class ConvFrontEnd(nn.Module):
-    """Waveform -> 75 Hz features: seven strided convs (spec 1)."""
+    """Waveform -> 75 Hz features: seven strided convs (spec 1).
+
+    The stack runs in tiles of ``tile_frames`` output frames (each reading its receptive field of samples), so
+    the 512-channel maps of the first layers never exist for the whole clip at once: 30 s would need 0.3 GB
+    for the first layer's output alone, and tiles that fit the allocator's reuse and the caches are faster.
+    A frame's numbers do not depend on the tiling: the only clip-wide quantity, the first GroupNorm's
+    statistics, is computed beforehand (:func:`fold_group_norm`).
+    """
+
+    tile_frames = 256  # output frames per tile (3.4 s at 75 Hz)
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.kernels = config.conv_kernel
         self.strides = config.conv_stride
+        self.hop, self.receptive_field = config.hop_length, config.receptive_field
         layers = []
         c_in = 1
         for i, (c, k, s) in enumerate(zip(config.conv_dim, config.conv_kernel, config.conv_stride)):
@@ -111,15 +351,29 @@ class ConvFrontEnd(nn.Module):
         """``wav (b, l)`` float, ``lengths (b,)`` valid samples or None -> features ``(b, t, c)``.
 
         With ``lengths`` the first GroupNorm uses valid frames only. Later convs need no care: a valid output
-        frame only reads valid input frames, by the same length formula that defines validity.
+        frame only reads valid input frames, by the same length formula that defines validity. The first conv
+        runs in the waveform's precision (float32 for a bf16 model: it is cheap, and bf16 samples would lose
+        the quiet parts of the signal); the others in the weights' dtype.
         """
-        x = rearrange(wav, "b l -> b 1 l")
-        frame_lens = lengths
-        for layer, k, s in zip(self.convs, self.kernels, self.strides):
-            if frame_lens is not None:
-                frame_lens = torch.div(frame_lens - k, s, rounding_mode="floor") + 1
-            x = layer(x, frame_lens if layer.norm_kind == "group" else None)
-        return rearrange(x, "b c t -> b t c")
+        x = rearrange(wav, "b l -> b l 1")
+        folded = None
+        first = self.convs[0]
+        if first.norm_kind == "group":
+            assert isinstance(first.norm, nn.GroupNorm)
+            k, s = self.kernels[0], self.strides[0]
+            frames0 = None if lengths is None else torch.div(lengths - k, s, rounding_mode="floor") + 1
+            folded = fold_group_norm(x, first.conv, first.norm, frames0)
+        t = (x.shape[1] - self.receptive_field) // self.hop + 1
+        tiles = []
+        for start in range(0, t, self.tile_frames):
+            end = min(start + self.tile_frames, t)
+            y = x[:, start * self.hop : (end - 1) * self.hop + self.receptive_field]
+            for i, layer in enumerate(self.convs):
+                if i > 0:
+                    y = _cast(y, layer.conv.weight.dtype)
+                y = layer(y, folded if i == 0 else None)
+            tiles.append(y)
+        return tiles[0] if len(tiles) == 1 else torch.cat(tiles, dim=1)
 
 
 class FeatureProjection(nn.Module):
@@ -136,7 +390,7 @@ class FeatureProjection(nn.Module):
         """``(b, t, c) -> (b, t, d)``."""
         if self.norm is not None:
             feats = self.norm(feats)
-        return self.dropout(self.linear(feats))
+        return self.dropout(linear(feats, self.linear.weight, self.linear.bias, owner=self.linear))
 
 
 class PositionalConv(nn.Module):
@@ -156,7 +410,12 @@ class PositionalConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(width))
 
     def weight(self) -> Tensor:
-        return self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
+        """``(d, d / groups, K)`` effective conv weight; cached while ``g`` and ``v`` do not change and no
+        gradient is needed (recomputing it costs a pass over its 4.7M values per forward at inference)."""
+        v, g = self.weight_v, self.weight_g
+        if torch.is_grad_enabled() and (v.requires_grad or g.requires_grad):
+            return v * (g / v.norm(dim=(0, 1), keepdim=True))
+        return inference_cached(self, "weight", (v, g), lambda: v * (g / v.norm(dim=(0, 1), keepdim=True)))
 
     def forward(self, x: Tensor) -> Tensor:
         """``(b, t, d) -> (b, t, d)``; the caller zeroes padded frames first, as zero padding is what a clip
@@ -180,11 +439,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
         """``x (b, t, d)``, ``attn_mask (b, 1, 1, t)`` True = may attend, or None -> ``(b, t, d)``."""
-        q, k, v = rearrange(self.qkv(x), "b t (three h e) -> three b h t e", three=3, h=self.heads)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias, owner=self.qkv)
+        q, k, v = rearrange(qkv, "b t (three h e) -> three b h t e", three=3, h=self.heads)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.out(rearrange(y, "b h t e -> b t (h e)"))
+        return linear(rearrange(y, "b h t e -> b t (h e)"), self.out.weight, self.out.bias, owner=self.out)
 
 
 class FeedForward(nn.Module):
@@ -197,7 +457,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(b, t, d) -> (b, t, d)``."""
-        return self.dropout(self.fc2(self.act_dropout(F.gelu(self.fc1(x)))))
+        h = self.act_dropout(linear(x, self.fc1.weight, self.fc1.bias, gelu=True, owner=self.fc1))
+        return self.dropout(linear(h, self.fc2.weight, self.fc2.bias, owner=self.fc2))
 
 
 class TransformerLayer(nn.Module):

@@ -1,0 +1,177 @@
+"""The fast inference paths give the plain formulation's numbers: oneDNN linear, GEMM convs, folded GroupNorm,
+the cached positional-conv weight, and bf16 weights (per-layer cosine similarity >= 0.999 to float32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mert import Encoder, EncoderConfig
+from mert.models.modules import _INFERENCE_CACHE, folded_group_norm_conv, linear, masked_group_norm, strided_conv
+from tests.conftest import music_like
+
+
+def _perturbed(config: EncoderConfig, seed: int = 0) -> Encoder:
+    torch.manual_seed(seed)
+    enc = Encoder(config).eval()
+    with torch.no_grad():
+        for p in enc.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return enc
+
+
+@pytest.mark.parametrize("mode", ["plain", "gelu", "add"])
+def test_linear_matches_f_linear(mode):
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 37, 24), torch.randn(40, 24), torch.randn(40)
+    add = torch.randn(2, 37, 40)
+    ref = F.linear(x, w, b)
+    ref = F.gelu(ref) if mode == "gelu" else ref + add if mode == "add" else ref
+    kw = {"gelu": True} if mode == "gelu" else {"add": add} if mode == "add" else {}
+    with torch.inference_mode():
+        fast = linear(x, w, b, **kw)
+    slow = linear(x.requires_grad_(), w, b, **kw)  # autograd: the plain F.linear path
+    assert slow.requires_grad
+    assert (fast - ref).abs().max() <= 1e-5
+    assert (slow.detach() - ref).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="gelu or add"):
+        linear(x, w, b, gelu=True, add=add)
+
+
+@pytest.mark.parametrize("c,kernel,stride", [(1, 10, 5), (16, 3, 2), (16, 2, 2), (8, 5, 2), (12, 4, 4)])
+@pytest.mark.parametrize("length", [97, 100])
+def test_strided_conv_matches_conv1d(c, kernel, stride, length):
+    torch.manual_seed(0)
+    x = torch.randn(2, length, c)
+    w, b = torch.randn(6, c, kernel), torch.randn(6)
+    ref = F.conv1d(x.transpose(1, 2), w, b, stride=stride).transpose(1, 2)
+    with torch.inference_mode():
+        got = strided_conv(x, w, b, stride)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max() <= 1e-5
+    # Gradients through the views equal the convolution's.
+    w1, w2 = w.clone().requires_grad_(), w.clone().requires_grad_()
+    (strided_conv(x, w1, b, stride) ** 2).sum().backward()
+    (F.conv1d(x.transpose(1, 2), w2, b, stride=stride) ** 2).sum().backward()
+    assert torch.allclose(w1.grad, w2.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 0.5])  # a DC offset: the fold must not lose digits to cancellation
+def test_folded_group_norm_matches_group_norm(with_lengths, offset):
+    torch.manual_seed(0)
+    conv = nn.Conv1d(1, 16, 10, stride=5, bias=False)
+    norm = nn.GroupNorm(16, 16)
+    with torch.no_grad():
+        norm.weight.add_(torch.rand(16))
+        norm.bias.add_(torch.randn(16))
+    wav = music_like(24000, batch=2) + offset  # (2, l)
+    n_out = (24000 - 10) // 5 + 1
+    lengths = torch.tensor([n_out, 2000]) if with_lengths else None
+    y = conv(wav[:, None])  # (b, o, t)
+    if lengths is None:
+        ref = F.gelu(norm(y))
+    else:
+        ref = F.gelu(masked_group_norm(y, lengths, 16, norm.weight, norm.bias, norm.eps))
+    with torch.inference_mode():
+        got = folded_group_norm_conv(wav[..., None], conv, norm, lengths)
+    ref = ref.transpose(1, 2)
+    if lengths is not None:
+        got, ref = got[1, :2000], ref[1, :2000]
+    assert (got - ref).abs().max() <= 1e-4
+    with pytest.raises(ValueError, match="one channel per group"):
+        folded_group_norm_conv(wav[..., None], conv, nn.GroupNorm(4, 16), None)
+
+
+def test_positional_conv_weight_cache_follows_parameter_changes():
+    enc = _perturbed(EncoderConfig.preset("tiny"))
+    pos = enc.transformer.pos_conv
+    x = torch.randn(1, 50, 32)
+    with torch.inference_mode():
+        a = pos(x)
+        assert "weight" in _INFERENCE_CACHE[pos]
+        assert torch.equal(pos(x), a)
+    with torch.no_grad():
+        pos.weight_g.mul_(2.0)  # an optimiser step or a load changes the version counter
+    with torch.inference_mode():
+        b = pos(x)
+    assert not torch.allclose(a, b)
+    # With autograd the weight is recomputed every time, so gradients reach g and v.
+    pos(x).sum().backward()
+    assert pos.weight_g.grad is not None and pos.weight_v.grad is not None
+
+
+@pytest.mark.parametrize("layout", ["95m", "330m"])
+def test_fast_inference_equals_autograd_path(layout):
+    cfg = EncoderConfig.preset("tiny", frontend_norm="layer", pre_ln=True) if layout == "330m" else "tiny"
+    enc = _perturbed(EncoderConfig.preset(cfg) if isinstance(cfg, str) else cfg)
+    wav = music_like(30000, batch=2, seed=1)
+    lengths = torch.tensor([30000, 21000])
+    with torch.inference_mode():
+        fast = enc(wav, lengths, sample_rate=24000)
+    slow = enc(wav, lengths, sample_rate=24000)  # grad enabled: F.linear, conv via matmul, uncached weights
+    for a, b in zip(fast.hidden_states, slow.hidden_states):
+        assert (a - b.detach()).abs().max() <= 1e-5
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return F.cosine_similarity(a.float().flatten(0, 1), b.float().flatten(0, 1), dim=-1).min().item()
+
+
+@pytest.mark.parametrize("layout", ["95m", "330m"])
+def test_bf16_weights_track_float32_per_layer(layout):
+    """The documented fast path: weights cast once to bf16 (``from_pretrained(..., dtype=torch.bfloat16)``)."""
+    cfg = EncoderConfig.preset("tiny", frontend_norm="layer", pre_ln=True) if layout == "330m" else "tiny"
+    enc = _perturbed(EncoderConfig.preset(cfg) if isinstance(cfg, str) else cfg)
+    wav = music_like(48000, batch=2, seed=2)
+    lengths = torch.tensor([48000, 30000])
+    with torch.inference_mode():
+        ref = enc(wav, lengths, sample_rate=24000)
+        out = enc.to(torch.bfloat16)(wav, lengths, sample_rate=24000)
+    assert out.last_hidden_state.dtype == torch.bfloat16
+    t1 = int(out.lengths[1])
+    for i, (a, b) in enumerate(zip(out.hidden_states, ref.hidden_states)):
+        cos = min(_cosine(a[:1], b[:1]), _cosine(a[1:, :t1], b[1:, :t1]))
+        assert cos >= 0.999, f"hidden state {i}: worst frame cosine {cos:.5f}"
+
+
+@pytest.mark.parametrize("layout", ["95m", "330m"])
+def test_front_end_tiles_do_not_change_frames(layout):
+    cfg = EncoderConfig.preset("tiny", frontend_norm="layer", pre_ln=True) if layout == "330m" else "tiny"
+    enc = _perturbed(EncoderConfig.preset(cfg) if isinstance(cfg, str) else cfg)
+    wav = music_like(40000, batch=2, seed=3)
+    lengths = torch.tensor([40000, 17001])
+    with torch.inference_mode():
+        whole = enc.frontend(wav, lengths)
+        enc.frontend.tile_frames = 7  # 124 frames in 18 tiles, the last one short
+        tiled = enc.frontend(wav, lengths)
+    assert tiled.shape == whole.shape == (2, 124, 32)
+    assert (tiled - whole).abs().max() <= 1e-5  # GEMM blocking differs with the row count: rounding only
+
+
+def test_packed_weights_follow_updates_and_stay_out_of_pickles(tmp_path):
+    torch.manual_seed(0)
+    layer = nn.Linear(24, 40)
+    x = torch.randn(3, 24)
+    with torch.inference_mode():
+        a = linear(x, layer.weight, layer.bias, owner=layer)
+    with torch.no_grad():
+        layer.weight.mul_(-1.0)
+    with torch.inference_mode():
+        b = linear(x, layer.weight, layer.bias, owner=layer)
+    assert (a - F.linear(x, -layer.weight, layer.bias)).abs().max() <= 1e-5
+    assert (b - F.linear(x, layer.weight, layer.bias)).abs().max() <= 1e-5
+    # A whole encoder used for inference (caches filled) still deep-copies and pickles.
+    enc = _perturbed(EncoderConfig.preset("tiny"))
+    with torch.inference_mode():
+        ref = enc(music_like(8000), sample_rate=24000).last_hidden_state
+    torch.save(enc, tmp_path / "enc.pt")
+    again = torch.load(tmp_path / "enc.pt", weights_only=False)
+    import copy
+
+    with torch.inference_mode():
+        assert torch.equal(copy.deepcopy(enc)(music_like(8000), sample_rate=24000).last_hidden_state, ref)
+        assert torch.equal(again(music_like(8000), sample_rate=24000).last_hidden_state, ref)
