@@ -13,10 +13,11 @@ Everything aligned in time is ``(b, t, ...)``, the conv front end included: its 
 GEMMs on views of ``(b, t, c)`` frames (:func:`strided_conv`), which on CPU beats oneDNN's direct convolution
 and needs no transposes (``docs/benchmarks.md``).
 
-Speed (inference on CPU): every Linear goes through :func:`linear`, which calls oneDNN's matmul on a weight
-packed once, with the bias and GELU fused, when no gradient is needed; the first conv's GroupNorm is folded
-into its weights (:func:`fold_group_norm`) so the front end can run in tiles. All give the numbers of the
-plain formulation up to float rounding (``tests/test_fast_path.py``); autograd takes the plain path.
+Speed (inference on CPU): every Linear goes through :func:`linear`, which calls oneDNN's matmul with the
+bias and GELU fused when no gradient is needed (on a weight packed once if :data:`PACK_WEIGHTS`); the first
+conv's GroupNorm is folded into its weights (:func:`fold_group_norm`) so the front end can run in tiles; bf16
+attention runs as per-head GEMMs (:func:`shifted_attention`). All give the numbers of the plain formulation up
+to float rounding (``tests/test_fast_path.py``); autograd takes the plain path.
 
 Padding: every module takes per-item valid lengths so that a clip gives the same numbers alone and inside a
 right-padded batch. Three places would otherwise leak padding into valid frames (spec 6.3): the first
@@ -47,6 +48,7 @@ __all__ = [
     "strided_conv",
     "fold_group_norm",
     "folded_group_norm_conv",
+    "shifted_attention",
 ]
 
 
@@ -65,6 +67,12 @@ def _onednn_ops():
 
 
 _ONEDNN_LINEAR, _ONEDNN_PACK = _onednn_ops()
+
+#: Keep a copy of every Linear weight in oneDNN's blocked layout for inference. In float32 this is ~9 % faster
+#: on the benchmark CPU (30 s clip, 95M: 2.71 vs 2.96 s) but costs 4 bytes per parameter more resident memory
+#: (380 MB for 95M), which would put a 10-minute `embed_file` over 2 GB; so it is off by default
+#: (``docs/benchmarks.md``). Unpacked weights still go through oneDNN, which reorders them per call.
+PACK_WEIGHTS = False
 
 
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
@@ -114,11 +122,11 @@ def linear(
 ) -> Tensor:
     """``F.linear(x, weight, bias)``, then GELU (``gelu``) or ``+ add``, in one call where possible.
 
-    On CPU without autograd this is oneDNN's matmul with the bias and the GELU or sum fused, on a weight that
-    oneDNN has packed once into its blocked layout (cached on ``owner`` under ``name``; without an owner the
-    weight is packed on every call). torch's own float32 ``F.linear`` calls MKL's sgemm, which on the AMD EPYC
-    benchmark machine reaches 150-200 GFLOP/s on the encoder's shapes against 210-220 for packed oneDNN, and
-    adds the bias in a separate pass (``docs/benchmarks.md``). Results agree to float rounding.
+    On CPU without autograd this is oneDNN's matmul with the bias and the GELU or sum fused; with
+    :data:`PACK_WEIGHTS` on a weight that oneDNN has packed once into its blocked layout (cached on ``owner``
+    under ``name``). torch's own float32 ``F.linear`` calls MKL's sgemm, which on the AMD EPYC (Zen 5) benchmark
+    machine runs a 2048^3 GEMM at 208 GFLOP/s against oneDNN's 476 and makes a whole 30 s pass 1.5x slower,
+    and adds the bias in a separate pass (``docs/benchmarks.md``). Results agree to float rounding.
 
     Args:
         x: ``(..., k)``; may be a strided view with unit stride in its last axis.
@@ -134,7 +142,7 @@ def linear(
     if gelu and add is not None:
         raise ValueError("linear: pass gelu or add, not both")
     if _use_onednn(x, weight) and (add is None or (add.dtype == x.dtype and add.is_contiguous())):
-        if owner is not None:
+        if owner is not None and PACK_WEIGHTS:
             weight = inference_cached(owner, name, (weight,), lambda: _ONEDNN_PACK(weight))
         if add is not None:
             return _ONEDNN_LINEAR.binary(x, add, weight, bias, "add")
@@ -194,7 +202,9 @@ def strided_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, ow
             return rearrange(weight[:, :, first : first + w], "o c k -> o (k c)").contiguous()
 
         if owner is not None and _use_onednn(view, weight):
-            w_block = inference_cached(owner, f"taps{first}", (weight,), lambda taps=taps: _ONEDNN_PACK(taps()))
+            w_block = inference_cached(
+                owner, f"taps{first}", (weight,), lambda taps=taps: _ONEDNN_PACK(taps()) if PACK_WEIGHTS else taps()
+            )
         else:
             w_block = taps()
         y = linear(view, w_block, bias if first == 0 else None, add=y)
@@ -428,8 +438,63 @@ class PositionalConv(nn.Module):
         return rearrange(F.gelu(y), "b d t -> b t d")
 
 
+def _use_shifted_attention(q: Tensor) -> bool:
+    # bfloat16 inference on CPU only: in float32 the flash kernel is the faster one (docs/benchmarks.md).
+    return (
+        q.device.type == "cpu"
+        and q.dtype == torch.bfloat16
+        and not torch.is_autocast_enabled("cpu")
+        and not (torch.is_grad_enabled() and q.requires_grad)
+    )
+
+
+def shifted_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None = None, block: int = 1 << 22) -> Tensor:
+    """Softmax attention for bfloat16 inference on CPU, one head at a time, as three bf16 GEMMs per head.
+
+    torch's flash-attention kernel reaches ~170 GFLOP/s on the benchmark CPU in bf16 (57 % of a 30 s bf16
+    pass) against ~930 for a bf16 GEMM; whole-row GEMMs per head run at ~300. A bf16 GEMM rounds its output,
+    and a score rounded to bf16 carries an error of 2^-9 of its size, which for peaked attention is more
+    than the inputs' own rounding (flash attention keeps scores in float32). So each row is shifted by its
+    maximum *inside* the GEMM: ``[q, m] . [k, -1] = q . k - m``, accumulated in float32 and rounded only
+    after the shift, so the scores that matter (near the maximum) are small and keep their precision. ``m``
+    comes from a first, plain bf16 score GEMM; any value near the row maximum works, as softmax is
+    shift-invariant and the shift is exact. Accuracy matches the flash kernel's (``tests/test_fast_path.py``).
+
+    Args:
+        q, k, v: ``(b, h, t, e)`` (strided views are fine).
+        valid: ``(b, t)`` True = key may be attended to, or None.
+        block: score elements per GEMM (query rows x keys): bounds memory for long single passes.
+    Returns:
+        ``(b, t, h, e)``, contiguous (``rearrange(y, "b t h e -> b t (h e)")`` is a view).
+    """
+    b, h, t, e = q.shape
+    ks = k * e**-0.5
+    # (b, h, e + 1, t): scaled keys with a row of -1 under them, row-major so that both the first e rows
+    # (the plain score GEMM) and all e + 1 rows (the shifted one) are ordinary matrices.
+    kt_aug = torch.cat([ks, ks.new_full((b, h, t, 1), -1.0)], dim=-1).transpose(-1, -2).contiguous()
+    out = q.new_empty(b, t, h, e)
+    rows = max(1, block // t)
+    for i in range(b):
+        keys: slice | Tensor = slice(None)
+        if valid is not None and not bool(valid[i].all()):
+            n = int(valid[i].sum())
+            keys = slice(0, n) if bool(valid[i, :n].all()) else valid[i].nonzero().squeeze(1)
+        for j in range(h):
+            kt = kt_aug[i, j][:, keys]  # (e + 1, n)
+            vh = v[i, j][keys]
+            vh = torch.cat([vh, vh.new_ones(vh.shape[0], 1)], dim=-1)  # (n, e + 1): the last column sums p
+            for s in range(0, t, rows):
+                qh = q[i, j, s : s + rows]  # (r, e)
+                m = (qh @ kt[:e]).amax(dim=-1, keepdim=True)  # (r, 1), a bf16 value: the shift is exact
+                p = torch.cat([qh, m], dim=-1) @ kt  # (r, n) = q . k - m <= ~0
+                y = p.exp_() @ vh  # (r, e + 1): unnormalised output and the row sums, accumulated in float32
+                torch.div(y[:, :e], y[:, e:], out=out[i, s : s + rows, j])
+    return out
+
+
 class SelfAttention(nn.Module):
-    """Multi-head attention through ``scaled_dot_product_attention`` with one fused q/k/v projection."""
+    """Multi-head attention with one fused q/k/v projection: ``scaled_dot_product_attention``, or
+    :func:`shifted_attention` for bfloat16 inference on CPU."""
 
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
@@ -441,10 +506,15 @@ class SelfAttention(nn.Module):
         """``x (b, t, d)``, ``attn_mask (b, 1, 1, t)`` True = may attend, or None -> ``(b, t, d)``."""
         qkv = linear(x, self.qkv.weight, self.qkv.bias, owner=self.qkv)
         q, k, v = rearrange(qkv, "b t (three h e) -> three b h t e", three=3, h=self.heads)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return linear(rearrange(y, "b h t e -> b t (h e)"), self.out.weight, self.out.bias, owner=self.out)
+        if _use_shifted_attention(q) and not (self.training and self.dropout > 0):
+            valid = None if attn_mask is None else rearrange(attn_mask, "b 1 1 t -> b t")
+            y = rearrange(shifted_attention(q, k, v, valid), "b t h e -> b t (h e)")
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            )
+            y = rearrange(y, "b h t e -> b t (h e)")
+        return linear(y, self.out.weight, self.out.bias, owner=self.out)
 
 
 class FeedForward(nn.Module):
