@@ -315,7 +315,8 @@ class Encoder(nn.Module):
         Windows start on multiples of the hop (320 samples) so their frames fall exactly on the global 75 Hz
         grid; the last window is aligned to the end of the clip so it has full context. ``keep`` (hidden-state
         indices) stitches only those layers and leaves None in the other slots: all 13 layers of a 10-minute
-        track at 75 Hz are 1.8 GB in float32, so `embed_file` keeps only what it returns. ``mean`` keeps each
+        track at 75 Hz are 1.8 GB in float32, so `embed_file` keeps only what it returns (and no front-end features:
+        ``features`` is then ``(b, 0, c)``). ``mean`` keeps each
         kept layer's mean over valid frames, ``(b, 1, d)``, accumulated window by window.
         """
         hop = self.hop_length
@@ -370,7 +371,9 @@ class Encoder(nn.Module):
                             s.new_zeros(b, t_out, d, dtype=torch.float32 if mean else s.dtype) if n in kept else None
                             for n, s in enumerate(res.hidden_states)
                         ]
-                        out_feats = res.features.new_zeros(b, t_max, res.features.shape[-1])
+                        # embed_file (``keep``) never returns the front-end features: 92 MB per 10 minutes.
+                        t_feats = t_max if keep is None else 0
+                        out_feats = res.features.new_zeros(b, t_feats, res.features.shape[-1])
                     for r, j in enumerate(part):
                         lo, hi = bounds[j], bounds[j + 1]
                         src = slice(lo - first[j], hi - first[j])
@@ -379,7 +382,8 @@ class Encoder(nn.Module):
                                 dst[i, 0] += s[r, src].float().sum(dim=0) / n_frames[i]
                             elif dst is not None:
                                 dst[i, lo:hi] = s[r, src]
-                        out_feats[i, lo:hi] = res.features[r, src]
+                        if keep is None:
+                            out_feats[i, lo:hi] = res.features[r, src]
         assert out_states is not None
         frame_lens = torch.tensor(n_frames, dtype=torch.long, device=wav.device)
         return EncoderOutput(out_states[-1], tuple(out_states), frame_lens, self.frame_rate, out_feats)
