@@ -431,7 +431,8 @@ def test_mert_probe_each_task_type_end_to_end(corpus, tmp_path, task, extra, met
     best = res["results"]["candidates"][res["results"]["best_candidate"]]
     assert best["test"][metric]["mean"] > floor, res["headline"]
     assert set(res["results"]["candidates"]) == {"0", "1", "2", "weighted"}
-    assert len(res["results"]["candidates"]["weighted"]["layer_weights_mean"]) == 2  # transformer layers only
+    weighted = res["results"]["candidates"]["weighted"]
+    assert len(weighted["layer_weights_mean"]) == 2 and weighted["layer_weights_layers"] == [1, 2]  # no input
 
 
 def test_named_task_config_and_compare_table(corpus, tmp_path, capsys):

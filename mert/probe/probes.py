@@ -105,6 +105,7 @@ class CandidateResult:
     val: list[float] = field(default_factory=list)
     test: list[dict[str, float]] = field(default_factory=list)
     layer_weights: list[list[float]] = field(default_factory=list)
+    layer_weight_ids: list[int] = field(default_factory=list)  # hidden-state index of each mixed layer
 
     def test_mean_std(self, metric: str) -> tuple[float, float]:
         vals = np.array([t[metric] for t in self.test], dtype=np.float64)
@@ -135,6 +136,7 @@ class ProbeResults:
             }
             if r.layer_weights:
                 d["layer_weights_mean"] = np.mean(np.array(r.layer_weights), axis=0).round(4).tolist()
+                d["layer_weights_layers"] = r.layer_weight_ids
             out["candidates"][name(c)] = d
         return out
 
@@ -427,6 +429,8 @@ def run_probes(
 
     for r in results.values():
         r.candidate = real(r.candidate)
+        if r.layer_weights:
+            r.layer_weight_ids = [ids[k] for k in mix_layers]
     return ProbeResults({real(c): r for c, r in results.items()}, data.metrics, real(best_candidate))
 
 

@@ -180,11 +180,14 @@ def _markdown(summary: dict) -> str:
             "Without audio (majority class / constant / train mean): "
             + ", ".join(f"{m} {100 * v:.1f}" for m, v in summary["chance"].items()),
         ]
-    weights = res["candidates"].get("weighted", {}).get("layer_weights_mean")
+    weighted = res["candidates"].get("weighted", {})
+    weights = weighted.get("layer_weights_mean")
     if weights:
+        ids = weighted.get("layer_weights_layers") or list(range(len(weights)))
         lines += [
             "",
-            "Learned layer weights (weighted sum, mean over seeds): " + ", ".join(f"{w:.3f}" for w in weights),
+            "Learned layer weights (weighted sum, mean over seeds): "
+            + ", ".join(f"layer {i} {w:.3f}" for i, w in zip(ids, weights)),
         ]
     return "\n".join(lines) + "\n"
 
