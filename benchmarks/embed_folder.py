@@ -7,7 +7,8 @@ Writes ``--clips`` synthetic stereo clips at 44.1 kHz (so every file is decoded,
 
 * sequential: build the encoder, then for each file ``load_audio``, the encoder, ``np.save`` (a plain loop);
 * ``mert embed``: the CLI's folder path (`mert/cli.py:_cmd_embed`; it builds the encoder too), which decodes
-  and resamples the next file on a background thread while the encoder runs on the current one.
+  the next file on a background thread while the encoder runs on the current one (mixing down and resampling
+  run on the main thread).
 
 Randomly initialised 95M encoder, fp32, all layers mean-pooled. Prints files/s, audio x realtime and the
 ratio. Takes about 3 minutes on 2 cores with the defaults.

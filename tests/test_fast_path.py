@@ -157,6 +157,22 @@ def test_shifted_attention_is_as_accurate_as_flash_attention_in_bf16(peak):
         assert (plain - ref).abs().max().item() > 1.3 * err_ours
 
 
+def test_shifted_attention_edge_cases():
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 40, 8).bfloat16() for _ in range(3))
+    valid = torch.ones(2, 40, dtype=torch.bool)
+    valid[1] = False  # no key at all: zeros, not an error
+    out = shifted_attention(q, k, v, valid)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert shifted_attention(q[:, :, :0], k[:, :, :0], v[:, :, :0]).shape == (2, 0, 2, 8)
+    # Scores in the tens of thousands: half a bf16 ulp of the shift would overflow exp, so those rows take the
+    # flash kernel and stay finite and equal to it.
+    big = shifted_attention(q * 30000, k, v)
+    ref = F.scaled_dot_product_attention(q * 30000, k, v).transpose(1, 2)
+    assert torch.isfinite(big).all()
+    assert (big.float() - ref.float()).abs().max() <= 0.05  # keys scaled before vs inside the kernel
+
+
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return F.cosine_similarity(a.float().flatten(0, 1), b.float().flatten(0, 1), dim=-1).min().item()
 
@@ -197,6 +213,11 @@ def test_packed_weights_follow_updates_and_stay_out_of_pickles(tmp_path, monkeyp
     import mert.models.modules as modules
 
     monkeypatch.setattr(modules, "PACK_WEIGHTS", pack)
+
+    def packed_entries(model: nn.Module) -> list[str]:
+        caches = [_INFERENCE_CACHE.get(m, {}) for m in model.modules()]
+        return [n for c in caches for n, (_, t) in c.items() if t.is_mkldnn]
+
     torch.manual_seed(0)
     layer = nn.Linear(24, 40)
     x = torch.randn(3, 24)
@@ -219,3 +240,9 @@ def test_packed_weights_follow_updates_and_stay_out_of_pickles(tmp_path, monkeyp
     with torch.inference_mode():
         assert torch.equal(copy.deepcopy(enc)(music_like(8000), sample_rate=24000).last_hidden_state, ref)
         assert torch.equal(again(music_like(8000), sample_rate=24000).last_hidden_state, ref)
+    # Packed copies exist only while the flag is on: switching it off frees them at the next call.
+    assert bool(packed_entries(enc)) == pack
+    monkeypatch.setattr(modules, "PACK_WEIGHTS", False)
+    with torch.inference_mode():
+        assert (enc(music_like(8000), sample_rate=24000).last_hidden_state - ref).abs().max() <= 1e-5
+    assert not packed_entries(enc)

@@ -315,8 +315,8 @@ class Encoder(nn.Module):
         Windows start on multiples of the hop (320 samples) so their frames fall exactly on the global 75 Hz
         grid; the last window is aligned to the end of the clip so it has full context. ``keep`` (hidden-state
         indices) stitches only those layers and leaves None in the other slots: all 13 layers of a 10-minute
-        track at 75 Hz are 1.8 GB in float32, so `embed_file` keeps only what it returns (and no front-end features:
-        ``features`` is then ``(b, 0, c)``). ``mean`` keeps each
+        track at 75 Hz are 1.8 GB in float32, so `embed_file` keeps only what it returns (and no front-end
+        features when the clip spans several windows: ``features`` is then ``(b, 0, c)``). ``mean`` keeps each
         kept layer's mean over valid frames, ``(b, 1, d)``, accumulated window by window.
         """
         hop = self.hop_length

@@ -68,10 +68,11 @@ def _onednn_ops():
 
 _ONEDNN_LINEAR, _ONEDNN_PACK = _onednn_ops()
 
-#: Keep a copy of every Linear weight in oneDNN's blocked layout for inference. In float32 this is ~9 % faster
-#: on the benchmark CPU (30 s clip, 95M: 2.71 vs 2.96 s) but costs 4 bytes per parameter more resident memory
-#: (380 MB for 95M), which would put a 10-minute `embed_file` over 2 GB; so it is off by default
-#: (``docs/benchmarks.md``). Unpacked weights still go through oneDNN, which reorders them per call.
+#: Keep a copy of every Linear weight in oneDNN's blocked layout for inference. In float32 this is 5-16 %
+#: faster on the benchmark CPU (95M: 2.71 vs 2.86 s for 30 s, 0.68 vs 0.79 s for 10 s) but costs 4 bytes per
+#: parameter more resident memory (380 MB for 95M), which put a 10-minute `embed_file` over 2 GB; so it is off
+#: by default (``docs/benchmarks.md``). Unpacked weights still go through oneDNN, which reorders them per call.
+#: Read at every call: packed copies are made when it is on and dropped when it is off.
 PACK_WEIGHTS = False
 
 
@@ -110,6 +111,12 @@ def inference_cached(owner: nn.Module, name: str, params: tuple[Tensor, ...], ma
     return hit[1]
 
 
+def _drop_cached(owner: nn.Module, name: str) -> None:
+    cache = _INFERENCE_CACHE.get(owner)
+    if cache:
+        cache.pop(name, None)
+
+
 def linear(
     x: Tensor,
     weight: Tensor,
@@ -144,6 +151,8 @@ def linear(
     if _use_onednn(x, weight) and (add is None or (add.dtype == x.dtype and add.is_contiguous())):
         if owner is not None and PACK_WEIGHTS:
             weight = inference_cached(owner, name, (weight,), lambda: _ONEDNN_PACK(weight))
+        elif owner is not None:
+            _drop_cached(owner, name)  # a packed copy from when PACK_WEIGHTS was on
         if add is not None:
             return _ONEDNN_LINEAR.binary(x, add, weight, bias, "add")
         return _ONEDNN_LINEAR(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
@@ -202,9 +211,9 @@ def strided_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, ow
             return rearrange(weight[:, :, first : first + w], "o c k -> o (k c)").contiguous()
 
         if owner is not None and _use_onednn(view, weight):
-            w_block = inference_cached(
-                owner, f"taps{first}", (weight,), lambda taps=taps: _ONEDNN_PACK(taps()) if PACK_WEIGHTS else taps()
-            )
+            _drop_cached(owner, f"taps{first}:{not PACK_WEIGHTS}")
+            make = (lambda taps=taps: _ONEDNN_PACK(taps())) if PACK_WEIGHTS else taps
+            w_block = inference_cached(owner, f"taps{first}:{PACK_WEIGHTS}", (weight,), make)
         else:
             w_block = taps()
         y = linear(view, w_block, bias if first == 0 else None, add=y)
@@ -458,7 +467,12 @@ def shifted_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None = No
     maximum *inside* the GEMM: ``[q, m] . [k, -1] = q . k - m``, accumulated in float32 and rounded only
     after the shift, so the scores that matter (near the maximum) are small and keep their precision. ``m``
     comes from a first, plain bf16 score GEMM; any value near the row maximum works, as softmax is
-    shift-invariant and the shift is exact. Accuracy matches the flash kernel's (``tests/test_fast_path.py``).
+    shift-invariant and the shift is exact. The row sums come from a column of ones appended to ``v`` and are
+    rounded to bf16 like the unnormalised output, so the kernel's own error is up to 2-3x flash attention's
+    against the same bf16 inputs; against float32 inputs, whose rounding to bf16 dominates, the two are equal
+    (``benchmarks/attention.py``, ``tests/test_fast_path.py``). Rows whose scores exceed 8192 in magnitude
+    (where half a bf16 ulp of the shift could overflow ``exp``) go through ``scaled_dot_product_attention``.
+    An item with no valid key gets zeros.
 
     Args:
         q, k, v: ``(b, h, t, e)`` (strided views are fine).
@@ -468,16 +482,20 @@ def shifted_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None = No
         ``(b, t, h, e)``, contiguous (``rearrange(y, "b t h e -> b t (h e)")`` is a view).
     """
     b, h, t, e = q.shape
+    out = q.new_zeros(b, t, h, e)
+    if t == 0:
+        return out
     ks = k * e**-0.5
     # (b, h, e + 1, t): scaled keys with a row of -1 under them, row-major so that both the first e rows
     # (the plain score GEMM) and all e + 1 rows (the shifted one) are ordinary matrices.
     kt_aug = torch.cat([ks, ks.new_full((b, h, t, 1), -1.0)], dim=-1).transpose(-1, -2).contiguous()
-    out = q.new_empty(b, t, h, e)
     rows = max(1, block // t)
     for i in range(b):
         keys: slice | Tensor = slice(None)
         if valid is not None and not bool(valid[i].all()):
             n = int(valid[i].sum())
+            if n == 0:
+                continue
             keys = slice(0, n) if bool(valid[i, :n].all()) else valid[i].nonzero().squeeze(1)
         for j in range(h):
             kt = kt_aug[i, j][:, keys]  # (e + 1, n)
@@ -486,6 +504,11 @@ def shifted_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None = No
             for s in range(0, t, rows):
                 qh = q[i, j, s : s + rows]  # (r, e)
                 m = (qh @ kt[:e]).amax(dim=-1, keepdim=True)  # (r, 1), a bf16 value: the shift is exact
+                if float(m.abs().max()) > 8192.0:
+                    kh = rearrange(kt[:e], "e n -> n e")  # already scaled
+                    y = F.scaled_dot_product_attention(qh[None], kh[None], vh[None, :, :e], scale=1.0)[0]
+                    out[i, s : s + rows, j] = y
+                    continue
                 p = torch.cat([qh, m], dim=-1) @ kt  # (r, n) = q . k - m <= ~0
                 y = p.exp_() @ vh  # (r, e + 1): unnormalised output and the row sums, accumulated in float32
                 torch.div(y[:, :e], y[:, e:], out=out[i, s : s + rows, j])
