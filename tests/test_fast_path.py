@@ -30,6 +30,13 @@ def _perturbed(config: EncoderConfig, seed: int = 0) -> Encoder:
     return enc
 
 
+def _layout_encoder(layout: str) -> Encoder:
+    """A tiny perturbed encoder with the 95M (post-LN, GroupNorm front end) or 330M (pre-LN, LayerNorm) layout."""
+    pre_ln = layout == "330m"
+    cfg = EncoderConfig.preset("tiny", frontend_norm="layer", pre_ln=True) if pre_ln else EncoderConfig.preset("tiny")
+    return _perturbed(cfg)
+
+
 @pytest.mark.parametrize("mode", ["plain", "gelu", "add"])
 def test_linear_matches_f_linear(mode):
     torch.manual_seed(0)
@@ -113,8 +120,7 @@ def test_positional_conv_weight_cache_follows_parameter_changes():
 
 @pytest.mark.parametrize("layout", ["95m", "330m"])
 def test_fast_inference_equals_autograd_path(layout):
-    cfg = EncoderConfig.preset("tiny", frontend_norm="layer", pre_ln=True) if layout == "330m" else "tiny"
-    enc = _perturbed(EncoderConfig.preset(cfg) if isinstance(cfg, str) else cfg)
+    enc = _layout_encoder(layout)
     wav = music_like(30000, batch=2, seed=1)
     lengths = torch.tensor([30000, 21000])
     with torch.inference_mode():
@@ -180,8 +186,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("layout", ["95m", "330m"])
 def test_bf16_weights_track_float32_per_layer(layout):
     """The documented fast path: weights cast once to bf16 (``from_pretrained(..., dtype=torch.bfloat16)``)."""
-    cfg = EncoderConfig.preset("tiny", frontend_norm="layer", pre_ln=True) if layout == "330m" else "tiny"
-    enc = _perturbed(EncoderConfig.preset(cfg) if isinstance(cfg, str) else cfg)
+    enc = _layout_encoder(layout)
     wav = music_like(48000, batch=2, seed=2)
     lengths = torch.tensor([48000, 30000])
     with torch.inference_mode():
@@ -196,8 +201,7 @@ def test_bf16_weights_track_float32_per_layer(layout):
 
 @pytest.mark.parametrize("layout", ["95m", "330m"])
 def test_front_end_tiles_do_not_change_frames(layout):
-    cfg = EncoderConfig.preset("tiny", frontend_norm="layer", pre_ln=True) if layout == "330m" else "tiny"
-    enc = _perturbed(EncoderConfig.preset(cfg) if isinstance(cfg, str) else cfg)
+    enc = _layout_encoder(layout)
     wav = music_like(40000, batch=2, seed=3)
     lengths = torch.tensor([40000, 17001])
     with torch.inference_mode():
