@@ -322,3 +322,12 @@ def test_resume_with_another_micro_batch_size_continues_the_stream(tmp_path):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     # 4 steps of 8 clips: 2 x (2 passes of 4), then 2 x (4 passes of 2); no sample replayed or skipped.
     assert summary["steps"] == 4 and summary["samples_seen"] == 32 and summary["accumulate_grad_batches"] == 4
+
+
+def test_pretrain_config_mistakes_are_one_line_usage_errors(capsys):
+    assert cli(["pretrain", "experiment=nope"]) == 2
+    err = capsys.readouterr().err
+    assert "mert pretrain: error:" in err and "experiment/nope" in err and "tiny_cpu" in err
+    assert "Traceback" not in err
+    assert cli(["pretrain", "trainer.max_stepz=3"]) == 2
+    assert "trainer.max_stepz" in capsys.readouterr().err

@@ -186,28 +186,18 @@ def _hydra_entry(cfg: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``mert pretrain [hydra overrides]``: runs through ``hydra.main`` (multirun and launchers included)."""
     try:
-        import hydra
+        import hydra  # noqa: F401
         import lightning  # noqa: F401
     except ImportError:
         print("mert pretrain needs the train extra: pip install 'mert[train]'", file=sys.stderr)
         return 2
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    from mert._hydra_cli import run_hydra
+
     torch.set_float32_matmul_precision("high")
-    entry = hydra.main(config_path="pkg://mert.conf", config_name="train", version_base="1.3")(_hydra_entry)
-    saved = sys.argv
     # argv[0] is this file: Lightning's DDP launcher starts the other ranks by re-running `sys.argv[0]` with
     # the same overrides, and this file runs `main()` as a script (the `mert` command would need "pretrain").
-    sys.argv = [os.path.abspath(__file__), *(argv if argv is not None else saved[1:])]
-    try:
-        entry()
-    except SystemExit as e:  # hydra.main reports errors and exits; the CLI returns the status instead
-        return int(e.code or 0) if not isinstance(e.code, str) else 1
-    except (ValueError, FileNotFoundError) as e:  # our own checks: the message says what to do
-        print(f"mert pretrain: error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        sys.argv = saved
-    return 0
+    overrides = argv if argv is not None else sys.argv[1:]
+    return run_hydra(_hydra_entry, "train", os.path.abspath(__file__), overrides, "mert pretrain")
 
 
 if __name__ == "__main__":

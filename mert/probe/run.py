@@ -422,24 +422,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(manifest_cli(argv[1:]) or 0)
     try:
-        import hydra
+        import hydra  # noqa: F401
     except ImportError:
         print("mert probe needs hydra-core: pip install 'mert[train]'", file=sys.stderr)
         return 2
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    entry = hydra.main(config_path="pkg://mert.conf", config_name="probe", version_base="1.3")(_hydra_entry)
-    saved = sys.argv
-    sys.argv = [saved[0], *_rewrite(argv)]
-    try:
-        entry()
-    except SystemExit as e:
-        return int(e.code or 0) if not isinstance(e.code, str) else 1
-    except (ValueError, FileNotFoundError) as e:
-        print(f"mert probe: error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        sys.argv = saved
-    return 0
+    from mert._hydra_cli import run_hydra
+
+    return run_hydra(_hydra_entry, "probe", sys.argv[0], _rewrite(argv), "mert probe")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""Running a Hydra entry point as a `mert` subcommand: exit codes instead of exits, one-line errors.
+
+Hydra's own errors (an unknown config group option such as ``task=instrument``, an override of a key that does
+not exist, an unparsable override) and our own checks (``ValueError``/``FileNotFoundError`` with a message
+that says what to do) are printed as ``PROG: error: ...`` without a traceback; set ``MERT_TRACEBACK=1`` to get
+the traceback instead. Imports Hydra only when called, so ``import mert`` stays free of it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["run_hydra"]
+
+
+def _config_message(e: BaseException) -> str:
+    # Hydra appends the config search path to a missing-config message; the options list before it is the help.
+    text = str(e).split("\nConfig search path", 1)[0].strip()
+    return text or type(e).__name__
+
+
+def run_hydra(fn: Callable[[Any], None], config_name: str, argv0: str, overrides: Sequence[str], prog: str) -> int:
+    """Run ``fn`` under ``hydra.main`` with ``conf/<config_name>.yaml`` and ``overrides``; return an exit code.
+
+    ``argv0`` becomes ``sys.argv[0]`` while it runs (launchers that re-run the script need the real file).
+    """
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises; we decide what the user sees
+    entry = hydra.main(config_path="pkg://mert.conf", config_name=config_name, version_base="1.3")(fn)
+    saved = sys.argv
+    sys.argv = [argv0, *overrides]
+    try:
+        entry()
+    except SystemExit as e:  # --help, --cfg and Hydra's own usage errors exit
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("MERT_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except (HydraException, OmegaConfBaseException) as e:
+        if os.environ.get("MERT_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {_config_message(e)}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved
+    return 0
