@@ -163,7 +163,9 @@ def test_shifted_attention_is_as_accurate_as_flash_attention_in_bf16(peak):
         assert (plain - ref).abs().max().item() > 1.3 * err_ours
 
 
-def test_shifted_attention_edge_cases():
+def test_shifted_attention_edge_cases(monkeypatch):
+    import mert.models.modules as modules
+
     torch.manual_seed(1)
     q, k, v = (torch.randn(2, 2, 40, 8).bfloat16() for _ in range(3))
     valid = torch.ones(2, 40, dtype=torch.bool)
@@ -177,6 +179,8 @@ def test_shifted_attention_edge_cases():
     ref = F.scaled_dot_product_attention(q * 30000, k, v).transpose(1, 2)
     assert torch.isfinite(big).all()
     assert (big.float() - ref.float()).abs().max() <= 0.05  # keys scaled before vs inside the kernel
+    monkeypatch.setattr(modules, "_SHIFT_LIMIT", float("inf"))  # without the fallback these rows overflow
+    assert not torch.isfinite(shifted_attention(q * 30000, k, v)).all()
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

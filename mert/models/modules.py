@@ -98,23 +98,20 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
 _INFERENCE_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, Tensor]]] = weakref.WeakKeyDictionary()
 
 
-def inference_cached(owner: nn.Module, name: str, params: tuple[Tensor, ...], make: Callable[[], Tensor]) -> Tensor:
-    """``make()``, cached on ``owner`` under ``name`` until one of ``params`` changes: updated in place (its
-    version counter moves), replaced (``load_state_dict``), moved or cast."""
+def inference_cached(
+    owner: nn.Module, name: str, params: tuple[Tensor, ...], make: Callable[[], Tensor], variant: object = None
+) -> Tensor:
+    """``make()``, cached on ``owner`` under ``name`` until one of ``params`` changes (updated in place: its
+    version counter moves; replaced by ``load_state_dict``; moved or cast) or ``variant`` does (a setting that
+    changes what ``make`` builds, such as :data:`PACK_WEIGHTS`). The new value replaces the old one."""
     # Inference tensors (parameters made under inference_mode) have no version counter; they cannot be updated
     # in place outside inference_mode either.
-    key = tuple((-1 if p.is_inference() else p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+    key = (variant, *((-1 if p.is_inference() else p._version, p.data_ptr(), p.dtype, p.device) for p in params))
     cache = _INFERENCE_CACHE.setdefault(owner, {})
     hit = cache.get(name)
     if hit is None or hit[0] != key:
         hit = cache[name] = (key, make())
     return hit[1]
-
-
-def _drop_cached(owner: nn.Module, name: str) -> None:
-    cache = _INFERENCE_CACHE.get(owner)
-    if cache:
-        cache.pop(name, None)
 
 
 def linear(
@@ -152,7 +149,9 @@ def linear(
         if owner is not None and PACK_WEIGHTS:
             weight = inference_cached(owner, name, (weight,), lambda: _ONEDNN_PACK(weight))
         elif owner is not None:
-            _drop_cached(owner, name)  # a packed copy from when PACK_WEIGHTS was on
+            # Frees a packed copy made while PACK_WEIGHTS was on (holding the weight itself instead would keep
+            # replaced parameters alive, e.g. float32 weights after a cast to bf16).
+            _INFERENCE_CACHE.get(owner, {}).pop(name, None)
         if add is not None:
             return _ONEDNN_LINEAR.binary(x, add, weight, bias, "add")
         return _ONEDNN_LINEAR(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
@@ -211,9 +210,8 @@ def strided_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, ow
             return rearrange(weight[:, :, first : first + w], "o c k -> o (k c)").contiguous()
 
         if owner is not None and _use_onednn(view, weight):
-            _drop_cached(owner, f"taps{first}:{not PACK_WEIGHTS}")
             make = (lambda taps=taps: _ONEDNN_PACK(taps())) if PACK_WEIGHTS else taps
-            w_block = inference_cached(owner, f"taps{first}:{PACK_WEIGHTS}", (weight,), make)
+            w_block = inference_cached(owner, f"taps{first}", (weight,), make, PACK_WEIGHTS)
         else:
             w_block = taps()
         y = linear(view, w_block, bias if first == 0 else None, add=y)
@@ -447,14 +445,20 @@ class PositionalConv(nn.Module):
         return rearrange(F.gelu(y), "b d t -> b t d")
 
 
-def _use_shifted_attention(q: Tensor) -> bool:
+def _use_shifted_attention(q: Tensor, dropout_p: float) -> bool:
     # bfloat16 inference on CPU only: in float32 the flash kernel is the faster one (docs/benchmarks.md).
     return (
-        q.device.type == "cpu"
+        dropout_p == 0.0
+        and q.device.type == "cpu"
         and q.dtype == torch.bfloat16
         and not torch.is_autocast_enabled("cpu")
         and not (torch.is_grad_enabled() and q.requires_grad)
     )
+
+
+# Rows whose largest score exceeds this in magnitude leave shifted_attention for the flash kernel: past ~4e4 half a
+# bf16 ulp of the shift is enough to overflow exp.
+_SHIFT_LIMIT = 8192.0
 
 
 def shifted_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None = None, block: int = 1 << 22) -> Tensor:
@@ -504,7 +508,7 @@ def shifted_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None = No
             for s in range(0, t, rows):
                 qh = q[i, j, s : s + rows]  # (r, e)
                 m = (qh @ kt[:e]).amax(dim=-1, keepdim=True)  # (r, 1), a bf16 value: the shift is exact
-                if float(m.abs().max()) > 8192.0:
+                if float(m.abs().max()) > _SHIFT_LIMIT:
                     kh = rearrange(kt[:e], "e n -> n e")  # already scaled
                     y = F.scaled_dot_product_attention(qh[None], kh[None], vh[None, :, :e], scale=1.0)[0]
                     out[i, s : s + rows, j] = y
@@ -529,13 +533,12 @@ class SelfAttention(nn.Module):
         """``x (b, t, d)``, ``attn_mask (b, 1, 1, t)`` True = may attend, or None -> ``(b, t, d)``."""
         qkv = linear(x, self.qkv.weight, self.qkv.bias, owner=self.qkv)
         q, k, v = rearrange(qkv, "b t (three h e) -> three b h t e", three=3, h=self.heads)
-        if _use_shifted_attention(q) and not (self.training and self.dropout > 0):
+        dropout_p = self.dropout if self.training else 0.0
+        if _use_shifted_attention(q, dropout_p):
             valid = None if attn_mask is None else rearrange(attn_mask, "b 1 1 t -> b t")
             y = rearrange(shifted_attention(q, k, v, valid), "b t h e -> b t (h e)")
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-            )
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
             y = rearrange(y, "b h t e -> b t (h e)")
         return linear(y, self.out.weight, self.out.bias, owner=self.out)
 

@@ -183,7 +183,7 @@ def _markdown(summary: dict) -> str:
     weighted = res["candidates"].get("weighted", {})
     weights = weighted.get("layer_weights_mean")
     if weights:
-        ids = weighted.get("layer_weights_layers")  # absent in results written before 0.1.0's probing fixes
+        ids = weighted.get("layer_weights_layers")  # absent in results.json files written before it existed
         cells = [f"layer {i} {w:.3f}" for i, w in zip(ids, weights)] if ids else [f"{w:.3f}" for w in weights]
         lines += ["", "Learned layer weights (weighted sum, mean over seeds): " + ", ".join(cells)]
     return "\n".join(lines) + "\n"
