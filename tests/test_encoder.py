@@ -115,15 +115,20 @@ def test_chunked_long_audio_shape_determinism_and_closeness(name):
         full = enc(wav)
         a = enc(wav, chunk_seconds=2.0, overlap_seconds=0.5, chunk_batch_size=2)
         b = enc(wav, chunk_seconds=2.0, overlap_seconds=0.5, chunk_batch_size=5)
+        again = enc(wav, chunk_seconds=2.0, overlap_seconds=0.5, chunk_batch_size=2)
     assert a.last_hidden_state.shape == full.last_hidden_state.shape
     assert a.lengths.tolist() == [frame_lengths(n)]
-    for x, y in zip(a.hidden_states, b.hidden_states):
-        assert torch.equal(x, y)  # batching of windows does not change a single number
+    for x, y, z in zip(a.hidden_states, b.hidden_states, again.hidden_states):
+        assert torch.equal(x, z)  # deterministic
+        # Batching windows differently changes only GEMM blocking, i.e. float rounding (~1e-6 on values ~3).
+        assert torch.allclose(x, y, rtol=0, atol=1e-5)
     # Frames near the window middles see (almost) the same context as in one pass.
     last_full, last_chunk = full.last_hidden_state[0], a.last_hidden_state[0]
     assert torch.nn.functional.cosine_similarity(last_full, last_chunk, dim=-1).mean() > 0.9
-    # The front end has a 400-sample receptive field, far below the overlap: its features are exact.
-    assert torch.allclose(full.features, a.features, atol=1e-5)
+    # The front end has a 400-sample receptive field, far below the overlap, but its first GroupNorm normalises
+    # each window with that window's statistics: features agree to ~0.1 % of their scale, not exactly.
+    err = (full.features - a.features).abs().max() / full.features.abs().max()
+    assert err < 1e-2, float(err)
 
 
 def test_chunked_batch_with_lengths_matches_items_alone():
@@ -346,7 +351,35 @@ def test_embed_file_keeps_only_chosen_layers_and_pools_window_by_window(tmp_path
     frames = enc.embed_file(path, layers=[0, 2], chunk_seconds=2.0)
     pooled = enc.embed_file(path, layers=[0, 2], pool="mean", chunk_seconds=2.0, chunk_batch_size=3)
     assert frames.shape == (2, int(ref.lengths[0]), 32)
-    assert torch.equal(frames, ref.stacked([0, 2])[0])
+    # inference_mode vs no_grad may pick other GEMM kernels (AVX2 CPUs): equal to float rounding.
+    assert torch.allclose(frames, ref.stacked([0, 2])[0], rtol=0, atol=1e-5)
     assert torch.allclose(pooled, ref.stacked([0, 2])[0].mean(dim=1), atol=1e-5)
     with pytest.raises(ValueError, match="pool must be None or 'mean'"):
         enc.embed_file(path, pool="max")
+
+
+def test_initialisation_matches_the_original_recipe():
+    """fairseq / transformers' HuBERT initialisation: a fresh front end is as loud as HubertModel's (PyTorch's
+    default conv init left it ~600x quieter), Linears are N(0, 0.02) with zero bias, norms start at 1 / 0."""
+    from transformers import HubertConfig, HubertModel
+
+    from mert.models.encoder import INITIALIZER_RANGE
+
+    torch.manual_seed(0)
+    x = 0.1 * torch.randn(2, 48000)
+    enc = Encoder("95m").eval()
+    hf = HubertModel(HubertConfig(conv_bias=False, feat_extract_norm="group")).eval()
+    with torch.no_grad():
+        ours = enc(x, sample_rate=24000).features.pow(2).mean().sqrt().item()
+        ref = hf.feature_extractor(x).pow(2).mean().sqrt().item()
+    assert 0.5 < ours / ref < 2.0, (ours, ref)
+    linears = [m for m in enc.modules() if isinstance(m, torch.nn.Linear)]
+    w = torch.cat([m.weight.flatten() for m in linears])
+    assert abs(w.std().item() - INITIALIZER_RANGE) < 1e-3
+    assert all(float(m.bias.abs().max()) == 0.0 for m in linears)
+    norms = [m for m in enc.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm))]
+    assert all(bool((m.weight == 1).all()) and bool((m.bias == 0).all()) for m in norms)
+    # Every preset's front end starts well above the feature LayerNorm's eps (1e-5 on the variance).
+    tiny = Encoder("tiny").eval()
+    with torch.no_grad():
+        assert tiny(x, sample_rate=24000).features.pow(2).mean().sqrt().item() > 0.1

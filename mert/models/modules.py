@@ -68,6 +68,18 @@ def _onednn_ops():
 
 _ONEDNN_LINEAR, _ONEDNN_PACK = _onednn_ops()
 
+
+def _onednn_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels on this CPU (AVX-512 BF16 / AMX or at least AVX-512 cores): on an
+    AVX2-only CPU (e.g. AMD Zen 3) it cannot create a bf16 inner-product primitive at all."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN_BF16 = _onednn_bf16()
+
 #: Keep a copy of every Linear weight in oneDNN's blocked layout for inference. In float32 this is 5-16 %
 #: faster on the benchmark CPU (95M: 2.71 vs 2.86 s for 30 s, 0.68 vs 0.79 s for 10 s) but costs 4 bytes per
 #: parameter more resident memory (380 MB for 95M), which put a 10-minute `embed_file` over 2 GB; so it is off
@@ -81,7 +93,7 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
     return (
         _ONEDNN_LINEAR is not None
         and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
+        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _ONEDNN_BF16))
         and weight.dtype == x.dtype
         # Other layouts fall to oneDNN's reference kernels (100x slower): a contiguous weight, unit-stride rows.
         and (weight.is_mkldnn or weight.is_contiguous())
