@@ -4,6 +4,7 @@ Shape legend: ``N`` examples, ``n`` layers, ``d`` width, ``t`` label frames, ``P
 
     mert probe encoder=m-a-p/MERT-v1-95M data.manifest=gtzan.csv task=gtzan_genre
     mert probe encoder=random:runs/export data.manifest=x.csv           # a random encoder of that shape
+    mert probe encoder=features:mfcc data.manifest=x.csv                # a hand-crafted feature baseline
     mert probe compare runs/probe/x/*                                    # side-by-side table
 
 Hydra composes ``conf/probe.yaml``; everything below the entry point takes plain values. The run directory is
@@ -39,10 +40,20 @@ __all__ = ["main", "run", "load_encoder", "compare_runs", "build_probe_data"]
 
 def load_encoder(source: str, *, random_seed: int = 0, device: str = "cpu"):
     """An encoder from a source (registry name, hub id, folder, URL), or ``random:<preset or source>``: a
-    randomly initialised encoder of that shape (seeded), the baseline a pretrained encoder must beat."""
+    randomly initialised encoder of that shape (seeded), the baseline a pretrained encoder must beat, or
+    ``features:<kind>``: hand-crafted features (``mfcc``, ``chroma``, ``cqt``, ``mel``, ``a+b``, ``all``; see
+    :class:`~mert.probe.handcrafted.HandcraftedEncoder`), the baseline MARBLE reports next to every model.
+
+    Raises:
+        ValueError: an unknown ``features:`` kind (the message lists the valid ones).
+    """
     from mert import Encoder, EncoderConfig
     from mert.models.config import PRESETS
 
+    if source.startswith("features:"):
+        from mert.probe.handcrafted import HandcraftedEncoder
+
+        return HandcraftedEncoder(source[len("features:") :]).to(device).eval()
     if source.startswith("random:"):
         shape = source[len("random:") :]
         if shape.lower() in PRESETS:
@@ -151,18 +162,25 @@ def _chance(ds: ProbeDataset, ok: np.ndarray) -> dict[str, float]:
     return {}
 
 
+def _handcrafted_kind(summary: dict) -> str | None:
+    """The feature kind of a ``features:`` run (one feature set, stored as hidden state 0), else None."""
+    config = summary["encoder"].get("config") or {}
+    return config.get("kind") if config.get("type") == "handcrafted" else None
+
+
 def _markdown(summary: dict) -> str:
     res = summary["results"]
     metrics = list(summary["task"]["metrics"])
+    kind = _handcrafted_kind(summary)
     lines = [
         f"# {summary['task']['name']} ({summary['task']['type']}): {summary['encoder']['source']}",
         "",
         "{train}/{valid}/{test} examples (train/valid/test); ".format(**summary["data"]["splits"])
         + f"{summary['features']['skipped']} skipped; "
         f"head {summary['probe']['head']}; {len(summary['probe']['seeds'])} seeds; test scores mean +- std over "
-        f"seeds; learning rate and layer chosen on validation ({res['selection_metric']}).",
+        f"seeds; learning rate{'' if kind else ' and layer'} chosen on validation ({res['selection_metric']}).",
         "",
-        "| layer | valid "
+        ("| features | valid " if kind else "| layer | valid ")
         + res["selection_metric"]
         + " | "
         + " | ".join(f"test {m}" for m in metrics)
@@ -173,7 +191,8 @@ def _markdown(summary: dict) -> str:
         mark = " **(best)**" if name == res["best_candidate"] else ""
         cells = " | ".join(f"{100 * r['test'][m]['mean']:.1f} +- {100 * r['test'][m]['std']:.1f}" for m in metrics)
         lrs = ", ".join(f"{lr:g}" for lr in r["lr_per_seed"])
-        lines.append(f"| {name}{mark} | {100 * r['val_mean']:.1f} | {cells} | {lrs} |")
+        label = kind if kind and name == "0" else name
+        lines.append(f"| {label}{mark} | {100 * r['val_mean']:.1f} | {cells} | {lrs} |")
     if summary.get("chance"):
         lines += [
             "",
@@ -199,6 +218,7 @@ def _plot(summary: dict, path: Path) -> bool:
         return False
     res = summary["results"]
     metric = summary["task"]["metrics"][0]
+    kind = _handcrafted_kind(summary)
     layers = [(int(k), v) for k, v in res["candidates"].items() if k != "weighted"]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     if layers:
@@ -213,13 +233,16 @@ def _plot(summary: dict, path: Path) -> bool:
         )
         ax.plot(xs, [100 * v["val_mean"] for _, v in layers], "s--", alpha=0.6, label="valid")
         ax.set_xticks(xs)
+        if kind:
+            ax.set_xticklabels([kind])
+            ax.set_xlim(-1, 1)
     if "weighted" in res["candidates"]:
         w = res["candidates"]["weighted"]["test"][metric]["mean"]
         ax.axhline(100 * w, color="C2", linestyle=":", label="weighted sum (test)")
     for m, v in (summary.get("chance") or {}).items():
         if m == metric:
             ax.axhline(100 * v, color="grey", linewidth=0.8, label="no audio")
-    ax.set_xlabel("hidden state (0 = transformer input)")
+    ax.set_xlabel("hand-crafted features (one feature set)" if kind else "hidden state (0 = transformer input)")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{summary['task']['name']}: {summary['encoder']['source']}", fontsize=9)
     ax.legend(fontsize=8)
@@ -237,7 +260,14 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.time()
     if cfg.get("encoder") in (None, "", "???"):
-        raise ValueError("no encoder given: pass encoder=NAME|HUB_ID|FOLDER|URL or encoder=random:<preset|source>")
+        raise ValueError(
+            "no encoder given: pass encoder=NAME|HUB_ID|FOLDER|URL, encoder=random:<preset|source> or "
+            "encoder=features:<mfcc|chroma|cqt|mel|all>"
+        )
+    if str(cfg["encoder"]).startswith("features:"):  # a misspelt kind is reported before any audio is read
+        from mert.probe.handcrafted import parse_kinds
+
+        parse_kinds(cfg["encoder"][len("features:") :])
     task = TaskSpec(**cfg["task"])
     data_cfg = cfg["data"]
     ds = ProbeDataset.from_manifest(
