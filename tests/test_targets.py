@@ -224,6 +224,18 @@ def test_cqt_sine_peak_and_linear_magnitude(cqt_teacher):
     torch.testing.assert_close(double, 2 * cqt_teacher(sine), rtol=1e-4, atol=1e-5)
 
 
+def test_cqt_log_compression(cqt_teacher):
+    """compression="log" is log(linear magnitude + floor), described in settings (cached shards are checked
+    against them), and refuses unknown modes."""
+    t = torch.arange(2 * SR) / SR
+    wav = 0.3 * torch.sin(2 * math.pi * 220.0 * t)[None]
+    log_teacher = CQTTargets(compression="log", log_floor=0.01)
+    torch.testing.assert_close(log_teacher(wav), torch.log(cqt_teacher(wav) + 0.01), rtol=1e-5, atol=1e-5)
+    assert log_teacher.settings()["compression"] == "log" and "compression" not in cqt_teacher.settings()
+    with pytest.raises(ValueError, match="compression"):
+        CQTTargets(compression="db")
+
+
 def test_cqt_matches_nnaudio_center_true():
     from nnAudio.features.cqt import CQT1992v2
 
