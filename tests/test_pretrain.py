@@ -176,6 +176,25 @@ def test_loss_depends_only_on_masked_frames():
     assert torch.allclose(a.loss, a.loss_sum / a.n_masked)
 
 
+def test_unmasked_weight_adds_the_losses_of_unmasked_frames():
+    wav = music_like(36000, batch=2, seed=4)
+    plain, both = make_objective().eval(), make_objective(unmasked_weight=0.5).eval()
+    targets = plain.compute_targets(wav)
+    with torch.no_grad():
+        a = plain(wav, targets=targets, generator=torch.Generator().manual_seed(7))
+        b = both(wav, targets=targets, generator=torch.Generator().manual_seed(7))
+        # Changing only the unmasked frames' targets changes b's loss, not a's.
+        changed = {k: v.clone() for k, v in targets.items()}
+        changed["features"][~a.pred_mask] += 5.0
+        c = both(wav, targets=changed, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a.pred_mask, b.pred_mask) and "unmasked" not in a.terms
+    assert float(b.terms["unmasked"]) > 0
+    torch.testing.assert_close(b.loss_sum, a.loss_sum + 0.5 * b.terms["unmasked"])
+    assert float(c.terms["unmasked"]) > float(b.terms["unmasked"]) + 1.0
+    with pytest.raises(ValueError, match="unmasked_weight"):
+        make_objective(unmasked_weight=-1.0)
+
+
 def test_cached_targets_equal_on_the_fly():
     obj = make_objective().eval()
     wav = music_like(30000, batch=2, seed=2)
@@ -224,3 +243,27 @@ def test_tiny_objective_overfits_one_batch():
         losses.append(out.loss.item())
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+
+def test_frontend_lr_mult_gives_the_front_end_its_own_learning_rate():
+    """Adam ignores a gradient scale, so the front end is slowed by its own (lower) learning rate."""
+    import functools
+
+    pytest.importorskip("lightning")
+    from mert.lightning.module import PretrainModule, linear_warmup_decay
+
+    obj = make_objective()
+    opt_factory = functools.partial(torch.optim.AdamW, lr=1e-3)
+    sched = functools.partial(linear_warmup_decay, warmup_steps=0, total_steps=10)
+    plain = PretrainModule(obj, opt_factory, sched).configure_optimizers()["optimizer"]
+    assert len(plain.param_groups) == 1
+    conf = PretrainModule(obj, opt_factory, sched, frontend_lr_mult=0.1).configure_optimizers()
+    opt, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    rest, front = opt.param_groups
+    assert {id(p) for p in front["params"]} == {id(p) for p in obj.encoder.frontend.parameters()}
+    assert len(rest["params"]) + len(front["params"]) == len([p for p in obj.parameters() if p.requires_grad])
+    assert front["lr"] == pytest.approx(1e-4) and rest["lr"] == pytest.approx(1e-3)
+    scheduler.step()  # the schedule scales each group from its own peak
+    assert opt.param_groups[1]["lr"] / opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="frontend_lr_mult"):
+        PretrainModule(obj, opt_factory, frontend_lr_mult=-1)

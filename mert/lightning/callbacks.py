@@ -11,7 +11,9 @@ __all__ = ["FinalCheckpoint", "StepProgressBar"]
 
 
 class StepProgressBar(pl.Callback):
-    """``step 120/400000 | loss 7.91 | 1450 audio-s/s`` on rank 0, refreshed every ``refresh_steps`` steps."""
+    """``step 120/400000 | loss 7.91 | 1450 audio-s/s | ppl 41.2 | R2 0.38`` on rank 0, refreshed every
+    ``refresh_steps`` steps. ``ppl`` (code-prediction perplexity) and ``R2`` (feature head) are the latest
+    training-health values when the run logs them, and ``health!`` counts the health warnings so far."""
 
     def __init__(self, refresh_steps: int = 1):
         self.refresh_steps = max(1, refresh_steps)
@@ -39,6 +41,12 @@ class StepProgressBar(pl.Callback):
             post["loss"] = f"{float(metrics['train/loss']):.3f}"
         if "train/audio_sec_per_sec" in metrics:
             post["audio-s/s"] = f"{float(metrics['train/audio_sec_per_sec']):.0f}"
+        if "health/code_pred_perplexity" in metrics:
+            post["ppl"] = f"{float(metrics['health/code_pred_perplexity']):.1f}"
+        if "health/feature_r2" in metrics:
+            post["R2"] = f"{float(metrics['health/feature_r2']):.2f}"
+        if float(metrics.get("health/warnings", 0)) > 0:
+            post["health!"] = f"{float(metrics['health/warnings']):.0f}"
         bar.set_postfix(post, refresh=False)
         bar.update(trainer.global_step - bar.n)
 

@@ -4,13 +4,15 @@ Shape legend: ``b`` batch, ``l`` samples.
 
 What lives here and nowhere else: the global masked-frame normalisation across ranks, skipping non-finite
 steps, per-step seeding (so a resumed run draws the same dropout, masks and mixing as an uninterrupted one),
-logging, and what a checkpoint carries besides tensors (the encoder config, teacher settings, counters).
+logging (training-health statistics on logging steps, with warnings), and what a checkpoint carries besides
+tensors (the encoder config, teacher settings, counters).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from mert.pretrain.health import HealthMonitor, TrainingHealthWarning
 from mert.pretrain.objective import MERTObjective
 
 __all__ = ["PretrainModule", "linear_warmup_decay"]
@@ -59,6 +62,11 @@ class PretrainModule(pl.LightningModule):
         optimizer: builds the optimiser from the trainable parameters (teachers are never included).
         scheduler: builds a per-step LR scheduler from the optimiser, or None.
         seed: base of every per-step and per-sample seed.
+        frontend_lr_mult: learning-rate multiplier of the conv front end's parameters (their own optimiser
+            group). MERT-v1-95M slows its front end with a gradient multiplier of 0.1, but Adam normalises
+            gradients by their running RMS, so a scaled gradient gives the same update (up to eps): only a
+            lower learning rate slows Adam. Small recipes use it to keep the front end a broad filterbank
+            instead of rewriting it for a small corpus within minutes.
         run_config: the resolved run configuration (plain containers), saved as hyper-parameters.
     """
 
@@ -69,12 +77,16 @@ class PretrainModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = None,
         *,
         seed: int = 0,
+        frontend_lr_mult: float = 1.0,
         run_config: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.objective = objective
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.seed = seed
+        if frontend_lr_mult < 0:
+            raise ValueError(f"frontend_lr_mult must be >= 0, got {frontend_lr_mult}")
+        self.frontend_lr_mult = frontend_lr_mult
         self.save_hyperparameters({"run": run_config or {}})
         self.micro_batches_seen = 0
         self.samples_seen = 0  # global stream positions consumed (all ranks): where a resume restarts
@@ -82,6 +94,9 @@ class PretrainModule(pl.LightningModule):
         self.skipped_files = 0
         self.audio_seconds = 0.0
         self._t_start: float | None = None
+        self.health = HealthMonitor()
+        self._health_step: int | None = None  # the optimiser step whose statistics are held in _health_logs
+        self._health_logs: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -90,10 +105,11 @@ class PretrainModule(pl.LightningModule):
         self.skipped_files += int(batch.get("n_skipped", 0))
         world = self.trainer.world_size
         self.samples_seen += self.trainer.datamodule.micro_batch_size * world if self.trainer.datamodule else 0
+        collect = self._collect_stats_now()
         if wav.shape[0] == 0:
             # Every file of this micro-batch was unreadable. A zero output tied to all parameters keeps this rank
             # making the same collective calls (reductions below, gradient all-reduce) as the others.
-            out = self.objective.empty_output(self.device)
+            out = self.objective.empty_output(self.device, collect_stats=collect)
         else:
             # Seeds from the samples' global positions: dropout, masks and mixing repeat exactly after a resume.
             first = int(positions[0])
@@ -104,6 +120,7 @@ class PretrainModule(pl.LightningModule):
                 targets=batch.get("targets"),
                 generator=torch.Generator().manual_seed(_mix(self.seed, 2, first)),
                 sample_seeds=[_mix(self.seed, 3, int(p)) for p in positions],
+                collect_stats=collect,
             )
         strategy = self.trainer.strategy
         n_global = strategy.reduce(out.n_masked.float(), reduce_op="sum")
@@ -126,7 +143,39 @@ class PretrainModule(pl.LightningModule):
         logs["train/masked_frames"] = n_global
         self.log_dict(logs, on_step=True, prog_bar=False, batch_size=wav.shape[0])
         self.log("loss", logs["train/loss"], prog_bar=True, on_step=True, logger=False, batch_size=wav.shape[0])
+        if collect:
+            self._health_logs = self._reduce_health(out.stats, present=wav.shape[0] > 0, loss=logs["train/loss"])
+            self._health_step = self.global_step
+        if self._health_step == self.global_step:
+            # Every micro-batch of the step logs the held values: Lightning writes the last one's.
+            self.log_dict(self._health_logs, on_step=True, batch_size=1)
         return loss
+
+    # ------------------------------------------------------------------ training health
+    def _collect_stats_now(self) -> bool:
+        """True on the first micro-batch of an optimiser step whose metrics Lightning will write."""
+        every = self.trainer.log_every_n_steps
+        # Lightning logs when (steps already taken + 1) % log_every_n_steps == 0; global_step counts them.
+        return bool(every) and (self.global_step + 1) % every == 0 and self._health_step != self.global_step
+
+    def _reduce_health(self, stats: dict[str, Tensor], *, present: bool, loss: Tensor) -> dict[str, Tensor]:
+        """Mean over the ranks that had audio (one all-reduce), warnings on rank 0, ``health/...`` logs."""
+        keys = sorted(stats)
+        values = torch.stack([stats[k].float().to(self.device) for k in keys]) if keys else torch.zeros(0)
+        if not present:
+            values = torch.zeros_like(values)  # an empty rank's NaNs (statistics of no frames) must not count
+        packed = torch.cat([values.to(self.device), torch.full((1,), float(present), device=self.device)])
+        packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
+        mean = packed[:-1] / packed[-1].clamp(min=1.0)
+        floats = dict(zip(keys, mean.tolist()))
+        floats["loss"] = float(loss)
+        # Every rank keeps the same monitor state (same reduced values); only rank 0 prints.
+        for message in self.health.check(self.global_step, floats):
+            if self.trainer.is_global_zero:
+                warnings.warn(message, TrainingHealthWarning, stacklevel=2)
+        logs = {f"health/{k}": v for k, v in zip(keys, mean)}
+        logs["health/warnings"] = torch.tensor(float(len(self.health.messages)), device=self.device)
+        return logs
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._t_start is None:
@@ -165,7 +214,18 @@ class PretrainModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.objective.parameters() if p.requires_grad]
-        opt = self.optimizer_factory(params)
+        if self.frontend_lr_mult == 1.0:
+            opt = self.optimizer_factory(params)
+        else:
+            front = {id(p) for p in self.objective.encoder.frontend.parameters()}
+            opt = self.optimizer_factory(
+                [
+                    {"params": [p for p in params if id(p) not in front]},
+                    {"params": [p for p in params if id(p) in front]},
+                ]
+            )
+            # Before the scheduler exists: it takes each group's lr as that group's peak.
+            opt.param_groups[1]["lr"] *= self.frontend_lr_mult
         if self.scheduler_factory is None:
             return {"optimizer": opt}
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
@@ -183,6 +243,7 @@ class PretrainModule(pl.LightningModule):
             "skipped_steps": self.skipped_steps,
             "skipped_files": self.skipped_files,
             "audio_seconds": self.audio_seconds,
+            "health": self.health.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -192,6 +253,7 @@ class PretrainModule(pl.LightningModule):
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.skipped_files = int(state.get("skipped_files", 0))
         self.audio_seconds = float(state.get("audio_seconds", 0.0))
+        self.health.load_state_dict(state.get("health") or {})
 
     def summary(self) -> dict[str, Any]:
         """Training summary for ``meta.json``."""
@@ -203,6 +265,7 @@ class PretrainModule(pl.LightningModule):
             "skipped_steps": self.skipped_steps,
             "skipped_files": self.skipped_files,
             "final_loss": None if not math.isfinite(self._last_loss()) else self._last_loss(),
+            "health_warnings": list(self.health.messages),
         }
 
     def _last_loss(self) -> float:

@@ -130,6 +130,7 @@ def run(cfg: Any) -> dict[str, Any]:
         instantiate(cfg.optim, _convert_="all"),
         instantiate(cfg.scheduler, _convert_="all") if cfg.get("scheduler") else None,
         seed=cfg.seed,
+        frontend_lr_mult=float(cfg.get("frontend_lr_mult", 1.0)),
         run_config=run_config,
     )
     dataset = instantiate(cfg.data.dataset)

@@ -30,6 +30,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from mert.models.encoder import Encoder
+from mert.pretrain import health
 from mert.pretrain.heads import CodeHead, FeatureHead
 from mert.pretrain.masking import span_mask
 from mert.pretrain.mixing import MixedSegment, mix_in_batch
@@ -50,6 +51,8 @@ class PretrainOutput:
         correct: ``(k,)`` masked frames whose arg-max code is right, per codebook (None without a code teacher).
         pred_mask: ``(b, t)`` the frames that were masked.
         segments: the noise segments mixed into the input.
+        stats: training-health statistics (detached 0-dim float32 tensors, :mod:`mert.pretrain.health`), only
+            when the forward was asked for them with ``collect_stats=True``; empty otherwise.
     """
 
     loss_sum: Tensor
@@ -58,6 +61,7 @@ class PretrainOutput:
     correct: Tensor | None
     pred_mask: Tensor
     segments: list[MixedSegment] = field(default_factory=list)
+    stats: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def loss(self) -> Tensor:
@@ -85,6 +89,9 @@ class MERTObjective(nn.Module):
         code_weight: weight of each codebook's cross-entropy (1.0; the codebooks are summed).
         feature_weight: weight of the feature-teacher MSE (1.0).
         feature_penalty_weight: weight of the mean squared front-end feature (10).
+        unmasked_weight: weight of the same code and feature losses on the valid frames that were NOT masked
+            (HuBERT's ``pred_nomask_weight``; 0 in MERT and the spec). Summed over those frames and normalised
+            by the masked-frame count like the rest, so 0.5 with ~60 % of frames masked adds about a third.
 
     Teachers are frozen and kept outside the module tree: they are not in ``state_dict()``, ``parameters()``
     or any optimiser, yet ``.to(device)`` moves them with the objective.
@@ -108,6 +115,7 @@ class MERTObjective(nn.Module):
         code_weight: float = 1.0,
         feature_weight: float = 1.0,
         feature_penalty_weight: float = 10.0,
+        unmasked_weight: float = 0.0,
     ):
         super().__init__()
         if code_teacher is None and feature_teacher is None:
@@ -151,6 +159,9 @@ class MERTObjective(nn.Module):
         )
         self.code_weight, self.feature_weight = code_weight, feature_weight
         self.feature_penalty_weight = feature_penalty_weight
+        if unmasked_weight < 0:
+            raise ValueError(f"unmasked_weight must be >= 0, got {unmasked_weight}")
+        self.unmasked_weight = unmasked_weight
 
     @property
     def code_teacher(self) -> Teacher | None:
@@ -172,10 +183,11 @@ class MERTObjective(nn.Module):
         """JSON-able description of the teachers, for checkpoints' ``meta.json``."""
         return {role: t.settings() for role, t in self._teachers.items()}
 
-    def empty_output(self, device: torch.device | str = "cpu") -> PretrainOutput:
+    def empty_output(self, device: torch.device | str = "cpu", *, collect_stats: bool = False) -> PretrainOutput:
         """A zero :class:`PretrainOutput` with the same terms as a real one, its loss tied to every trainable
         parameter: what a rank whose micro-batch held no readable audio contributes, so that distributed
-        ranks still make the same collective calls and gradient reductions."""
+        ranks still make the same collective calls and gradient reductions. With ``collect_stats`` its
+        ``stats`` have the keys of a real forward's (values from no frames: zeros or NaN)."""
         zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         terms = {}
         correct = None
@@ -186,8 +198,25 @@ class MERTObjective(nn.Module):
             terms["features"] = zero.detach()
         if self.feature_penalty_weight:
             terms["feature_penalty"] = zero.detach()
+        if self.unmasked_weight:
+            terms["unmasked"] = zero.detach()
         empty_mask = torch.zeros(0, 0, dtype=torch.bool, device=device)
-        return PretrainOutput(zero, torch.zeros((), dtype=torch.long, device=device), terms, correct, empty_mask)
+        n_zero = torch.zeros((), dtype=torch.long, device=device)
+        stats = self._empty_stats(device) if collect_stats else {}
+        return PretrainOutput(zero, n_zero, terms, correct, empty_mask, stats=stats)
+
+    def _empty_stats(self, device: torch.device | str) -> dict[str, Tensor]:
+        # The health functions on zero frames: the same keys as a real forward without a second list of names.
+        none = torch.zeros(1, 0, 1, device=device)  # (b, t, d) with t = 0
+        layers = [none] * self.encoder.config.num_hidden_states
+        stats = health.collect_encoder_stats(none, layers, torch.zeros(1, 0, dtype=torch.bool, device=device))
+        if self.code_head is not None:
+            k, v = self.code_head.num_codebooks, self.code_head.codebook_size
+            codes = torch.zeros(0, k, dtype=torch.long, device=device)
+            stats.update(health.code_stats(torch.zeros(0, k, v, device=device), codes))
+        if self.feature_head is not None:
+            stats.update(health.feature_stats(torch.zeros(0, 1, device=device), torch.zeros(0, 1, device=device)))
+        return stats
 
     @torch.no_grad()
     def compute_targets(self, wav: Tensor, lengths: Tensor | None = None) -> dict[str, Tensor]:
@@ -202,6 +231,7 @@ class MERTObjective(nn.Module):
         targets: dict[str, Tensor] | None = None,
         generator: torch.Generator | None = None,
         sample_seeds: Sequence[int] | None = None,
+        collect_stats: bool = False,
     ) -> PretrainOutput:
         """One masked-prediction step.
 
@@ -213,6 +243,8 @@ class MERTObjective(nn.Module):
             generator: CPU generator driving masking and mixing (reproducible steps).
             sample_seeds: one seed per item for its mask, so masks follow the samples rather than the batch
                 composition (a global batch split over ranks is masked as in one process).
+            collect_stats: also compute training-health statistics (:mod:`mert.pretrain.health`) from the
+                tensors this forward holds anyway, into ``PretrainOutput.stats``; no extra forward pass.
         Returns:
             :class:`PretrainOutput` with loss sums over the masked frames.
         """
@@ -252,6 +284,9 @@ class MERTObjective(nn.Module):
             )
 
         out = enc(x, None if full else lengths, sample_rate=enc.sample_rate, pred_mask=pred_mask)
+        stats: dict[str, Tensor] = {}
+        if collect_stats:
+            stats.update(health.collect_encoder_stats(out.features, out.hidden_states, ~out.padding_mask))
         h = out.last_hidden_state[pred_mask]  # (n, d)
         n_masked = pred_mask.sum()
         terms: dict[str, Tensor] = {}
@@ -270,15 +305,37 @@ class MERTObjective(nn.Module):
             terms.update({f"code_{i}": ce[i] for i in range(ce.shape[0])})
             total = total + self.code_weight * ce.sum()
             correct = (logits.argmax(-1) == codes).sum(0)
+            if collect_stats:
+                stats.update(health.code_stats(logits, codes))
         if self.feature_head is not None:
             pred = self.feature_head(h).float()  # (n, f)
             mse = (pred - tg["features"][pred_mask].float()).pow(2).mean(-1).sum()
             terms["features"] = mse
+            if collect_stats:  # against the very target the loss regresses
+                stats.update(health.feature_stats(pred, tg["features"][pred_mask]))
             total = total + self.feature_weight * mse
+        if self.unmasked_weight:
+            # The unmasked frames' outputs are what a probe reads at inference (no masks there); without a
+            # loss on them nothing ties them to the targets.
+            keep = ~pred_mask & ~out.padding_mask
+            hu = out.last_hidden_state[keep]  # (n', d)
+            un = hu.new_zeros((), dtype=torch.float32)
+            if self.code_head is not None and hu.shape[0]:
+                codes_u = tg["codes"][keep]
+                un = un + self.code_weight * F.cross_entropy(
+                    rearrange(self.code_head(hu), "n k v -> (n k) v"),
+                    rearrange(codes_u, "n k -> (n k)"),
+                    reduction="sum",
+                )
+            if self.feature_head is not None and hu.shape[0]:
+                mse_u = (self.feature_head(hu).float() - tg["features"][keep].float()).pow(2).mean(-1).sum()
+                un = un + self.feature_weight * mse_u
+            terms["unmasked"] = un
+            total = total + self.unmasked_weight * un
         if self.feature_penalty_weight:
             # fairseq HuBERT: mean squared front-end feature, counted once per masked frame.
             valid = ~out.padding_mask  # (b, t)
             pen = out.features[valid].float().pow(2).mean() * n_masked
             terms["feature_penalty"] = pen
             total = total + self.feature_penalty_weight * pen
-        return PretrainOutput(total, n_masked, terms, correct, pred_mask, segments)
+        return PretrainOutput(total, n_masked, terms, correct, pred_mask, segments, stats)
