@@ -3,7 +3,7 @@
     mert embed FILES... --model SOURCE [--layers all] [--pool mean] [--out DIR] [--format npy|safetensors]
     mert pretrain [hydra overrides]            (needs the train extra)
     mert export RUN_DIR_OR_CKPT OUT_DIR
-    mert demo [--minutes M] [--out DIR]
+    mert demo [--max-steps N] [--out DIR]
     mert data manifest AUDIO_DIR --out train.tsv
     mert data shard MANIFEST --out DIR
     mert targets fit-kmeans AUDIO_DIR --out km.pt

@@ -23,7 +23,7 @@ from mert.data.cli import manifest_cli, shard_cli
 from mert.data.datasets import CropDataset, SyntheticDataset, collate_audio
 from mert.data.manifest import ManifestEntry, read_manifest, scan_audio, write_manifest
 from mert.data.shards import ShardDataset, write_shards
-from mert.data.synthetic import render_clip, write_synthetic_corpus
+from mert.data.synthetic import clip_kind, render_clip, write_synthetic_corpus
 from mert.models.config import frame_lengths
 
 SR = 24000
@@ -213,29 +213,30 @@ def test_synthetic_dataset_is_deterministic_with_labels():
     a, b = SyntheticDataset(4, seconds=1.0, seed=7), SyntheticDataset(4, seconds=1.0, seed=7)
     item = a[2]
     assert torch.equal(item["wav"], b[2]["wav"]) and item["wav"].shape == (SR,) and item["length"] == SR
-    wav, labels = render_clip(1.0, SR, seed=7 * 1_000_003 + 2)
+    wav, labels = render_clip(1.0, SR, seed=7 * 1_000_003 + 2, kind=clip_kind(2))
     assert np.array_equal(item["wav"].numpy(), wav) and item["labels"] == labels.to_dict()
     assert not torch.equal(item["wav"], a[3]["wav"])
     batch = collate_audio([a[0], a[1]])
     assert [lab["seed"] for lab in batch["labels"]] == [7 * 1_000_003, 7 * 1_000_003 + 1]
+    assert {SyntheticDataset(3, seconds=0.5, mix={"chord": 1})[i]["labels"]["kind"] for i in range(3)} == {"chord"}
     with pytest.raises(IndexError):
         a[4]
+    with pytest.raises(ValueError, match="mix must map kinds"):
+        SyntheticDataset(2, mix={"song": 1.0})
 
 
 def test_write_synthetic_corpus(tmp_path):
+    """The writer's own tests are in test_synthetic.py; here: its files are what the data pipeline reads."""
     out = write_synthetic_corpus(tmp_path / "a", 3, seconds=1.0, seed=5)
-    write_synthetic_corpus(tmp_path / "b", 3, seconds=1.0, seed=5)
-    assert sorted(p.name for p in out.iterdir()) == ["clip_00000.wav", "clip_00001.wav", "clip_00002.wav", "labels.csv"]
-    for name in ["clip_00001.wav", "labels.csv"]:
-        assert (out / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     with open(out / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "key", "mode", "tempo_bpm", "timbre", "seed"]
     labels = SyntheticDataset(3, seconds=1.0, seed=5)[1]["labels"]  # same clip seeds as the dataset
-    assert rows[1]["path"] == "clip_00001.wav" and rows[1]["timbre"] == labels["timbre"]
-    assert int(rows[1]["seed"]) == labels["seed"] and int(rows[1]["key"]) == labels["key"]
+    assert rows[1]["path"] == "clip_00001.wav" and rows[1]["instrument"] == labels["instrument"]
+    assert int(rows[1]["seed"]) == labels["seed"] and rows[1]["kind"] == labels["kind"]
     info = sf.info(str(out / "clip_00000.wav"))
     assert (info.samplerate, info.frames, info.subtype) == (SR, SR, "PCM_16")
+    entries = scan_audio(out, progress=False).entries
+    assert sorted(Path(e.path).name for e in entries) == ["clip_00000.wav", "clip_00001.wav", "clip_00002.wav"]
 
 
 def test_collate_pads_audio_and_targets():

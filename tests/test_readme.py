@@ -67,14 +67,20 @@ def test_main_job_runs_end_to_end_quickly(tmp_path):
     pytest.importorskip("lightning")
     steps = _mert_steps(_blocks("bash")[0])
     assert steps == [["mert", "demo"]]
-    quick = ["--max-steps", "3", "--corpus-clips", "12", "--probe-clips", "40", "--seconds", "2", "--model", "tiny"]
+    quick = ["--max-steps", "3", "--corpus-clips", "12", "--probe-clips", "48", "--model", "tiny"]
+    quick += ["--seconds", "1", "--note-seconds", "1", "--segment-seconds", "1"]
     res = _run(["mert", "demo", "--out", "d", *quick], tmp_path, 600)
     assert res.returncode in (0, 1), res.stderr  # 1: the pretrained encoder did not win (too short to learn)
+    assert ("mert demo: FAILED:" in res.stderr) == (res.returncode == 1)
+    assert "pretrain: step 3/3" in res.stderr  # plain progress lines when stderr is not a terminal
     out = tmp_path / "d"
     results = json.loads((out / "results.json").read_text())
-    assert set(results["pretrained"]) == {"key", "timbre", "tempo_bpm"}
-    assert (out / "results.md").read_text().count("|") > 20
-    assert (out / "encoder" / "model.safetensors").is_file()
+    tasks = {"key", "instrument", "tempo", "pitch", "chord"}
+    assert set(results["tasks"]) == set(results["pretrained"]) == set(results["handcrafted"]) == tasks
+    assert results["passed"] == (res.returncode == 0)
+    table = (out / "results.md").read_text()
+    assert "| hand-crafted (which) |" in table and table.count("\n") == 2 + len(tasks) + 1
+    assert (out / "encoder" / "model.safetensors").is_file() and (out / "probe_layers.png").is_file()
 
 
 @pytest.mark.slow

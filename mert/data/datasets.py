@@ -177,21 +177,36 @@ class CropDataset(Dataset, _SkipCounter):
 
 
 class SyntheticDataset(Dataset):
-    """Synthetic music clips rendered on the fly (:func:`mert.data.synthetic.render_clip`); no files needed.
+    """Synthetic labelled clips rendered on the fly (:func:`mert.data.synthetic.render_clip`); no files needed.
 
-    Clip ``index`` is rendered from seed ``seed * 1_000_003 + index``, so it is the same in every process and epoch.
+    Clip ``index`` is rendered from seed ``seed * 1_000_003 + index`` as kind
+    :func:`~mert.data.synthetic.clip_kind` ``(index, mix)`` (music, a single note or a chord), so it is the same in
+    every process and epoch, and the same as clip ``index`` of ``write_synthetic_corpus`` with the same arguments.
 
     Args:
         num_clips: number of distinct clips.
         seconds: clip length.
         sample_rate: output rate.
         seed: corpus seed.
+        mix: kind -> weight; None: :data:`~mert.data.synthetic.DEFAULT_MIX` (70 % music, 15 % notes, 15 % chords).
     """
 
-    def __init__(self, num_clips: int, *, seconds: float = 5.0, sample_rate: int = 24000, seed: int = 0):
+    def __init__(
+        self,
+        num_clips: int,
+        *,
+        seconds: float = 5.0,
+        sample_rate: int = 24000,
+        seed: int = 0,
+        mix: dict[str, float] | None = None,
+    ):
+        from mert.data.synthetic import DEFAULT_MIX, clip_kind
+
         if num_clips <= 0:
             raise ValueError(f"num_clips must be positive, got {num_clips}")
         self.num_clips, self.seconds, self.sample_rate, self.seed = int(num_clips), seconds, int(sample_rate), int(seed)
+        self.mix = dict(DEFAULT_MIX if mix is None else mix)
+        clip_kind(0, self.mix)  # validates the mixture now, not in a DataLoader worker
         self.skipped = 0  # same attribute as the file datasets; rendering never fails
 
     def __len__(self) -> int:
@@ -202,11 +217,12 @@ class SyntheticDataset(Dataset):
         return self.seed * 1_000_003 + index
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from mert.data.synthetic import render_clip
+        from mert.data.synthetic import clip_kind, render_clip
 
         if not 0 <= index < self.num_clips:
             raise IndexError(f"index {index} out of range for {self.num_clips} clips")
-        wav, labels = render_clip(self.seconds, self.sample_rate, seed=self.clip_seed(index))
+        kind = clip_kind(index, self.mix)
+        wav, labels = render_clip(self.seconds, self.sample_rate, seed=self.clip_seed(index), kind=kind)
         wav = torch.from_numpy(wav)  # (l,)
         return {"wav": wav, "length": int(wav.shape[0]), "index": index, "labels": labels.to_dict()}
 

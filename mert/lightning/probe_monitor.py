@@ -503,7 +503,7 @@ class ProbeMonitor(pl.Callback):
         every_n_steps: int = 100,
         *,
         manifest: str | os.PathLike | None = None,
-        tasks: Sequence[str] = ("key", "timbre", "tempo_bpm"),
+        tasks: Sequence[str] = ("key", "instrument", "tempo_bpm", "style"),
         manifest_tasks: Sequence[str] = ("label",),
         root: str | os.PathLike | None = None,
         clips: int = 120,

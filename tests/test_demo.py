@@ -1,0 +1,96 @@
+"""`mert demo`'s parts without a training run: probe clip sets, the table, the pass/fail rule, progress lines.
+
+(The whole demo runs, tiny, in test_readme.py.)"""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+
+from mert.data.synthetic import ARRANGEMENTS, ClipLabels
+from mert.demo import TASKS, format_table, probe_jobs, progress_lines, split_clips, verdict
+
+
+def _results(pretrained: dict, random: dict, hand: dict) -> dict:
+    """A results dict as main() writes it, from test accuracies per task."""
+    tasks = {t: {"classes": list(TASKS[t].classes), "chance": 1 / len(TASKS[t].classes)} for t in TASKS}
+
+    def enc(acc: dict) -> dict:
+        return {
+            t: {"best_layer": 2, "test_accuracy": a, "per_layer": [{"val": a, "test": a}] * 3} for t, a in acc.items()
+        }
+
+    res = {"tasks": tasks, "pretrained": enc(pretrained), "random": enc(random)}
+    res["handcrafted"] = {t: {"best": "chroma", "test_accuracy": a} for t, a in hand.items()}
+    mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
+    res["mean"] = {
+        "chance": mean({t: v["chance"] for t, v in tasks.items()}),
+        "random": mean(random),
+        "pretrained": mean(pretrained),
+        "handcrafted": mean(hand),
+    }
+    return res
+
+
+def test_table_and_verdict():
+    names = list(TASKS)
+    rnd = dict.fromkeys(names, 0.4)
+    good = _results(dict.fromkeys(names, 0.6), rnd, dict.fromkeys(names, 0.5))
+    assert verdict(good) == []
+    table = format_table(good).splitlines()
+    assert table[0] == (
+        "| task (classes) | chance | random encoder | hand-crafted (which) | pretrained encoder | margin vs random |"
+    )
+    assert table[2] == "| key (12) | 8.3% | 40.0% (layer 2) | 50.0% (chroma) | 60.0% (layer 2) | +20.0 |"
+    assert table[-1].startswith("| **mean** | 12.7% | 40.0% | 50.0% | 60.0% | +20.0 |")
+    assert len(table) == 2 + len(names) + 1 and all(line.count("|") == 7 for line in table)
+
+    tie = _results({**dict.fromkeys(names, 0.6), "pitch": 0.4}, rnd, dict.fromkeys(names, 0.5))
+    assert verdict(tie) == ["on pitch the pretrained encoder (40.0%) does not beat the random one (40.0%)"]
+    behind = _results(dict.fromkeys(names, 0.6), rnd, dict.fromkeys(names, 0.7))
+    (failure,) = verdict(behind)
+    assert "mean (60.0%) does not beat the hand-crafted features' mean (70.0%)" in failure
+    assert len(verdict(_results(rnd, rnd, dict.fromkeys(names, 0.7)))) == len(names) + 1
+
+
+def test_probe_clips_are_balanced_held_out_and_fit_their_task():
+    for i, (name, task) in enumerate(TASKS.items()):
+        jobs = probe_jobs(task, 60, 2.0, 24000, seed=3, task_index=i)
+        counts = Counter(j[task.override] for j in jobs)
+        assert set(counts) == set(task.classes) and max(counts.values()) - min(counts.values()) <= 1, name
+        assert all(j["kind"] == task.kind for j in jobs)
+        assert min(j["seed"] for j in jobs) >= 10**12  # corpus seeds are seed * 1_000_003 + index
+        assert jobs == probe_jobs(task, 60, 2.0, 24000, seed=3, task_index=i)
+        for j in jobs:  # key needs harmony or melody; tempo needs drums
+            parts = ARRANGEMENTS[j["arrangement"]][0] if "arrangement" in j else ()
+            assert name != "key" or {"melody", "chords"} & set(parts)
+            assert name != "tempo" or "drums" in parts
+    seeds = [{j["seed"] for j in probe_jobs(t, 60, 2.0, 24000, 3, i)} for i, t in enumerate(TASKS.values())]
+    assert len(set.union(*seeds)) == 5 * 60
+
+
+def test_split_clips_is_60_20_20_within_each_class():
+    task = TASKS["chord"]
+    rendered = [(f"clip{i}", ClipLabels("chord", chord=task.classes[i % 6])) for i in range(60)]
+    splits = split_clips(task, rendered)
+    assert {s: len(splits[s][0]) for s in splits} == {"train": 36, "val": 12, "test": 12}
+    for s, (_, ys) in splits.items():
+        assert Counter(ys) == dict.fromkeys(range(6), len(ys) // 6), s
+    assert splits["train"][0][:2] == ["clip0", "clip6"]  # within a class, in rendering order
+
+
+def test_progress_lines_print_about_ten_lines(capsys):
+    pytest.importorskip("lightning")
+    cb = progress_lines(total_steps=50)
+    trainer = SimpleNamespace(global_step=0, is_global_zero=True, callback_metrics={})
+    cb.on_train_start(trainer, None)
+    for step in range(1, 51):
+        trainer.global_step = step
+        trainer.callback_metrics = {"train/loss": 5.0 - step / 50}
+        cb.on_train_batch_end(trainer, None, None, None, step)
+        cb.on_train_batch_end(trainer, None, None, None, step)  # a second micro-batch of the same step
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 10 and lines[0].startswith("pretrain: step 5/50 | loss 4.900 |") and "ETA" in lines[0]
+    assert lines[-1].startswith("pretrain: step 50/50 |") and lines[-1].endswith("ETA 0:00")
