@@ -188,3 +188,12 @@ def test_write_synthetic_corpus_mixture_and_labels(tmp_path):
         assert {r["kind"] for r in csv.DictReader(f)} == {"note"}
     with pytest.raises(ValueError, match="mix must map kinds"):
         write_synthetic_corpus(tmp_path / "x", 2, mix={"song": 1.0})
+
+
+def test_short_chord_clips_render():
+    """Seeds whose note holds end before the clip does (negative hold) once broke the release envelope."""
+    from mert.data.synthetic import render_clip
+
+    for seed in (20_500_020, 20_500_025, 20_500_038):
+        wav, labels = render_clip(0.5, 24000, seed=seed, kind="chord")
+        assert wav.shape == (12000,) and labels.chord and np.isfinite(wav).all()

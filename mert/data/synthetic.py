@@ -227,7 +227,7 @@ def _ramp(n: int, sr: int, attack: float) -> np.ndarray:
 
 def _release(env: np.ndarray, sr: int, hold: float, release: float) -> np.ndarray:
     """Multiply ``env`` by an exponential release (-60 dB over ``release`` s) after ``hold`` seconds."""
-    h = int(hold * sr)
+    h = max(0, int(hold * sr))  # a hold that ends before the note starts (short clips) releases from its onset
     if h < len(env):
         t = np.arange(len(env) - h) / sr
         env[h:] *= np.exp(-6.9 * t / max(release, 1e-3))
