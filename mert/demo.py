@@ -381,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"targets.code_teacher.path={km_path}",
         f"data.shards={out / 'shards'}",
         f"trainer.max_steps={args.max_steps}",
+        # demo_cpu decays the LR to 0 at max_steps; the warm-up (50 steps at the default 500) must fit inside it.
+        f"scheduler.warmup_steps={min(50, max(1, args.max_steps // 10))}",
         f"run_dir={out / 'run'}",
         f"seed={args.seed}",
     ]

@@ -47,7 +47,7 @@ class PretrainOutput:
         loss_sum: weighted total, summed over masked frames (divide by the global masked-frame count).
         n_masked: number of masked (predicted) frames, a scalar tensor.
         terms: unweighted per-term sums: ``code_0..code_{k-1}`` (cross-entropy), ``features`` (MSE averaged
-            over bins), ``feature_penalty`` (mean squared front-end feature times ``n_masked``).
+            over bins), ``feature_penalty`` (each clip's mean squared front-end feature times its masked frames).
         correct: ``(k,)`` masked frames whose arg-max code is right, per codebook (None without a code teacher).
         pred_mask: ``(b, t)`` the frames that were masked.
         segments: the noise segments mixed into the input.
@@ -333,9 +333,13 @@ class MERTObjective(nn.Module):
             terms["unmasked"] = un
             total = total + self.unmasked_weight * un
         if self.feature_penalty_weight:
-            # fairseq HuBERT: mean squared front-end feature, counted once per masked frame.
+            # fairseq HuBERT: mean squared front-end feature, counted once per masked frame. The mean is each
+            # clip's own (over its valid frames), not the batch's: a sum over clips does not depend on how a
+            # global batch is split into ranks or micro-batches, so DDP gives the one-process loss.
             valid = ~out.padding_mask  # (b, t)
-            pen = out.features[valid].float().pow(2).mean() * n_masked
+            sq = out.features.float().pow(2).mean(-1).masked_fill(~valid, 0.0)  # (b, t)
+            per_clip = sq.sum(1) / valid.sum(1).clamp(min=1)  # (b,)
+            pen = (per_clip * pred_mask.sum(1)).sum()
             terms["feature_penalty"] = pen
             total = total + self.feature_penalty_weight * pen
         return PretrainOutput(total, n_masked, terms, correct, pred_mask, segments, stats)
