@@ -51,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mert.data.synthetic import CHORDS
+
 # ---------------------------------------------------------------------------------------------------------------
 # Rendering constants
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,14 +178,8 @@ ACOUSTIC_KITS = ("standard", "room", "power", "jazz", "brush")
 KICK, SIDE_STICK, SNARE, CLAP, CLOSED_HH, PEDAL_HH, OPEN_HH, CRASH, RIDE = 36, 37, 38, 39, 42, 44, 46, 49, 51
 MARACAS, CLAVES, CABASA = 70, 75, 69
 
-CHORD_QUALITIES = {
-    "major": (0, 4, 7),
-    "minor": (0, 3, 7),
-    "diminished": (0, 3, 6),
-    "augmented": (0, 4, 8),
-    "dominant7": (0, 4, 7, 10),
-    "sus4": (0, 5, 7),
-}
+# The demo's chord qualities, so this stand-in probes the same classes on sampled instruments.
+CHORD_QUALITIES = CHORDS
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
 MINOR_SCALE = (0, 2, 3, 5, 7, 8, 11)  # harmonic minor: the V chord has the leading tone
 # cadences that start and end on the tonic: (root degree offset in semitones, quality)
