@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One shard folder per teacher configuration, so changing the recipe's targets never reuses stale ones.
     from omegaconf import OmegaConf, open_dict
 
-    teacher_key = OmegaConf.to_yaml(cfg.targets.feature_teacher) + f"segment={args.segment_seconds}"
+    teacher_key = OmegaConf.to_yaml(cfg.targets, resolve=True) + f"segment={args.segment_seconds}"
     shards = out / f"shards-{hashlib.sha256(teacher_key.encode()).hexdigest()[:10]}"
     with open_dict(cfg):
         cfg.data.shards = str(shards)
@@ -407,7 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hydra.utils import instantiate
 
         stage("    caching k-means codes and CQT targets of fixed segments in shards")
-        teachers = {"codes": KMeansTargets.load(km_path), "features": instantiate(cfg.targets.feature_teacher)}
+        teachers = {
+            "codes": instantiate(cfg.targets.code_teacher),
+            "features": instantiate(cfg.targets.feature_teacher),
+        }
         write_shards(
             manifest,
             shards,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -383,3 +384,35 @@ def test_initialisation_matches_the_original_recipe():
     tiny = Encoder("tiny").eval()
     with torch.no_grad():
         assert tiny(x, sample_rate=24000).features.pow(2).mean().sqrt().item() > 0.1
+
+
+def test_gabor_frontend_init_is_a_constant_q_filterbank():
+    """``frontend_init="gabor"``: each first-conv channel passes a band around its own log-spaced centre (the
+    channel answering a sine most is the one centred nearest it), rows keep Kaiming's scale, a fresh encoder's
+    first conv is that bank, and loaded weights replace it."""
+    from mert.models.modules import gabor_filterbank
+
+    bank = gabor_filterbank(64, 1024, 24000)
+    assert bank.shape == (64, 1024)
+    torch.testing.assert_close(bank.norm(dim=1), torch.full((64,), 2**0.5))
+    ratio = (10_000 / 32.7) ** (1 / 63)
+    t = torch.arange(1024) / 24000
+    for f in (55.0, 220.0, 440.0, 1000.0, 3520.0):
+        response = (bank @ torch.sin(2 * math.pi * f * t)).abs()
+        centre = 32.7 * ratio ** int(response.argmax())
+        assert abs(math.log(centre / f, ratio)) <= 1.0, (f, centre)  # the nearest channel or its neighbour
+    with pytest.raises(ValueError, match="frontend_init"):
+        EncoderConfig.preset("tiny", frontend_init="sinc")
+
+    def config(init: str) -> EncoderConfig:
+        return EncoderConfig.preset(
+            "tiny", conv_dim=(64,) * 4, conv_kernel=(1024, 3, 3, 2), conv_stride=(40, 2, 2, 2),
+            frontend_norm="layer", frontend_init=init,
+        )  # fmt: skip
+
+    # Loading weights replaces the init entirely (it only decides where a fresh model starts).
+    enc = Encoder(config("gabor"))
+    torch.testing.assert_close(enc.frontend.convs[0].conv.weight[:, 0], gabor_filterbank(64, 1024, 24000))
+    other = Encoder(config("kaiming"))
+    enc.load_state_dict(other.state_dict())
+    assert torch.equal(enc.frontend.convs[0].conv.weight, other.frontend.convs[0].conv.weight)

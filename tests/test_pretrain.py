@@ -195,6 +195,27 @@ def test_unmasked_weight_adds_the_losses_of_unmasked_frames():
         make_objective(unmasked_weight=-1.0)
 
 
+def test_frame_target_norm_scores_the_spectral_shape_not_its_offset_or_scale():
+    wav = music_like(36000, batch=2, seed=5)
+    raw, normed = make_objective().eval(), make_objective(feature_target_norm="frame").eval()
+    targets = raw.compute_targets(wav)
+    shifted = {k: v.clone() for k, v in targets.items()}
+    shifted["features"] = shifted["features"] * 3.0 - 7.0  # every frame: same shape, other offset and scale
+    with torch.no_grad():
+        g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+        a, b = normed(wav, targets=targets, generator=g()), normed(wav, targets=shifted, generator=g())
+        c, d = raw(wav, targets=targets, generator=g()), raw(wav, targets=shifted, generator=g())
+    torch.testing.assert_close(a.terms["features"], b.terms["features"], rtol=1e-4, atol=1e-4)
+    assert float(d.terms["features"]) > 5 * float(c.terms["features"])  # raw targets: the offset is scored
+    # What the head is asked for: each masked frame standardised across its bins.
+    f = targets["features"][a.pred_mask]
+    z = (f - f.mean(-1, keepdim=True)) / (f.std(-1, keepdim=True) + 1e-5)
+    pred = normed.feature_head(normed.encoder(wav, pred_mask=a.pred_mask).last_hidden_state[a.pred_mask])
+    torch.testing.assert_close(a.terms["features"], (pred - z).pow(2).mean(-1).sum(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="feature_target_norm"):
+        make_objective(feature_target_norm="bin")
+
+
 def test_cached_targets_equal_on_the_fly():
     obj = make_objective().eval()
     wav = music_like(30000, batch=2, seed=2)

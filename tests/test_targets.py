@@ -211,6 +211,24 @@ def test_hop_must_match_encoder():
         EncodecTargets(weights="unused.th", sample_rate=16000)
 
 
+def test_targets_follow_a_wider_front_end(kmeans_file):
+    """Teachers built for another front end (the demo's 1424-sample receptive field) give exactly its frame
+    count, starting where its frames are centred: 2 teacher frames later than for MERT-v1's front end."""
+    kernel, stride = (1024, 3, 3, 2), (40, 2, 2, 2)
+    wav = 0.3 * torch.randn(2, 3 * SR, generator=torch.Generator().manual_seed(0))
+    mert_grid, wide = CQTTargets(), CQTTargets(conv_kernel=kernel, conv_stride=stride)
+    assert mert_grid.frame_offset == 0 and wide.frame_offset == 2  # (1424 - 400) / 2 / 320 = 1.6
+    t = int(frame_lengths(wav.shape[1], kernel, stride))
+    out, full = wide(wav), mert_grid.compute(wav)
+    assert out.shape == (2, t, 336)
+    torch.testing.assert_close(out, full[:, 2 : 2 + t])
+    km = KMeansTargets.load(kmeans_file, conv_kernel=kernel, conv_stride=stride)
+    assert km.conv_kernel == kernel and km(wav).shape == (2, t, km.num_codebooks)
+    torch.testing.assert_close(km(wav), KMeansTargets.load(kmeans_file)(wav)[:, 2 : 2 + t])
+    with pytest.raises(ValueError, match="hop"):
+        KMeansTargets.load(kmeans_file, conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2))
+
+
 # ---------------------------------------------------------------------------------------------- CQT
 def test_cqt_sine_peak_and_linear_magnitude(cqt_teacher):
     t = torch.arange(2 * SR) / SR

@@ -39,6 +39,10 @@ class EncoderConfig:
     conv_bias: bool = False
     frontend_norm: Literal["group", "layer"] = "group"  # "group": GroupNorm after conv 0 only (95M)
     feat_proj_layer_norm: bool = True  # LayerNorm on front-end features before the projection
+    # How a fresh model's first conv starts: "kaiming" (the original's random init) or "gabor" (a bank of
+    # cosine-modulated Hann windows at log-spaced centre frequencies, 32.7 Hz up, constant Q; see
+    # Encoder.reset_parameters). Only the initialisation differs: loading weights overwrites it.
+    frontend_init: Literal["kaiming", "gabor"] = "kaiming"
     frontend_grad_mult: float = 0.1  # gradient scale into the front end during training (1.0 = none)
 
     # --- transformer ---
@@ -77,6 +81,8 @@ class EncoderConfig:
             )
         if self.frontend_norm not in ("group", "layer"):
             raise ValueError(f"frontend_norm must be 'group' or 'layer', got {self.frontend_norm!r}")
+        if self.frontend_init not in ("kaiming", "gabor"):
+            raise ValueError(f"frontend_init must be 'kaiming' or 'gabor', got {self.frontend_init!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.hidden_size % self.pos_conv_groups:

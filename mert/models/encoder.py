@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from mert.audio import load_audio, resample, resampled_length
 from mert.models.checkpoint import load_checkpoint, save_checkpoint
 from mert.models.config import EncoderConfig
-from mert.models.modules import ConvFrontEnd, FeatureProjection, Transformer, _valid_mask
+from mert.models.modules import ConvFrontEnd, FeatureProjection, Transformer, _valid_mask, gabor_filterbank
 from mert.models.pooling import mean_pool, parse_layers, weighted_layer_sum
 
 __all__ = ["Encoder", "EncoderOutput", "INITIALIZER_RANGE"]
@@ -134,7 +134,8 @@ class Encoder(nn.Module):
         0.1), below the feature LayerNorm's eps: pretraining then starts from a nearly silent front end.
         Linears: N(0, 0.02) with zero bias (BERT's ``init_bert_params``); norms: weight 1, bias 0. The
         positional conv keeps its own fairseq initialisation (:class:`~mert.models.modules.PositionalConv`)
-        and ``mask_emb`` is uniform in [0, 1) as in fairseq.
+        and ``mask_emb`` is uniform in [0, 1) as in fairseq. With ``config.frontend_init == "gabor"`` the first
+        conv then becomes a constant-Q filterbank (:func:`~mert.models.modules.gabor_filterbank`).
         """
         for module in self.modules():
             if isinstance(module, nn.Conv1d):
@@ -148,6 +149,11 @@ class Encoder(nn.Module):
             elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and module.weight is not None:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        first = self.frontend.convs[0].conv
+        if self.config.frontend_init == "gabor" and not first.weight.is_meta:  # meta: weights are loaded next
+            with torch.no_grad(), torch.device("cpu"):
+                bank = gabor_filterbank(first.out_channels, first.kernel_size[0], self.config.sample_rate)
+                first.weight.copy_(bank[:, None, :].to(first.weight.dtype))
 
     # ------------------------------------------------------------------ properties
     @property

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from mert.models.config import EncoderConfig
 
 __all__ = [
+    "gabor_filterbank",
     "ConvFrontEnd",
     "FeatureProjection",
     "PositionalConv",
@@ -50,6 +51,38 @@ __all__ = [
     "folded_group_norm_conv",
     "shifted_attention",
 ]
+
+
+def gabor_filterbank(channels: int, kernel: int, sample_rate: int, fmin_hz: float = 32.7) -> Tensor:
+    """Constant-Q cosine filters for the first conv: ``(channels, kernel)``, one per log-spaced centre frequency.
+
+    Centre frequencies run from ``fmin_hz`` (C1, the CQT teacher's lowest bin) to ``min(10 kHz, 0.42 sr)``,
+    geometrically; each filter is a cosine under a Hann window of ``Q * sr / f`` samples (at most ``kernel``),
+    with ``Q`` set by the channel spacing so neighbouring pass bands meet. Each row has L2 norm sqrt(2), the
+    expected norm of a Kaiming-normal row, so the scale the rest of the network sees is unchanged.
+
+    Why: a small model pretrained for minutes cannot learn a filterbank from a random 10-tap first layer: pooled
+    features of such a fresh front end tell a note's pitch class 23-25 % of the time, of this bank's (with
+    LayerNorm) 50 % (``benchmarks/frontend_cqt.py``, ``docs/pretraining.md``).
+    """
+    if channels < 2 or kernel < 3:
+        raise ValueError(f"a Gabor filterbank needs at least 2 channels and 3 taps, got {channels} and {kernel}")
+    fmax = min(10_000.0, 0.42 * sample_rate)
+    if fmax <= fmin_hz:
+        raise ValueError(f"sample_rate {sample_rate} Hz leaves no band above fmin {fmin_hz} Hz for a filterbank")
+    ratio = (fmax / fmin_hz) ** (1.0 / (channels - 1))
+    q = 1.0 / (ratio - 1.0)
+    centres = fmin_hz * ratio ** torch.arange(channels, dtype=torch.float64)
+    t = torch.arange(kernel, dtype=torch.float64) - (kernel - 1) / 2
+    bank = torch.zeros(channels, kernel, dtype=torch.float64)
+    for i, fc in enumerate(centres.tolist()):
+        width = max(3, min(kernel, int(round(q * sample_rate / fc))))
+        lo = (kernel - width) // 2
+        window = torch.zeros(kernel, dtype=torch.float64)
+        window[lo : lo + width] = torch.hann_window(width, periodic=False, dtype=torch.float64)
+        row = window * torch.cos(2 * math.pi * fc * t / sample_rate)
+        bank[i] = row / row.norm() * math.sqrt(2.0)
+    return bank.float()
 
 
 def _valid_mask(lengths: Tensor, max_len: int) -> Tensor:

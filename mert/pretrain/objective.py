@@ -92,6 +92,11 @@ class MERTObjective(nn.Module):
         unmasked_weight: weight of the same code and feature losses on the valid frames that were NOT masked
             (HuBERT's ``pred_nomask_weight``; 0 in MERT and the spec). Summed over those frames and normalised
             by the masked-frame count like the rest, so 0.5 with ~60 % of frames masked adds about a third.
+        feature_target_norm: "none" (regress the teacher's values, as MERT does) or "frame": each target frame is
+            standardised across its bins first (zero mean, unit variance; MAE's normalised-pixel loss). A
+            log-CQT has a large common offset (mean -2.5 at floor 0.01); regressing it raw, the first hundred
+            steps push every frame's output the same way and the representation collapses to one vector, so
+            the head predicts the average spectrum whatever the input (``docs/pretraining.md``).
 
     Teachers are frozen and kept outside the module tree: they are not in ``state_dict()``, ``parameters()``
     or any optimiser, yet ``.to(device)`` moves them with the objective.
@@ -116,6 +121,7 @@ class MERTObjective(nn.Module):
         feature_weight: float = 1.0,
         feature_penalty_weight: float = 10.0,
         unmasked_weight: float = 0.0,
+        feature_target_norm: str = "none",
     ):
         super().__init__()
         if code_teacher is None and feature_teacher is None:
@@ -162,6 +168,9 @@ class MERTObjective(nn.Module):
         if unmasked_weight < 0:
             raise ValueError(f"unmasked_weight must be >= 0, got {unmasked_weight}")
         self.unmasked_weight = unmasked_weight
+        if feature_target_norm not in ("none", "frame"):
+            raise ValueError(f"feature_target_norm must be 'none' or 'frame', got {feature_target_norm!r}")
+        self.feature_target_norm = feature_target_norm
 
     @property
     def code_teacher(self) -> Teacher | None:
@@ -261,6 +270,10 @@ class MERTObjective(nn.Module):
         missing = [role for role in self._teachers if role not in given]
         computed = {role: self._teachers[role](wav, None if full else lengths.to(wav.device)) for role in missing}
         tg = {**given, **computed}
+        if self.feature_target_norm == "frame" and "features" in tg:
+            f = tg["features"].float()
+            # Padded frames are all zeros: their std is 0 and the eps keeps them finite (they are never scored).
+            tg["features"] = (f - f.mean(-1, keepdim=True)) / (f.std(-1, keepdim=True) + 1e-5)
         for role, value in tg.items():
             if value.shape[:2] != (b, t):
                 raise ValueError(

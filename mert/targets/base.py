@@ -57,6 +57,22 @@ class Teacher(nn.Module):
         """Frames the encoder produces for ``num_samples`` samples; targets have exactly this many."""
         return int(frame_lengths(num_samples, self.conv_kernel, self.conv_stride))
 
+    @property
+    def frame_offset(self) -> int:
+        """Teacher frames skipped before the first target: 0 for MERT-v1's front end (400-sample receptive field).
+
+        Teachers compute centred frames (frame ``j`` centred on sample ``j * hop``) and target ``i`` is teacher
+        frame ``i + offset``. A front end with a wider receptive field centres its frames later by half the
+        extra width; the offset follows it, so a frame's targets describe the audio the frame is centred on.
+        """
+        rf = 1
+        for k, s in zip(reversed(self.conv_kernel), reversed(self.conv_stride)):
+            rf = (rf - 1) * s + k
+        hop = 1
+        for s in self.conv_stride:
+            hop *= s
+        return max(0, round((rf - 400) / 2 / hop))
+
     def compute(self, wav: Tensor) -> Tensor:
         """``(b, l)`` float at ``sample_rate`` -> ``(b, t', ...)`` with ``t' >= num_frames(l)``."""
         raise NotImplementedError
@@ -89,13 +105,14 @@ class Teacher(nn.Module):
         # Targets are computed in float32 even inside a bf16-mixed training step: autocast off.
         with torch.inference_mode(), torch.autocast(wav.device.type, enabled=False):
             out = self.compute(wav.float())
-        if out.shape[1] < t:
+        offset = self.frame_offset if t > 0 else 0
+        if out.shape[1] < t + offset:
             raise ValueError(
                 f"{type(self).__name__} produced {out.shape[1]} frames for {wav.shape[1]} samples; the encoder "
-                f"produces {t}. Check the teacher's hop length and sample rate."
+                f"produces {t} (from teacher frame {offset}). Check the teacher's hop length and sample rate."
             )
         # clone() outside inference mode: a normal tensor that autograd may save (cross-entropy saves targets).
-        return out[:, :t].clone()
+        return out[:, offset : offset + t].clone()
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, sample_rate={self.sample_rate}"

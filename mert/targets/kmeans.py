@@ -375,12 +375,21 @@ class KMeansTargets(Teacher):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, sample_rate: int | None = None) -> KMeansTargets:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        sample_rate: int | None = None,
+        conv_kernel: Sequence[int] | None = None,
+        conv_stride: Sequence[int] | None = None,
+    ) -> KMeansTargets:
         """Rebuild a teacher written by :meth:`save` (read with ``torch.load(weights_only=True)``).
 
         Args:
             path: the file.
             sample_rate: if given, the rate the caller will feed; must equal the fitted rate.
+            conv_kernel, conv_stride: the front end of the encoder the codes are for, if not the one the file was
+                fitted for; its hop (the product of the strides) must be the fitted hop, as the features are.
         Raises:
             FileNotFoundError: no such file.
             ValueError: not a k-means teacher file, or a different sample rate.
@@ -401,14 +410,21 @@ class KMeansTargets(Teacher):
         if sample_rate is not None and int(sample_rate) != int(state["sample_rate"]):
             raise ValueError(f"{str(path)!r} was fitted at {state['sample_rate']} Hz, not {sample_rate} Hz")
         centroids = {n: state["centroids"][n] for n in state["feature_sets"]}
+        kernel = tuple(int(k) for k in (state["conv_kernel"] if conv_kernel is None else conv_kernel))
+        stride = tuple(int(k) for k in (state["conv_stride"] if conv_stride is None else conv_stride))
+        if math.prod(stride) != math.prod(state["conv_stride"]):
+            raise ValueError(
+                f"{str(path)!r} was fitted on a {math.prod(state['conv_stride'])}-sample hop; an encoder with strides "
+                f"{list(stride)} (hop {math.prod(stride)}) cannot use its codes"
+            )
         teacher = cls(
             centroids=centroids,
             mean=state["mean"],
             std=state["std"],
             features=state["features"],
             sample_rate=int(state["sample_rate"]),
-            conv_kernel=tuple(state["conv_kernel"]),
-            conv_stride=tuple(state["conv_stride"]),
+            conv_kernel=kernel,
+            conv_stride=stride,
         )
         teacher.path = path
         teacher.fit_info = dict(state.get("fit_info", {}))
