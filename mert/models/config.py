@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["EncoderConfig", "PRESETS", "frame_lengths"]
+__all__ = ["EncoderConfig", "PRESETS", "frame_lengths", "receptive_field"]
 
 CONFIG_FORMAT = "mert"  # the `model_type` we write in config.json
 
@@ -105,10 +105,7 @@ class EncoderConfig:
     @property
     def receptive_field(self) -> int:
         """Samples seen by one output frame (400 for MERT-v1); also the shortest valid input."""
-        rf = 1
-        for k, s in zip(reversed(self.conv_kernel), reversed(self.conv_stride)):
-            rf = (rf - 1) * s + k
-        return rf
+        return receptive_field(self.conv_kernel, self.conv_stride)
 
     @property
     def frame_rate(self) -> float:
@@ -161,6 +158,16 @@ class EncoderConfig:
 
     def replace(self, **changes: Any) -> EncoderConfig:
         return dataclasses.replace(self, **changes)
+
+
+def receptive_field(
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2), conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+) -> int:
+    """Input samples one output frame of a conv stack sees (400 for the MERT-v1 front end, the defaults)."""
+    rf = 1
+    for k, s in zip(reversed(tuple(conv_kernel)), reversed(tuple(conv_stride))):
+        rf = (rf - 1) * s + k
+    return rf
 
 
 def frame_lengths(

@@ -12,12 +12,13 @@ objective (they are rebuilt from their own settings, never exported with the enc
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from mert.models.config import frame_lengths
+from mert.models.config import frame_lengths, receptive_field
 
 __all__ = ["Teacher"]
 
@@ -65,13 +66,8 @@ class Teacher(nn.Module):
         frame ``i + offset``. A front end with a wider receptive field centres its frames later by half the
         extra width; the offset follows it, so a frame's targets describe the audio the frame is centred on.
         """
-        rf = 1
-        for k, s in zip(reversed(self.conv_kernel), reversed(self.conv_stride)):
-            rf = (rf - 1) * s + k
-        hop = 1
-        for s in self.conv_stride:
-            hop *= s
-        return max(0, round((rf - 400) / 2 / hop))
+        extra = receptive_field(self.conv_kernel, self.conv_stride) - receptive_field()  # MERT-v1's: 400
+        return max(0, round(extra / 2 / math.prod(self.conv_stride)))
 
     def compute(self, wav: Tensor) -> Tensor:
         """``(b, l)`` float at ``sample_rate`` -> ``(b, t', ...)`` with ``t' >= num_frames(l)``."""
