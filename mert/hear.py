@@ -1,7 +1,10 @@
 """HEAR adapter: the HEAR 2021 common API over a MERT encoder, so it plugs into hear-eval-kit.
 
     python -m heareval.embeddings.runner mert.hear --model ./my-export --tasks-dir tasks/
-    python -m heareval.embeddings.runner mert.hear --tasks-dir tasks/ --model-options '{"sample_rate": 48000}'
+    python -m heareval.embeddings.runner mert.hear --tasks-dir tasks/ --model-options '{"layers": "7"}'
+
+The model takes audio at a rate HEAR accepts (48000 Hz by default for MERT-v1's 24 kHz: tasks are read from
+``tasks/<task>/48000/``) and resamples it to the encoder's rate inside.
 
 API (https://hearbenchmark.com/hear-api.html): :func:`load_model` returns a ``torch.nn.Module`` with the int
 attributes ``sample_rate``, ``scene_embedding_size`` and ``timestamp_embedding_size``;
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,9 +39,34 @@ from mert.audio import resampled_length
 from mert.models.encoder import Encoder
 from mert.models.pooling import parse_layers
 
-__all__ = ["DEFAULT_MODEL", "HearModel", "get_scene_embeddings", "get_timestamp_embeddings", "load_model"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "HEAR_SAMPLE_RATES",
+    "HearModel",
+    "default_sample_rate",
+    "get_scene_embeddings",
+    "get_timestamp_embeddings",
+    "load_model",
+]
 
 DEFAULT_MODEL = "m-a-p/MERT-v1-95M"
+# The input rates hear-validator accepts; hear-eval-kit reads a task's audio from tasks/<task>/<sample_rate>/.
+HEAR_SAMPLE_RATES = (16000, 22050, 44100, 48000)
+
+
+def default_sample_rate(encoder_rate: int) -> int:
+    """The HEAR input rate for an encoder running at ``encoder_rate`` Hz: that rate if HEAR accepts it, else the
+    lowest accepted rate that is a whole multiple of it (48000 for MERT-v1's 24000: an exact 2:1 decimation that
+    keeps the whole band), else the lowest one above it, else the highest."""
+    if encoder_rate in HEAR_SAMPLE_RATES:
+        return encoder_rate
+    for ok in (lambda r: r % encoder_rate == 0, lambda r: r >= encoder_rate):
+        rates = [r for r in HEAR_SAMPLE_RATES if ok(r)]
+        if rates:
+            return rates[0]
+    return HEAR_SAMPLE_RATES[-1]
+
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -52,7 +81,9 @@ class HearModel(nn.Module):
         layers: hidden states to use (:func:`mert.parse_layers` spec); None = transformer layers ``1..L``.
         combine: ``"mean"`` (width ``d``) or ``"concat"`` (width ``n * d``) over the chosen layers.
         sample_rate: rate of the audio this model is given; resampled to the encoder's rate inside. None =
-            the encoder's own rate (24000 for MERT-v1).
+            :func:`default_sample_rate` of the encoder's (48000 for MERT-v1's 24000, which HEAR does not accept).
+            A rate outside :data:`HEAR_SAMPLE_RATES` works with hear-eval-kit on tasks prepared at that rate but
+            fails hear-validator; it is allowed with a warning.
         chunk_seconds: window for long audio (None: one pass over the whole sound).
         overlap_seconds: overlap of consecutive windows (None: 20% of ``chunk_seconds``).
         batch_size: sounds per encoder call, and windows per encoder call for long sounds; bounds memory.
@@ -79,6 +110,12 @@ class HearModel(nn.Module):
         self.combine = combine
         if sample_rate is not None and int(sample_rate) <= 0:
             raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+        if sample_rate is not None and int(sample_rate) not in HEAR_SAMPLE_RATES:
+            warnings.warn(
+                f"HEAR sample_rate {int(sample_rate)} Hz is not one hear-validator accepts {HEAR_SAMPLE_RATES}; "
+                f"hear-eval-kit will read tasks/<task>/{int(sample_rate)}/, so prepare the tasks at that rate",
+                stacklevel=2,
+            )
         if chunk_seconds is not None and chunk_seconds * cfg.sample_rate < cfg.receptive_field:
             raise ValueError(
                 f"chunk_seconds={chunk_seconds} is shorter than one frame's receptive field "
@@ -91,7 +128,7 @@ class HearModel(nn.Module):
         self.batch_size = int(batch_size)
 
         # The three attributes of the HEAR API, plain ints.
-        self.sample_rate = int(sample_rate or cfg.sample_rate)
+        self.sample_rate = int(sample_rate or default_sample_rate(cfg.sample_rate))
         width = cfg.hidden_size * (len(self.layers) if combine == "concat" else 1)
         self.scene_embedding_size = int(width)
         self.timestamp_embedding_size = int(width)
@@ -155,8 +192,9 @@ def load_model(
             ``https://`` URL, Hugging Face id); empty = ``m-a-p/MERT-v1-95M``.
         layers: hidden states to use: ``"7"``, ``"1-12"``, ``[4, 8]``, ``"last"``, ``"all"``; None = ``1..L``.
         combine: ``"mean"`` or ``"concat"`` over the chosen layers.
-        sample_rate: rate of the audio HEAR will pass, if not the encoder's (e.g. 48000 for HEAR tasks
-            prepared without a 24 kHz copy); resampled inside.
+        sample_rate: rate of the audio HEAR will pass; resampled inside. None: the encoder's rate if HEAR
+            accepts it, else the lowest accepted whole multiple of it (48000 for MERT-v1's 24000; see
+            :func:`default_sample_rate`).
         chunk_seconds: window for long sounds; None encodes each sound in one pass (memory grows with length).
         overlap_seconds: window overlap (None: 20% of ``chunk_seconds``).
         batch_size: sounds (and windows) per encoder call.

@@ -12,12 +12,14 @@ from mert import Encoder, EncoderConfig
 
 
 def hf_config(layout: str, size: str = "small", **overrides):
-    """A transformers HubertConfig with MERT-v1's structure: layout "95m" (post-LN, GroupNorm) or "330m"."""
+    """A transformers HubertConfig with MERT-v1's structure: layout "95m" (post-LN, GroupNorm), "330m" (pre-LN,
+    GroupNorm: MERT-v1-330M's config.json has feat_extract_norm "group") or "hubert_layer" (pre-LN with a
+    LayerNorm after every conv: HuBERT-large's layout, valid for transformers but not a MERT-v1 model)."""
     from transformers import HubertConfig
 
     if size == "full":
         dims = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-        if layout == "330m":
+        if layout in ("330m", "hubert_layer"):
             dims = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
         conv, pos_k, pos_g = 512, 128, 16
     else:  # small but structurally identical: real strides/kernels, 3 layers, even pos-conv kernel
@@ -28,8 +30,8 @@ def hf_config(layout: str, size: str = "small", **overrides):
         conv_kernel=[10, 3, 3, 3, 3, 2, 2],
         conv_stride=[5, 2, 2, 2, 2, 2, 2],
         conv_bias=False,
-        feat_extract_norm="group" if layout == "95m" else "layer",
-        do_stable_layer_norm=layout == "330m",
+        feat_extract_norm="layer" if layout == "hubert_layer" else "group",
+        do_stable_layer_norm=layout in ("330m", "hubert_layer"),
         num_conv_pos_embeddings=pos_k,
         num_conv_pos_embedding_groups=pos_g,
         layer_norm_eps=1e-5,

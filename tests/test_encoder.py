@@ -311,10 +311,15 @@ def test_frontend_grad_mult_scales_only_gradients():
 
 
 def test_presets_and_config_validation():
-    for name, params in (("95m", 94.37), ("330m", 315.43)):
+    # Spec 1: parameters and tensors. The tensor count tells a GroupNorm front end (one norm after conv 0)
+    # from a LayerNorm after every conv, which the parameter count (6144 apart at 330M) does not. The spec counts
+    # the HF layout, with q, k and v apart: our fused qkv holds 2 tensors per layer where HF has 6.
+    for name, params, tensors, grad_mult in (("95m", 94.37, 211, 0.1), ("330m", 315.43, 403, 1.0)):
         with torch.device("meta"):
             enc = Encoder(name)
         assert abs(sum(p.numel() for p in enc.parameters()) / 1e6 - params) < 0.01
+        assert len(enc.state_dict()) + 4 * enc.config.num_layers == tensors, name
+        assert enc.config.frontend_norm == "group" and enc.config.frontend_grad_mult == grad_mult
         assert len(enc.transformer.layers) == {"95m": 12, "330m": 24}[name]
     assert EncoderConfig.preset("MERT-v1-330M").pre_ln
     assert EncoderConfig.from_dict(EncoderConfig.preset("tiny").to_dict()) == EncoderConfig.preset("tiny")

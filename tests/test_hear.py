@@ -12,6 +12,8 @@ from mert.hear import HearModel, get_scene_embeddings, get_timestamp_embeddings,
 from .conftest import music_like
 
 SR = 24000
+# Most tests feed audio at the encoder's own rate: HEAR's default input rate is 48 kHz for it (tested below).
+pytestmark = pytest.mark.filterwarnings("ignore:HEAR sample_rate 24000 Hz:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(folder) -> HearModel:
-    return load_model(str(folder))
+    return load_model(str(folder), sample_rate=SR)
 
 
 def test_attributes_are_the_hear_ints(model):
@@ -75,7 +77,7 @@ def test_embeddings_equal_mean_of_encoder_layers(folder, model):
 
 
 def test_clip_alone_equals_clip_in_batch(folder):
-    model = load_model(str(folder), batch_size=2)  # 5 sounds -> 3 encoder calls
+    model = load_model(str(folder), sample_rate=SR, batch_size=2)  # 5 sounds -> 3 encoder calls
     audio = music_like(SR, batch=5, seed=3)
     emb, _ = get_timestamp_embeddings(audio, model)
     scene = get_scene_embeddings(audio, model)
@@ -86,12 +88,14 @@ def test_clip_alone_equals_clip_in_batch(folder):
 
 
 def test_long_sound_chunked_keeps_single_pass_length(folder):
-    model = load_model(str(folder), chunk_seconds=1.0, overlap_seconds=0.25)
+    model = load_model(str(folder), sample_rate=SR, chunk_seconds=1.0, overlap_seconds=0.25)
     n = int(SR * 3.3)
     emb, ts = get_timestamp_embeddings(music_like(n, seed=4), model)
     assert emb.shape == (1, frame_lengths(n), 32)
     assert ts[0, -1].item() == pytest.approx((320 * (frame_lengths(n) - 1) + 200) / SR * 1000, abs=1e-3)
-    one_pass, _ = get_timestamp_embeddings(music_like(n, seed=4), load_model(str(folder), chunk_seconds=None))
+    one_pass, _ = get_timestamp_embeddings(
+        music_like(n, seed=4), load_model(str(folder), sample_rate=SR, chunk_seconds=None)
+    )
     assert one_pass.shape == emb.shape
 
 
@@ -106,12 +110,43 @@ def test_layer_options(folder):
     audio = music_like(SR, seed=5)
     with torch.inference_mode():  # the adapter's own mode: the same kernels, so the same rounding
         ref = enc(audio, sample_rate=SR)
-    last = load_model(str(folder), layers="last")
+    last = load_model(str(folder), sample_rate=SR, layers="last")
     torch.testing.assert_close(get_timestamp_embeddings(audio, last)[0], ref.last_hidden_state, rtol=0, atol=1e-6)
-    cat = load_model(str(folder), layers=[0, 2], combine="concat")
+    cat = load_model(str(folder), sample_rate=SR, layers=[0, 2], combine="concat")
     assert cat.timestamp_embedding_size == cat.scene_embedding_size == 64
     emb, _ = get_timestamp_embeddings(audio, cat)
     torch.testing.assert_close(emb, torch.cat([ref.hidden_states[0], ref.hidden_states[2]], dim=-1), rtol=0, atol=1e-6)
+
+
+def test_default_rate_and_outputs_pass_hear_validator_rules(folder):
+    """hear-validator's checks (hearvalidator 2021.0.2, validate.py): ``sample_rate`` in (16000, 22050, 44100,
+    48000); int embedding sizes; 16 sounds of 2 s white noise in [-1, 1] give float32 ``(16, t, e)`` embeddings
+    with ``(16, t)`` timestamps spaced regularly (within 1 ms, at most 50 ms apart) and ``(16, e)`` scenes. The
+    default rate for a 24 kHz encoder is 48000, resampled 2:1 inside; an encoder at an accepted rate keeps it."""
+    from mert.hear import HEAR_SAMPLE_RATES, default_sample_rate
+
+    model = load_model(str(folder))
+    assert model.sample_rate == 48000 and model.sample_rate in HEAR_SAMPLE_RATES
+    assert type(model.scene_embedding_size) is int and type(model.timestamp_embedding_size) is int
+    torch.manual_seed(0)
+    audio = torch.rand(16, int(2.0 * model.sample_rate)) * 2 - 1
+    emb, ts = get_timestamp_embeddings(audio, model)
+    assert emb.dtype == torch.float32 and emb.shape == (16, frame_lengths(2 * SR), model.timestamp_embedding_size)
+    assert ts.shape == emb.shape[:2]
+    diff = ts[:, 1:] - ts[:, :-1]
+    assert diff.mean() <= 50.0 and torch.all((diff - diff.mean()).abs() < 1e-3)
+    scene = get_scene_embeddings(audio, model)
+    assert scene.dtype == torch.float32 and scene.shape == (16, model.scene_embedding_size)
+    assert [default_sample_rate(r) for r in (24000, 16000, 22050, 32000, 8000, 96000)] == [
+        48000,
+        16000,
+        22050,
+        44100,
+        16000,
+        48000,
+    ]
+    with pytest.warns(UserWarning, match="not one hear-validator accepts"):
+        assert load_model(str(folder), sample_rate=32000).sample_rate == 32000
 
 
 def test_input_sample_rate_option(folder):
@@ -129,7 +164,7 @@ def test_timestamps_follow_the_config_front_end(tmp_path):
     assert (cfg.hop_length, cfg.receptive_field) == (16, 20)
     torch.manual_seed(0)
     folder = Encoder(cfg).eval().save_pretrained(tmp_path / "odd")
-    model = load_model(str(folder))
+    model = load_model(str(folder), sample_rate=SR)
     emb, ts = get_timestamp_embeddings(music_like(1000), model)
     assert emb.shape[1] == cfg.frame_lengths(1000) == 62
     expected = (16 * torch.arange(62, dtype=torch.float64) + 10) / SR * 1000
@@ -182,7 +217,7 @@ def test_wrong_model_and_options_are_refused(folder):
 
 
 def test_bfloat16_model_returns_float32(folder):
-    model = load_model(str(folder), dtype="bfloat16")
+    model = load_model(str(folder), sample_rate=SR, dtype="bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16
     emb, ts = get_timestamp_embeddings(music_like(SR // 2, seed=8), model)
     assert emb.dtype == torch.float32 and ts.dtype == torch.float32

@@ -22,7 +22,7 @@ def _hf_states(model, wav, attention_mask=None):
     return (*out.hidden_states[:-1], out.last_hidden_state)
 
 
-@pytest.mark.parametrize("layout", ["95m", "330m"])
+@pytest.mark.parametrize("layout", ["95m", "330m", "hubert_layer"])
 @pytest.mark.parametrize(
     "fmt,naming,model_type",
     [("safetensors", "new", "hubert"), ("bin", "old", "mert_model"), ("bin", "new", "hubert")],
@@ -32,7 +32,10 @@ def test_hidden_states_match_hf(tmp_path, layout, fmt, naming, model_type):
     folder = save_hf_folder(hf, tmp_path / "ckpt", fmt=fmt, naming=naming, model_type=model_type)
     enc = Encoder.from_pretrained(folder)
     assert not enc.training
-    assert enc.config.pre_ln == (layout == "330m")
+    assert enc.config.pre_ln == (layout != "95m")
+    assert enc.config.frontend_norm == ("layer" if layout == "hubert_layer" else "group")
+    # Spec 4: the front-end gradient multiplier follows the recipe (95M 0.1, 330M 1.0), not the norm type.
+    assert enc.config.frontend_grad_mult == (0.1 if layout == "95m" else 1.0)
     wav = music_like(36000, batch=2)
     ref = _hf_states(hf, wav)
     with torch.no_grad():

@@ -255,16 +255,29 @@ def test_cqt_log_compression(cqt_teacher):
 
 
 def test_cqt_matches_nnaudio_center_true():
+    """Zeros at the edges by default, as MERT's teacher (nnAudio center=True, pad_mode="constant", spec 2);
+    pad_mode="reflect" is nnAudio's default, and differs over the first and last half-kernel of frames."""
     from nnAudio.features.cqt import CQT1992v2
 
     kw = dict(sr=SR, hop_length=320, fmin=261.6, n_bins=96, bins_per_octave=24, window="hann")
-    ours = CQTTargets(fmin=261.6, n_bins=96, bins_per_octave=24)
+    ours = {
+        mode: CQTTargets(fmin=261.6, n_bins=96, bins_per_octave=24, pad_mode=mode) for mode in ("constant", "reflect")
+    }
+    default = CQTTargets(fmin=261.6, n_bins=96, bins_per_octave=24)
     wav = clips(1.0)
-    for pad_mode, length in (("reflect", SR), ("constant", ours.pad)):  # zero padding below half a kernel
+    assert default.pad_mode == "constant" and default.settings()["pad_mode"] == "constant"
+    for pad_mode in ("constant", "reflect"):
         ref = CQT1992v2(**kw, center=True, pad_mode=pad_mode, output_format="Magnitude", verbose=False)
-        x = wav[:, :length]
-        expected = ref(x).transpose(1, 2)[:, : frame_lengths(length)]
-        torch.testing.assert_close(ours(x), expected, rtol=1e-5, atol=1e-6)
+        expected = ref(wav).transpose(1, 2)[:, : frame_lengths(SR)]
+        torch.testing.assert_close(ours[pad_mode](wav), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(default(wav), ours["constant"](wav))
+    edge = (ours["reflect"](wav) - default(wav)).abs().amax(dim=(0, 2))
+    assert edge[0] > 1e-3 and edge[len(edge) // 2] < 1e-6  # the padding reaches the edges, not the middle
+    # Too short to mirror: zeros either way.
+    short = wav[:, : ours["reflect"].pad]
+    torch.testing.assert_close(ours["reflect"](short), default(short))
+    with pytest.raises(ValueError, match="pad_mode"):
+        CQTTargets(pad_mode="edge")
 
 
 # ---------------------------------------------------------------------------------------------- random projection

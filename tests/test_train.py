@@ -152,7 +152,8 @@ def test_ddp_cpu_first_step_equals_single_process(tmp_path):
     assert cli(["pretrain", *common, "data.micro_batch_size=4", f"run_dir={tmp_path / 'single'}"]) == 0
     assert cli(["pretrain", *common, "trainer=ddp_cpu", "data.micro_batch_size=2", f"run_dir={tmp_path / 'ddp'}"]) == 0
     single, ddp = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
-    assert abs(single[0] - ddp[0]) <= 1e-5, (single[0], ddp[0])
+    # Equal up to float32 summation order: a few ulps of a loss of ~65 (linear CQT targets), so relative.
+    assert abs(single[0] - ddp[0]) <= 1e-6 * abs(single[0]), (single[0], ddp[0])
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["accumulate_grad_batches"] == 1
 

@@ -193,10 +193,10 @@ def frame_lengths(
 PRESETS: dict[str, EncoderConfig] = {
     # Spec 1, MERT-v1-95M: post-LN, GroupNorm front end, dropouts on, LayerDrop 0.05, grad mult 0.1.
     "95m": EncoderConfig(name="95m"),
-    # Spec 1, MERT-v1-330M: pre-LN, LayerNorm after every conv, no dropout, grad mult 1.0.
+    # Spec 1, MERT-v1-330M: pre-LN, one GroupNorm after conv 0 like the 95M (its config.json has
+    # feat_extract_norm "group"), no dropout, grad mult 1.0.
     "330m": EncoderConfig(
         name="330m",
-        frontend_norm="layer",
         hidden_size=1024,
         num_layers=24,
         num_heads=16,

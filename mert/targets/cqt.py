@@ -34,9 +34,11 @@ __all__ = ["CQTTargets"]
 class CQTTargets(Teacher):
     """CQT magnitude frames: ``(b, l) -> (b, t, n_bins)`` float32, ``t = frame_lengths(l)``.
 
-    Frame ``i`` is centred on sample ``i * hop_length``. Clips longer than half the longest kernel (32768
-    samples, 1.37 s, with the defaults) are reflect-padded exactly as nnAudio's ``center=True``; shorter clips
-    cannot be reflected that far and are zero-padded instead (pretraining crops are at least 3 s, spec 4).
+    Frame ``i`` is centred on sample ``i * hop_length``: the clip is padded by half the longest kernel (32768
+    samples, 1.37 s, with the defaults) on each side, with zeros as MERT's own teacher (nnAudio ``center=True,
+    pad_mode="constant"``, spec 2). ``pad_mode="reflect"`` mirrors the clip instead (nnAudio's default, which
+    changes the first and last ~1.4 s of targets: not MERT's); clips no longer than the padding cannot be
+    mirrored that far and are zero-padded either way.
 
     Args:
         sample_rate: Hz of the input audio.
@@ -46,6 +48,7 @@ class CQTTargets(Teacher):
         bins_per_octave: frequency resolution.
         compression: ``"linear"`` (spec) or ``"log"``: ``log(magnitude + log_floor)``.
         log_floor: magnitude added before the log (the floor that quiet bins sit on).
+        pad_mode: ``"constant"`` (zeros, spec) or ``"reflect"`` at the clip's edges.
         conv_kernel, conv_stride: the encoder front end whose frame count the targets match.
 
     Attributes:
@@ -66,6 +69,7 @@ class CQTTargets(Teacher):
         bins_per_octave: int = 48,
         compression: str = "linear",
         log_floor: float = 0.01,
+        pad_mode: str = "constant",
         conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2),
         conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2),
     ):
@@ -81,8 +85,11 @@ class CQTTargets(Teacher):
         if not log_floor > 0:
             raise ValueError(f"CQT log_floor must be positive, got {log_floor}")
         self.compression, self.log_floor = compression, float(log_floor)
-        # center=False: we pad ourselves (below) so clips shorter than the kernel still work; for longer clips
-        # the padding is identical to nnAudio's center=True with its default pad_mode="reflect".
+        if pad_mode not in ("constant", "reflect"):
+            raise ValueError(f"CQT pad_mode must be 'constant' (zeros, MERT) or 'reflect', got {pad_mode!r}")
+        self.pad_mode = pad_mode
+        # center=False: we pad ourselves (below), identically to nnAudio's center=True with this pad_mode, so
+        # that clips too short to reflect still work.
         self.cqt = CQT1992v2(
             sr=sample_rate,
             hop_length=self.hop_length,
@@ -109,7 +116,7 @@ class CQTTargets(Teacher):
             return empty_targets(wav, self.n_bins, dtype=torch.float32)
         kernels = self.cqt.cqt_kernels_real
         x = rearrange(wav.to(kernels.dtype), "b l -> b 1 l")
-        mode = "reflect" if wav.shape[1] > self.pad else "constant"
+        mode = "reflect" if self.pad_mode == "reflect" and wav.shape[1] > self.pad else "constant"
         x = F.pad(x, (self.pad, self.pad), mode=mode)
         mag = rearrange(self.cqt(x).float(), "b f t -> b t f")
         return torch.log(mag + self.log_floor) if self.compression == "log" else mag
@@ -117,7 +124,7 @@ class CQTTargets(Teacher):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, hop_length={self.hop_length}, fmin={self.fmin}, n_bins={self.n_bins}, "
-            f"bins_per_octave={self.bins_per_octave}"
+            f"bins_per_octave={self.bins_per_octave}, pad_mode='{self.pad_mode}'"
             + (f", compression='log', log_floor={self.log_floor}" if self.compression == "log" else "")
         )
 
@@ -128,6 +135,9 @@ class CQTTargets(Teacher):
             "fmin": self.fmin,
             "n_bins": self.n_bins,
             "bins_per_octave": self.bins_per_octave,
+            # Always written: shards cached before zero padding became the default (reflect, no key) then
+            # mismatch and are refused instead of silently training on the other padding.
+            "pad_mode": self.pad_mode,
             # Only when not the spec's default, so shards cached with linear targets keep matching.
             **({"compression": "log", "log_floor": self.log_floor} if self.compression == "log" else {}),
             **frontend_settings(self),
