@@ -7,13 +7,54 @@ from __future__ import annotations
 
 import math
 import os
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["load_audio", "resample", "resampled_length"]
+__all__ = ["TruncatedAudioWarning", "declared_wav_frames", "load_audio", "resample", "resampled_length"]
+
+
+class TruncatedAudioWarning(UserWarning):
+    """A file holds fewer samples than its header declares (a cut-off download or copy)."""
+
+
+def declared_wav_frames(path: str | os.PathLike) -> int | None:
+    """Frames a RIFF/WAVE file's header declares (its ``data`` chunk size / block size), or None when the file
+    is not a plain WAV or declares no size (streamed WAVs write 0 or 0xFFFFFFFF).
+
+    Why: libsndfile silently reads what is there of a truncated WAV and reports that as the length, so a file
+    cut to 478 of 72000 frames would otherwise be embedded as if complete.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block = None
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(size)
+                    if len(fmt) < 14:
+                        return None
+                    block = struct.unpack("<H", fmt[12:14])[0]  # nBlockAlign: bytes per frame
+                    if size % 2:
+                        f.read(1)
+                elif cid == b"data":
+                    if not block or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block
+                else:
+                    f.seek(size + size % 2, os.SEEK_CUR)
+    except OSError:
+        return None
 
 
 def resampled_length(num_samples: int, orig_sr: int, new_sr: int) -> int:
@@ -85,6 +126,14 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bo
         raise ValueError(f"could not read audio file {str(path)!r}: {e}") from None
     if data.shape[0] == 0:
         raise ValueError(f"audio file {str(path)!r} is empty (0 samples)")
+    declared = declared_wav_frames(path)
+    if declared is not None and declared > data.shape[0]:
+        warnings.warn(
+            f"audio file {str(path)!r} is truncated: its header declares {declared} frames, {data.shape[0]} are "
+            f"present ({data.shape[0] / sr:.3f} s of {declared / sr:.3f} s); using what is there",
+            TruncatedAudioWarning,
+            stacklevel=2,
+        )
     wav = torch.from_numpy(np.ascontiguousarray(data.T))  # (channels, l)
     if mono:
         wav = wav.mean(dim=0)

@@ -40,42 +40,127 @@ def _expand_inputs(items: Sequence[str]) -> list[Path]:
 
 
 def _output_names(files: list[Path]) -> list[str]:
-    """Output stems: the file stem when unique, else the path relative to the common folder."""
+    """One distinct output stem per input: the file stem when unique; else the path relative to the common
+    folder (``x__song``); inputs that still collide (``clip.wav`` and ``clip.flac`` in one folder) keep their
+    extension (``clip.wav``, ``clip.flac``), so no input ever overwrites another's output."""
     stems = [f.stem for f in files]
     if len(set(stems)) == len(stems):
         return stems
     root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
-    return [str(f.resolve().relative_to(root).with_suffix("")).replace(os.sep, "__") for f in files]
+    rel = [str(f.resolve().relative_to(root)).replace(os.sep, "__") for f in files]
+    bare = [str(Path(r).with_suffix("")) for r in rel]
+    names = [b if bare.count(b) == 1 else r for b, r in zip(bare, rel)]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):  # the same path given twice
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n}.{seen[n]}"
+    return names
+
+
+class _EmbedError(Exception):
+    """A user mistake in `mert embed`: printed as one line, exit status 2."""
+
+
+def _embed_out_dir(out: str) -> Path:
+    out_dir = Path(out).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise _EmbedError(f"--out {str(out_dir)!r} is an existing file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _EmbedError(f"cannot create the output folder --out {str(out_dir)!r}: {e.strerror or e}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise _EmbedError(f"the output folder --out {str(out_dir)!r} is not writable")
+    return out_dir
+
+
+def _read_index(path: Path, settings: dict) -> dict[str, dict]:
+    """Entries (by input file) of an earlier run into the same folder, which must have used the same settings."""
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+        entries = {e["file"]: e for e in old["files"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _EmbedError(f"{str(path)!r} exists but is not a `mert embed` index ({e}); use another --out") from None
+    theirs = {k: old.get(k) for k in settings}
+    if theirs != settings:
+        raise _EmbedError(
+            f"{str(path.parent)!r} holds embeddings made with {theirs}, not {settings}; use another --out"
+        )
+    return entries
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)  # a killed run leaves the previous complete index, never half of one
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
+    """`mert embed`: user mistakes are one line (exit 2); per-file failures are listed (exit 1)."""
+    try:
+        return _embed(args)
+    except _EmbedError as e:
+        print(f"mert embed: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _embed(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
     from tqdm import tqdm
 
     from mert import Encoder, EncoderConfig
     from mert.audio import load_audio
+    from mert.fileio import make_shareable
     from mert.models.pooling import parse_layers
 
+    out_dir = _embed_out_dir(args.out)
     if args.preset:
         torch.manual_seed(args.seed)
         enc = Encoder(EncoderConfig.preset(args.preset)).eval()
         print(f"mert embed: randomly initialised '{args.preset}' encoder (seed {args.seed}), for trying things out")
     else:
-        enc = Encoder.from_pretrained(args.model, revision=args.revision)
+        try:
+            enc = Encoder.from_pretrained(args.model, revision=args.revision)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise _EmbedError(
+                f"cannot load --model {args.model!r}: {str(e).splitlines()[0] if str(e) else e!r}"
+            ) from None
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     enc.to(device=args.device, dtype=dtype)
     torch.set_num_threads(max(1, args.threads or torch.get_num_threads()))
-    layers = parse_layers(args.layers, enc.num_layers + 1)
+    try:
+        layers = parse_layers(args.layers, enc.num_layers + 1)
+    except ValueError as e:
+        raise _EmbedError(f"--layers {args.layers!r}: {e}") from None
     files = _expand_inputs(args.files)
     if not files:
-        print("mert embed: no audio files found in the given paths", file=sys.stderr)
-        return 2
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        raise _EmbedError("no audio files found in the given paths")
     names = _output_names(files)
+    suffix = "npy" if args.format == "npy" else "safetensors"
+    settings = {
+        "model": args.preset and f"random:{args.preset}" or args.model,
+        "layers": layers,
+        "pool": args.pool,
+        "format": args.format,
+        "frame_rate": enc.frame_rate,
+    }
+    index_path = out_dir / "index.json"
+    done = _read_index(index_path, settings)
+    # Resumable: an input already listed, whose output is still there, is not embedded again.
+    done = {f: e for f, e in done.items() if (out_dir / e["output"]).is_file()}
+    todo = [(p, n) for p, n in zip(files, names) if str(p) not in done]
+    taken = {e["output"]: f for f, e in done.items()}
     failed: list[tuple[Path, str]] = []
-    index = []
+
+    def save_index() -> None:
+        _write_json_atomic(
+            index_path,
+            {**settings, "files": list(done.values()), "failed": [{"file": str(p), "error": e} for p, e in failed]},
+        )
 
     def read(path: Path):
         # Decoding only (libsndfile, no torch ops): torch ops on this thread would start a second OpenMP team
@@ -86,50 +171,59 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             return None, str(e)
 
+    if len(todo) < len(files):
+        print(f"mert embed: {len(files) - len(todo)} file(s) already in {str(index_path)!r}, skipped")
+    stopped: str | None = None
     # Decode the next file on a thread while the encoder runs on the current one.
     with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
-        futures = [pool.submit(read, files[0])]
-        for i, (path, name) in enumerate(tqdm(list(zip(files, names)), desc="embed", unit="file", disable=args.quiet)):
-            if i + 1 < len(files):
-                futures.append(pool.submit(read, files[i + 1]))
+        futures = [pool.submit(read, todo[0][0])] if todo else []
+        for i, (path, name) in enumerate(tqdm(todo, desc="embed", unit="file", disable=args.quiet)):
+            if i + 1 < len(todo):
+                futures.append(pool.submit(read, todo[i + 1][0]))
             decoded, err = futures[i].result()
             futures[i] = None  # free the decoded audio
             if decoded is None:
                 failed.append((path, err))
                 continue
+            target = out_dir / f"{name}.{suffix}"
+            if target.name in taken and taken[target.name] != str(path):
+                failed.append((path, f"its output name {target.name!r} belongs to {taken[target.name]!r}"))
+                continue
             try:
-                wav, sr = decoded[0].mean(dim=0), decoded[1]  # (channels, l) -> (l,)
-                out = enc(wav, sample_rate=sr, chunk_seconds=args.chunk_seconds)
+                # The bounded-memory path of Encoder.embed_file: only the chosen layers are ever kept.
+                x = enc.embed(
+                    decoded[0].mean(dim=0), decoded[1], layers=layers, pool=args.pool,
+                    chunk_seconds=args.chunk_seconds, name=str(path),
+                )  # fmt: skip
             except ValueError as e:
                 failed.append((path, str(e)))
                 continue
-            x = out.stacked(layers)[0].float()  # (n, t, d)
-            if args.pool == "mean":
-                x = x.mean(dim=1)  # (n, d)
-            arr = x.cpu().numpy()
-            target = out_dir / f"{name}.{'npy' if args.format == 'npy' else 'safetensors'}"
-            if args.format == "npy":
-                np.save(target, arr)
-            else:
-                from safetensors.numpy import save_file
+            arr = x.float().cpu().numpy()
+            tmp = target.with_name(f".{target.name}.tmp")
+            try:
+                if args.format == "npy":
+                    with open(tmp, "wb") as f:
+                        np.save(f, arr)
+                else:
+                    from safetensors.numpy import save_file
 
-                meta = {"layers": json.dumps(layers), "frame_rate": str(enc.frame_rate), "source": str(path)}
-                save_file({"embeddings": arr}, str(target), metadata=meta)
-            index.append({"file": str(path), "output": target.name, "shape": list(arr.shape)})
-    (out_dir / "index.json").write_text(
-        json.dumps(
-            {
-                "model": args.preset and f"random:{args.preset}" or args.model,
-                "layers": layers,
-                "pool": args.pool,
-                "frame_rate": enc.frame_rate,
-                "files": index,
-                "failed": [{"file": str(p), "error": e} for p, e in failed],
-            },
-            indent=2,
-        )
-    )
-    print(f"mert embed: wrote {len(index)} file(s) to {out_dir} (layers {args.layers}, pool {args.pool})")
+                    meta = {"layers": json.dumps(layers), "frame_rate": str(enc.frame_rate), "source": str(path)}
+                    save_file({"embeddings": arr}, str(tmp), metadata=meta)
+                make_shareable(tmp)
+                os.replace(tmp, target)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                stopped = f"writing {str(target)!r} failed: {e.strerror or e}"
+                break
+            done[str(path)] = {"file": str(path), "output": target.name, "shape": list(arr.shape)}
+            taken[target.name] = str(path)
+            if i % 16 == 15:
+                save_index()  # a killed run keeps what it finished
+    save_index()
+    print(f"mert embed: {len(done)} file(s) in {out_dir} (layers {args.layers}, pool {args.pool})")
+    if stopped:
+        print(f"mert embed: error: {stopped}; the index lists the {len(done)} file(s) written", file=sys.stderr)
+        return 2
     if failed:
         print(f"mert embed: {len(failed)} file(s) failed and were skipped:", file=sys.stderr)
         for p, e in failed:

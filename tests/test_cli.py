@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from mert import Encoder
+from mert import Encoder, EncoderConfig
 from mert.cli import main
 from mert.data.synthetic import INSTRUMENTS, render_clip
 
@@ -109,3 +111,119 @@ def test_console_script_help():
     cmd = [exe] if exe else [sys.executable, "-m", "mert.cli"]
     out = subprocess.run([*cmd, "embed", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--layers" in out.stdout
+
+
+# ------------------------------------------------------------------------------------ mert embed: bad input
+def _embed(tmp_path, *inputs, out="o", extra=()):
+    return main(["embed", *map(str, inputs), "--preset", "tiny", "--out", str(tmp_path / out), "--quiet", *extra])
+
+
+def test_same_stem_in_one_folder_gets_one_output_each(tmp_path):
+    """clip.wav and clip.flac of one folder used to share clip.npy (one lost, exit 0)."""
+    wav, _ = render_clip(1.0, 24000, seed=1)
+    other, _ = render_clip(1.0, 24000, seed=2)
+    sf.write(tmp_path / "clip.wav", wav, 24000)
+    sf.write(tmp_path / "clip.flac", other, 24000)
+    assert _embed(tmp_path, tmp_path / "clip.wav", tmp_path / "clip.flac") == 0
+    index = json.loads((tmp_path / "o" / "index.json").read_text())
+    outputs = {e["file"].rsplit("/", 1)[1]: e["output"] for e in index["files"]}
+    assert outputs == {"clip.wav": "clip.wav.npy", "clip.flac": "clip.flac.npy"}
+    a, b = np.load(tmp_path / "o" / "clip.wav.npy"), np.load(tmp_path / "o" / "clip.flac.npy")
+    assert not np.allclose(a, b)  # each input's own embedding
+
+
+def test_rerun_merges_the_index_and_skips_what_is_done(tmp_path, capsys):
+    for name, seed in (("a", 1), ("b", 2)):
+        sf.write(tmp_path / f"{name}.wav", render_clip(1.0, 24000, seed=seed)[0], 24000)
+    assert _embed(tmp_path, tmp_path / "a.wav") == 0
+    first = (tmp_path / "o" / "a.npy").stat().st_mtime_ns
+    assert _embed(tmp_path, tmp_path / "a.wav", tmp_path / "b.wav") == 0
+    assert "1 file(s) already in" in capsys.readouterr().out
+    index = json.loads((tmp_path / "o" / "index.json").read_text())
+    assert sorted(e["output"] for e in index["files"]) == ["a.npy", "b.npy"]  # merged, not last-writer-wins
+    assert (tmp_path / "o" / "a.npy").stat().st_mtime_ns == first  # not embedded again
+    assert not list((tmp_path / "o").glob(".*.tmp"))
+    # Other settings into the same folder would mix two kinds of embeddings: refused, nothing written.
+    assert _embed(tmp_path, tmp_path / "a.wav", extra=["--layers", "last"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mert embed: error:") and "use another --out" in err and len(err.splitlines()) == 1
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
+    sf.write(tmp_path / "a.wav", render_clip(1.0, 24000, seed=1)[0], 24000)
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["--preset", "tiny", "--out", str(tmp_path / "file")], "is an existing file, not a folder"),
+        (["--preset", "tiny", "--out", str(tmp_path / "file" / "sub")], "cannot create the output folder"),
+        (["--preset", "tiny", "--layers", "9", "--out", str(tmp_path / "o")], "--layers '9'"),
+        (["--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "o")], "cannot load --model"),
+    ]
+    for extra, message in cases:
+        assert main(["embed", str(tmp_path / "a.wav"), "--quiet", *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("mert embed: error:") and message in err, err
+
+
+def test_a_failed_write_stops_with_an_index_of_what_was_written(tmp_path, capsys, monkeypatch):
+    for name, seed in (("a", 1), ("b", 2)):
+        sf.write(tmp_path / f"{name}.wav", render_clip(1.0, 24000, seed=seed)[0], 24000)
+    real_save = np.save
+
+    def save(f, arr):
+        if "b.npy" in getattr(f, "name", ""):
+            raise OSError(28, "No space left on device")
+        real_save(f, arr)
+
+    monkeypatch.setattr(np, "save", save)
+    assert _embed(tmp_path, tmp_path / "a.wav", tmp_path / "b.wav") == 2
+    assert "No space left on device" in capsys.readouterr().err
+    index = json.loads((tmp_path / "o" / "index.json").read_text())
+    assert [e["output"] for e in index["files"]] == ["a.npy"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.npy", "index.json"]  # no partial file
+
+
+def test_truncated_wav_warns_and_huge_samples_fail_the_file(tmp_path, capsys):
+    wav, _ = render_clip(3.0, 24000, seed=1)
+    sf.write(tmp_path / "full.wav", wav, 24000, subtype="PCM_16")
+    raw = (tmp_path / "full.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(raw[: 44 + 2 * 4800])  # header says 72000 frames, 4800 are present
+    with pytest.warns(UserWarning, match=r"cut.wav' is truncated: its header declares 72000 frames, 4800"):
+        assert _embed(tmp_path, tmp_path / "cut.wav") == 0
+    # Finite samples of 1e30 overflow a LayerNorm front end to NaN: that file fails, named, and writes nothing.
+    torch.manual_seed(0)
+    Encoder(EncoderConfig.preset("tiny", frontend_norm="layer")).save_pretrained(tmp_path / "model")
+    sf.write(tmp_path / "huge.wav", (wav * 1e30).astype(np.float32), 24000, subtype="FLOAT")
+    status = main(["embed", str(tmp_path / "huge.wav"), "--model", str(tmp_path / "model"), "--out",
+                   str(tmp_path / "h"), "--quiet"])  # fmt: skip
+    assert status == 1
+    assert "huge.wav" in capsys.readouterr().err
+    index = json.loads((tmp_path / "h" / "index.json").read_text())
+    assert index["files"] == [] and "not finite" in index["failed"][0]["error"]
+
+
+def test_embed_keeps_only_the_chosen_layers(tmp_path, monkeypatch):
+    """The CLI runs the bounded-memory path of Encoder.embed_file: windows keep only the chosen layers."""
+    sf.write(tmp_path / "a.wav", render_clip(2.0, 24000, seed=1)[0], 24000)
+    kept = []
+    real = Encoder._encode_chunked
+
+    def spy(self, *args, keep=None, **kwargs):
+        kept.append(keep)
+        return real(self, *args, keep=keep, **kwargs)
+
+    monkeypatch.setattr(Encoder, "_encode_chunked", spy)
+    assert _embed(tmp_path, tmp_path / "a.wav", extra=["--layers", "last"]) == 0
+    assert kept == [[2]]
+
+
+def test_weights_are_readable_like_the_rest_of_the_folder(tmp_path):
+    """safetensors writes 0600; release folders and embeddings get the umask's mode, as config.json does."""
+    old = os.umask(0o022)
+    try:
+        folder = Encoder(EncoderConfig.preset("tiny")).save_pretrained(tmp_path / "rel")
+        sf.write(tmp_path / "a.wav", render_clip(1.0, 24000, seed=1)[0], 24000)
+        assert _embed(tmp_path, tmp_path / "a.wav", extra=["--format", "safetensors"]) == 0
+    finally:
+        os.umask(old)
+    for path in (folder / "model.safetensors", folder / "config.json", tmp_path / "o" / "a.safetensors"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -245,12 +245,14 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     from mert import __version__
+    from mert.fileio import make_shareable
 
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     tmp = folder / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={METADATA_CONFIG_KEY: json.dumps(config.to_dict()), "format": "pt"})
+    make_shareable(tmp)  # safetensors writes 0600; the folder's other files are 0644
     os.replace(tmp, folder / "model.safetensors")  # never leave a half-written weights file under the real name
     (folder / "config.json").write_text(config.to_json() + "\n")
     full_meta = {"mert_version": __version__, **(meta or {})}

@@ -451,12 +451,45 @@ class Encoder(nn.Module):
         Returns:
             ``(n', t, d)`` frames or ``(n', d)`` pooled, for the chosen layers.
         """
+        wav, sr = load_audio(path, mono=True)
+        return self.embed(
+            wav, sr, layers=layers, pool=pool, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
+            chunk_batch_size=chunk_batch_size, name=str(path),
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def embed(
+        self,
+        wav: Tensor,
+        sample_rate: int | None = None,
+        *,
+        layers: str | int | Sequence[int] | None = None,
+        pool: str | None = None,
+        chunk_seconds: float | None = 30.0,
+        overlap_seconds: float | None = None,
+        chunk_batch_size: int = 1,
+        name: str | None = None,
+    ) -> Tensor:
+        """Embeddings of one clip ``wav (l,)`` in bounded memory: what :meth:`embed_file` and ``mert embed`` run.
+
+        Only the chosen layers are kept (and pooled window by window with ``pool="mean"``), so a 10-minute track
+        needs no more memory than a window's worth of every layer. Arguments as :meth:`embed_file`; ``name``
+        (e.g. the file) prefixes error messages.
+
+        Returns:
+            ``(n', t, d)`` frames or ``(n', d)`` pooled, for the chosen layers.
+        Raises:
+            ValueError: bad ``pool``/``layers``, a clip too short for one frame, or non-finite embeddings (audio
+                far outside [-1, 1], e.g. samples of 1e30, overflows the encoder), naming ``name``.
+        """
         if pool not in (None, "mean"):
             raise ValueError(f"pool must be None or 'mean', got {pool!r}")
-        wav, sr = load_audio(path, mono=True)
         idx = parse_layers(layers, self.config.num_hidden_states)
+        where = f"{name!r}: " if name else ""
+        if wav.dim() != 1:
+            raise ValueError(f"{where}embed takes one clip of shape (l,), got {tuple(wav.shape)}")
         try:
-            wav, lengths = self._prepare(wav, None, sr)
+            wav, lengths = self._prepare(wav, None, sample_rate)
             if chunk_seconds is None:
                 out = self._encode(wav, lengths)
             else:
@@ -464,9 +497,16 @@ class Encoder(nn.Module):
                     wav, lengths, chunk_seconds, overlap_seconds, chunk_batch_size, keep=idx, mean=pool == "mean"
                 )
         except ValueError as e:
-            raise ValueError(f"{str(path)!r}: {e}") from None
+            raise ValueError(f"{where}{e}") from None
         x = torch.stack([out.hidden_states[i][0] for i in idx])  # (n', t, d), t = 1 if pooled in windows
-        return x if pool is None else x.mean(dim=1).to(self.mask_emb.dtype)
+        x = x if pool is None else x.mean(dim=1).to(self.mask_emb.dtype)
+        if not bool(torch.isfinite(x).all()):
+            peak = float(wav.abs().max())
+            raise ValueError(
+                f"{where}the embeddings are not finite (input peak |x| = {peak:.3g}): audio should be float "
+                "samples in [-1, 1]; scale it before embedding"
+            )
+        return x
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod

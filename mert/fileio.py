@@ -1,0 +1,29 @@
+"""File-writing helpers shared by everything that publishes files (release folders, embeddings).
+
+Why: safetensors writes its files with mode 0600 whatever the umask, while ``config.json`` next to it gets the
+usual 0644, so a release folder shared on a cluster was readable to its owner only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["make_shareable"]
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask is process-wide, so setting it races other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_shareable(path: str | os.PathLike) -> None:
+    """Give a file the mode a plain ``open(path, "w")`` would have: ``0o666`` less the umask (0644 usually)."""
+    os.chmod(path, 0o666 & ~_umask())
