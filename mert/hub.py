@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import gzip
 import hashlib
 import http.client
 import json
 import logging
+import lzma
 import os
 import posixpath
 import re
@@ -28,7 +30,9 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
+import zlib
 from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 
@@ -265,6 +269,12 @@ def _download(
     """:func:`download_url`; ``label`` is what to pass to ``mert download``, ``what`` names the thing in errors."""
     base, _, fragment = url.partition("#")
     expected = _expected_digest(url, fragment, sha256)
+    if expected is None and base.lower().startswith("http://"):
+        warnings.warn(
+            f"{base}: plain http:// with no sha256, so nothing vouches for what arrives (anyone on the path can "
+            "change it); use https://, or pin the file with sha256= or a '#sha256=<hex>' URL fragment",
+            stacklevel=3,
+        )
     target = url_cache_path(base, cache_dir)
     folder = target.parent
 
@@ -497,7 +507,24 @@ def _extract(archive: Path) -> Path:
 
 
 def _unpack(archive: Path, dest: Path) -> None:
-    """Extract a zip or tar archive, refusing members (and link targets) that would land outside ``dest``."""
+    """Extract a zip or tar archive, refusing members (and link targets) that would land outside ``dest``.
+
+    Raises:
+        ValueError: a damaged or truncated archive (naming it: tarfile and gzip raise a bare ``EOFError`` or
+            ``ReadError``), or a member that would land outside ``dest``.
+    """
+    try:
+        _unpack_checked(archive, dest)
+    except (EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError) as e:
+        if isinstance(e, OSError) and not isinstance(e, (EOFError, gzip.BadGzipFile)) and e.errno is not None:
+            raise  # a real I/O error (disk full, permissions): not the archive's fault
+        raise ValueError(
+            f"{str(archive)!r} is damaged or truncated ({type(e).__name__}: {e or 'unexpected end of data'}); "
+            f"delete it and download it again"
+        ) from None
+
+
+def _unpack_checked(archive: Path, dest: Path) -> None:
     if archive.name.lower().endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
             for name in zf.namelist():

@@ -268,6 +268,30 @@ def test_loading_errors(tmp_path, tiny_encoder):
         Encoder.from_pretrained(tmp_path / "bad.safetensors")
 
 
+def test_damaged_weights_and_a_contradicting_config_json_are_reported(tmp_path, tiny_encoder):
+    """NaN weights are refused by name (they gave NaN embeddings silently); a config.json beside our safetensors
+    that describes another model draws a warning saying the file's own config wins."""
+    from safetensors.torch import save_file
+
+    folder = tiny_encoder.save_pretrained(tmp_path / "nan")
+    state = {k: v.clone().contiguous() for k, v in tiny_encoder.state_dict().items()}
+    state["transformer.layers.1.ffn.fc1.weight"][3, 4] = float("nan")
+    meta = {"mert_config": tiny_encoder.config.to_json(), "format": "pt"}
+    save_file(state, str(folder / "model.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match=r"non-finite weights.*transformer\.layers\.1\.ffn\.fc1\.weight.*damaged"):
+        Encoder.from_pretrained(folder)
+
+    other = tiny_encoder.save_pretrained(tmp_path / "other")
+    (other / "config.json").write_text('{"model_type": "hubert", "hidden_size": 768}')
+    with pytest.warns(
+        UserWarning, match=r"does not describe the model.*'hubert'.*config stored inside model.safetensors"
+    ):
+        assert Encoder.from_pretrained(other).config == tiny_encoder.config
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an agreeing config.json is silent
+        Encoder.from_pretrained(tiny_encoder.save_pretrained(tmp_path / "same"))
+
+
 def test_pickle_with_code_is_refused(tmp_path, tiny_encoder):
     """Loading never executes code: a pickle carrying an object is rejected by weights_only."""
     tiny_encoder.save_pretrained(tmp_path / "p")

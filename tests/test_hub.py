@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gzip
 import hashlib
 import io
 import re
@@ -20,6 +21,9 @@ from pathlib import Path
 import pytest
 
 from mert.hub import default_cache_dir, download_url, resolve_source, sha256_file
+
+# The loopback servers speak plain http://: the warning about unpinned plain-http downloads is tested once below.
+pytestmark = pytest.mark.filterwarnings("ignore:.*plain http.// with no sha256:UserWarning")
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 CONFIG = b'{"model_type": "hubert"}'
@@ -296,6 +300,25 @@ def test_unsafe_archive_is_rejected(files, tmp_path, name, data):
         resolve_source(files.add(name, data))
     assert not (tmp_path / "evil").exists()
     assert [p.name for p in cached_files(tmp_path / "mert-cache")] == [name]  # the archive, nothing extracted
+
+
+@pytest.mark.parametrize("name, make", [("cut.tar.gz", make_tar), ("cut.tar", make_tar), ("cut.zip", make_zip)])
+def test_truncated_archive_error_names_the_file(files, tmp_path, name, make):
+    """A cut-off archive raised a bare EOFError (or ReadError) that named nothing."""
+    data = make({"release/config.json": CONFIG, "release/model.safetensors": WEIGHTS * 50})
+    if name.endswith(".tar"):
+        data = gzip.decompress(data)  # make_tar writes .tar.gz
+    with pytest.raises(ValueError, match=rf"{re.escape(name)}' is damaged or truncated.*download it again"):
+        resolve_source(files.add(name, data[: len(data) * 2 // 3]))
+
+
+@pytest.mark.filterwarnings("error")
+def test_plain_http_without_a_digest_warns(files):
+    url = files.add("w.safetensors", WEIGHTS)
+    with pytest.warns(UserWarning, match=r"plain http:// with no sha256.*use https://"):
+        resolve_source(url)
+    digest = hashlib.sha256(WEIGHTS).hexdigest()
+    assert resolve_source(f"{url}#sha256={digest}").read_bytes() == WEIGHTS  # pinned: no warning (error filter)
 
 
 # --- fake Hugging Face Hub ----------------------------------------------------------------------------------------

@@ -56,10 +56,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
     state, file_meta = _read_weights(weights)
     meta = _read_json(folder / "meta.json") if (folder / "meta.json").is_file() else {}
 
+    _check_finite(state, weights)
+    config_file = folder / "config.json"
     if METADATA_CONFIG_KEY in file_meta:  # our safetensors: the config travels inside the file
         config = EncoderConfig.from_dict(json.loads(file_meta[METADATA_CONFIG_KEY]))
+        if config_file.is_file():
+            _warn_if_config_json_differs(config_file, config, weights)
         return config, _check_keys(state, config, weights), meta
-    config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(
             f"{str(weights)!r} carries no config and there is no config.json beside it; "
@@ -79,6 +82,33 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
         f"{str(config_file)!r} has model_type {model_type!r}; expected {CONFIG_FORMAT!r} (a mert export) or "
         f"one of {list(HF_MODEL_TYPES)} (a Hugging Face MERT/HuBERT checkpoint)"
     )
+
+
+def _check_finite(state: dict[str, Tensor], source: Path) -> None:
+    """Refuse weights holding NaN or inf (a damaged file would otherwise give NaN embeddings, silently)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(
+            f"{str(source)!r} holds non-finite weights (NaN or inf) in {bad[:5]}{more}: the file is damaged"
+        )
+
+
+def _warn_if_config_json_differs(config_file: Path, config: EncoderConfig, weights: Path) -> None:
+    """Our safetensors carry their config, which wins over a config.json beside them: say so when they differ."""
+    raw: Any = None
+    try:
+        raw = json.loads(config_file.read_text())
+        same = raw.get("model_type") == CONFIG_FORMAT and EncoderConfig.from_dict(raw) == config
+    except (ValueError, TypeError, AttributeError):
+        same = False
+    if not same:
+        warnings.warn(
+            f"{str(config_file)!r} does not describe the model in {str(weights)!r} (model_type "
+            f"{raw.get('model_type') if isinstance(raw, dict) else None!r}); using the config stored inside "
+            f"{weights.name}",
+            stacklevel=3,
+        )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
