@@ -156,6 +156,8 @@ def test_ddp_cpu_first_step_equals_single_process(tmp_path):
     assert abs(single[0] - ddp[0]) <= 1e-6 * abs(single[0]), (single[0], ddp[0])
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["accumulate_grad_batches"] == 1
+    # ddp_spawn trains in child processes: the summary still counts their steps (it said 0 steps, no loss).
+    assert summary["steps"] == 1 and summary["samples_seen"] == 4 and summary["final_loss"] == pytest.approx(ddp[0])
 
 
 def test_corrupt_file_is_skipped_and_counted(tmp_path):
@@ -332,3 +334,68 @@ def test_pretrain_config_mistakes_are_one_line_usage_errors(capsys):
     assert "Traceback" not in err
     assert cli(["pretrain", "trainer.max_stepz=3"]) == 2
     assert "trainer.max_stepz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=fast", "optim.lr must be a number >= 0, got 'fast'"),
+        ("model.num_layers=two", "model.num_layers must be a positive integer, got 'two'"),
+        ("model.num_layers=-1", "model.num_layers must be a positive integer, got -1"),
+        ("data.micro_batch_size=0", "data.micro_batch_size must be an integer > 0, got 0"),
+        ("trainer.max_steps=abc", "trainer.max_steps must be an integer >= -1, got 'abc'"),
+        ("seed=abc", "seed must be an integer, got 'abc'"),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_the_key(tmp_path, capsys, override, message):
+    assert cli(["pretrain", "experiment=tiny_cpu", override, f"run_dir={tmp_path / 'r'}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"mert pretrain: error: {message}", err
+    assert not (tmp_path / "r").exists()  # refused before anything was built or written
+
+
+def test_reruns_keep_one_last_checkpoint_fall_back_past_a_damaged_one_and_refuse_a_new_model(tmp_path, capsys):
+    """Bookkeeping of a run folder over several launches: no last-vN.ckpt pile-up, stale partial checkpoints
+    removed, a truncated last.ckpt passed over for the newest readable checkpoint (saying so), and a model.*
+    override on an existing run refused instead of silently ignored."""
+    common = [
+        "experiment=tiny_cpu",
+        *FAST,
+        f"run_dir={tmp_path / 'r'}",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+    ]
+    ckpts = tmp_path / "r" / "checkpoints"
+    assert cli(["pretrain", *common, "trainer.max_steps=2"]) == 0
+    assert cli(["pretrain", *common, "trainer.max_steps=2", "ckpt_path=null"]) == 0  # a fresh run, same folder
+    assert cli(["pretrain", *common, "trainer.max_steps=3"]) == 0
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step00000003.ckpt"]
+    (ckpts / ".last.ckpt.tmp").write_bytes(b"half a checkpoint")
+    data = (ckpts / "last.ckpt").read_bytes()
+    (ckpts / "last.ckpt").write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    assert cli(["pretrain", *common, "trainer.max_steps=4"]) == 0
+    out = capsys.readouterr()
+    assert "removed" in out.out and ".last.ckpt.tmp" in out.out
+    assert "last.ckpt cannot be loaded" in out.err and "trying step00000003.ckpt" in out.err
+    assert "resuming from" in out.out and "step00000003.ckpt" in out.out
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["steps"] == 4
+    assert not list(ckpts.glob(".*.tmp"))
+    assert cli(["pretrain", *common, "trainer.max_steps=5", "model.num_layers=3"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "trained with another model" in err and "num_layers: 2 -> 3" in err
+
+
+def test_a_manifest_of_missing_files_fails_with_the_count(tmp_path, capsys):
+    from mert.data.manifest import ManifestEntry, write_manifest
+
+    write_manifest(
+        tmp_path / "m.tsv", [ManifestEntry(str(tmp_path / f"gone{i}.wav"), 120000, 24000, 1) for i in range(3)]
+    )
+    args = ["experiment=tiny_cpu", "logger=csv", "data=manifest", f"data.manifest={tmp_path / 'm.tsv'}",
+            "data.dataset.crop_seconds=1.5", "data.dataset.min_seconds=1.0", "data.global_batch_size=2",
+            "data.micro_batch_size=2", "data.num_workers=0", "trainer.max_steps=3",
+            f"run_dir={tmp_path / 'r'}"]  # fmt: skip
+    assert cli(["pretrain", *args]) == 1
+    err = capsys.readouterr().err
+    assert "no usable audio: all 4 samples drawn so far (of 3 in the dataset) were skipped" in err
+    assert not (tmp_path / "r" / "checkpoints" / "last.ckpt").exists()  # nothing that `mert export` would release

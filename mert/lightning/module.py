@@ -92,7 +92,9 @@ class PretrainModule(pl.LightningModule):
         self.samples_seen = 0  # global stream positions consumed (all ranks): where a resume restarts
         self.skipped_steps = 0
         self.skipped_files = 0
+        self.usable_samples = 0  # samples that reached the objective, all ranks
         self.audio_seconds = 0.0
+        self._final: dict[str, Any] | None = None  # restore_summary: counters of a run trained elsewhere (spawn)
         self._t_start: float | None = None
         self.health = HealthMonitor()
         self._health_step: int | None = None  # the optimiser step whose statistics are held in _health_logs
@@ -106,6 +108,7 @@ class PretrainModule(pl.LightningModule):
         world = self.trainer.world_size
         self.samples_seen += self.trainer.datamodule.micro_batch_size * world if self.trainer.datamodule else 0
         collect = self._collect_stats_now()
+        self._check_usable_audio(wav.shape[0])
         if wav.shape[0] == 0:
             # Every file of this micro-batch was unreadable. A zero output tied to all parameters keeps this rank
             # making the same collective calls (reductions below, gradient all-reduce) as the others.
@@ -231,6 +234,30 @@ class PretrainModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
+    def _check_usable_audio(self, kept: int) -> None:
+        """Fail, on every rank at once, when no sample at all has been usable after a dataset's worth (at most 64)
+        of draws: a manifest whose files are all missing would otherwise "train" on nothing and save a checkpoint
+        that exports."""
+        total = self.trainer.strategy.reduce(torch.tensor(float(kept), device=self.device), reduce_op="sum")
+        self.usable_samples += int(total)
+        if self.usable_samples:
+            return
+        datamodule = self.trainer.datamodule
+        size = len(datamodule.dataset) if datamodule is not None and hasattr(datamodule.dataset, "__len__") else 64
+        if self.samples_seen >= min(size, 64):
+            raise ValueError(
+                f"no usable audio: all {self.samples_seen} samples drawn so far (of {size} in the dataset) were "
+                f"skipped ({self.skipped_files} on this process: missing, unreadable or too short files; see the "
+                "warnings above); check the manifest's paths and root"
+            )
+
+    def restore_summary(self, checkpoint: dict[str, Any]) -> None:
+        """Take the counters of :meth:`summary` from a checkpoint: for a run whose steps ran in other processes
+        (``ddp_spawn``), whose module this is not."""
+        self.on_load_checkpoint(checkpoint)
+        state = checkpoint.get("mert", {})
+        self._final = {"steps": int(checkpoint.get("global_step", 0)), "final_loss": state.get("last_loss")}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from mert import __version__
 
@@ -243,7 +270,9 @@ class PretrainModule(pl.LightningModule):
             "skipped_steps": self.skipped_steps,
             "skipped_files": self.skipped_files,
             "audio_seconds": self.audio_seconds,
+            "usable_samples": self.usable_samples,
             "health": self.health.state_dict(),
+            "last_loss": None if not math.isfinite(self._last_loss()) else self._last_loss(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -253,18 +282,22 @@ class PretrainModule(pl.LightningModule):
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.skipped_files = int(state.get("skipped_files", 0))
         self.audio_seconds = float(state.get("audio_seconds", 0.0))
+        # Checkpoints from before this counter trained on what they saw: count it as usable.
+        self.usable_samples = int(state.get("usable_samples", self.samples_seen))
         self.health.load_state_dict(state.get("health") or {})
 
     def summary(self) -> dict[str, Any]:
         """Training summary for ``meta.json``."""
+        final = self._final or {}
+        loss = final.get("final_loss", self._last_loss()) if self._final else self._last_loss()
         return {
-            "steps": int(self.global_step),
+            "steps": int(final.get("steps", self.global_step)),
             "micro_batches": self.micro_batches_seen,
             "samples_seen": self.samples_seen,
             "audio_hours": round(self.audio_seconds / 3600, 4),
             "skipped_steps": self.skipped_steps,
             "skipped_files": self.skipped_files,
-            "final_loss": None if not math.isfinite(self._last_loss()) else self._last_loss(),
+            "final_loss": None if loss is None or not math.isfinite(loss) else loss,
             "health_warnings": list(self.health.messages),
         }
 

@@ -21,7 +21,16 @@ import torch
 
 log = logging.getLogger("mert.pretrain")
 
-__all__ = ["main", "run", "derive_run_dir", "check_cached_targets", "NON_SCIENTIFIC_PREFIXES"]
+__all__ = [
+    "main",
+    "run",
+    "derive_run_dir",
+    "check_cached_targets",
+    "resume_checkpoint",
+    "remove_stale_partials",
+    "validate_run_config",
+    "NON_SCIENTIFIC_PREFIXES",
+]
 
 # Overrides that do not change what is learned; they never change the run directory.
 NON_SCIENTIFIC_PREFIXES = (
@@ -52,6 +61,108 @@ def derive_run_dir(runs_root: str, name: str, overrides: Sequence[str]) -> Path:
     return Path(runs_root) / name / suffix if suffix else Path(runs_root) / name
 
 
+def _readable_checkpoint(path: Path) -> str | None:
+    """None if ``path`` loads (lazily: tensors are memory-mapped, so this reads the index, not gigabytes), else
+    why not."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # a truncated zip, a half-written pickle, a file that is not a checkpoint
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
+def resume_checkpoint(run_dir: Path, ckpt_path: str | None) -> str | None:
+    """The checkpoint a run resumes from: ``ckpt_path`` if given (it must load), or for ``"last"`` the newest
+    readable one in ``run_dir/checkpoints``: ``last.ckpt``, else the periodic ones newest first, saying which
+    were passed over (a job killed while the file system was writing can leave a damaged ``last.ckpt``)."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path != "last":
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path {ckpt_path!r} does not exist")
+        if (why := _readable_checkpoint(Path(ckpt_path))) is not None:
+            raise ValueError(f"ckpt_path {ckpt_path!r} cannot be loaded ({why}); pass another checkpoint")
+        return ckpt_path
+    folder = run_dir / "checkpoints"
+    last = folder / "last.ckpt"
+    others = sorted(
+        (p for p in folder.glob("*.ckpt") if p != last and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    candidates = ([last] if last.is_file() else []) + others
+    for i, path in enumerate(candidates):
+        why = _readable_checkpoint(path)
+        if why is None:
+            return str(path)
+        following = f"trying {candidates[i + 1].name}" if i + 1 < len(candidates) else "starting afresh"
+        log.warning("checkpoint %s cannot be loaded (%s); %s", path, why, following)
+        print(f"mert pretrain: checkpoint {path} cannot be loaded ({why}); {following}", file=sys.stderr, flush=True)
+    return None
+
+
+def remove_stale_partials(run_dir: Path) -> list[Path]:
+    """Delete ``checkpoints/.*.tmp`` left by a run killed while saving (AtomicCheckpointIO); return them."""
+    stale = sorted((run_dir / "checkpoints").glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+        print(f"mert pretrain: removed {path}, a partial checkpoint of a run killed while saving", flush=True)
+    return stale
+
+
+def _is_global_rank_zero() -> bool:
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
+def validate_run_config(cfg: Any) -> None:
+    """Refuse values of the wrong type or range before anything is built, naming the key (``optim.lr=fast``
+    would otherwise fail deep inside the optimiser with a traceback that does not name it)."""
+    from omegaconf import OmegaConf
+
+    def get(key: str) -> Any:
+        return OmegaConf.select(cfg, key, default=None)
+
+    def number(key: str, value: Any, kind: type, minimum: float | None, strict: bool = False) -> None:
+        ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        if ok and minimum is not None:
+            ok = value > minimum if strict else value >= minimum
+        if not ok:
+            what = {int: "an integer", float: "a number"}[kind]
+            bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+            raise ValueError(f"{key} must be {what}{bound}, got {value!r}")
+
+    checks: list[tuple[str, type, float | None, bool]] = [
+        ("seed", int, None, False),
+        ("trainer.max_steps", int, -1, False),
+        ("trainer.log_every_n_steps", int, 0, True),
+        ("data.global_batch_size", int, 0, True),
+        ("data.micro_batch_size", int, 0, True),
+        ("data.num_workers", int, 0, False),
+        ("optim.lr", float, 0, False),
+        ("optim.weight_decay", float, 0, False),
+        ("scheduler.warmup_steps", int, 0, False),
+        ("frontend_lr_mult", float, 0, False),
+    ]
+    for key, kind, minimum, strict in checks:
+        value = get(key)
+        if value is not None:
+            number(key, value, kind, minimum, strict)
+    if get("trainer.max_steps") == 0:
+        raise ValueError("trainer.max_steps must be a positive number of steps (or -1 for max_epochs), got 0")
+    model = get("model")
+    if model is not None and not cfg.get("init_from"):
+        from mert import EncoderConfig
+
+        try:
+            EncoderConfig.from_dict(OmegaConf.to_container(model, resolve=True))
+        except (ValueError, TypeError) as e:
+            text = str(e)
+            field = text.split(" ", 1)[0].rstrip(",")
+            raise ValueError(
+                f"model.{text}" if field in EncoderConfig.__dataclass_fields__ else f"model: {text}"
+            ) from None
+
+
 def _build_encoder(cfg: Any, ckpt_path: str | None):
     from mert import Encoder, EncoderConfig
 
@@ -61,7 +172,23 @@ def _build_encoder(cfg: Any, ckpt_path: str | None):
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
         saved = (state.get("mert") or {}).get("encoder_config")
         if saved is not None:
-            return Encoder(EncoderConfig.from_dict(saved))
+            config = EncoderConfig.from_dict(saved)
+            if not cfg.init_from:  # after init_from the run's architecture is the release's, not the model group's
+                from omegaconf import OmegaConf
+
+                asked = EncoderConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
+                changed = [
+                    f"{k}: {getattr(config, k)!r} -> {getattr(asked, k)!r}"
+                    for k in config.to_dict()
+                    if k != "name" and getattr(config, k) != getattr(asked, k)
+                ]
+                if changed:
+                    raise ValueError(
+                        f"{ckpt_path} was trained with another model than this run configures ({'; '.join(changed)}): "
+                        "a resumed run keeps its architecture. Drop the model.* overrides to resume, or pass another "
+                        "run_dir (or ckpt_path=null) to start a new run"
+                    )
+            return Encoder(config)
     if cfg.init_from and not resuming:
         enc = Encoder.from_pretrained(cfg.init_from)
         log.warning(
@@ -106,13 +233,13 @@ def run(cfg: Any) -> dict[str, Any]:
     from mert.lightning.module import PretrainModule
     from mert.lightning.strategies import AtomicCheckpointIO
 
+    validate_run_config(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.ckpt_path == "last":
-        ckpt_path = str(last) if last.is_file() else None
-    else:
-        ckpt_path = cfg.ckpt_path
+    if _is_global_rank_zero():
+        remove_stale_partials(run_dir)
+    ckpt_path = resume_checkpoint(run_dir, cfg.ckpt_path)
     print(
         f"mert pretrain: run directory {run_dir}" + (f" (resuming from {ckpt_path})" if ckpt_path else ""), flush=True
     )
@@ -158,6 +285,10 @@ def run(cfg: Any) -> dict[str, Any]:
         )
     # Our checkpoints hold only tensors and plain containers, so resuming never unpickles arbitrary objects.
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if _spawned(trainer) and last.is_file():
+        # ddp_spawn trained in child processes: this process's module never saw a step. The final checkpoint,
+        # written by rank 0 when training ended, has the run's real counters.
+        module.restore_summary(torch.load(last, map_location="cpu", weights_only=True, mmap=True))
 
     summary = {
         "run_dir": str(run_dir),
@@ -171,6 +302,13 @@ def run(cfg: Any) -> dict[str, Any]:
             f"mert pretrain: done at step {summary['steps']}; export with `mert export {run_dir} OUT_DIR`", flush=True
         )
     return summary
+
+
+def _spawned(trainer: Any) -> bool:
+    """Whether the trainer ran in processes it spawned (``ddp_spawn``), rather than in this one."""
+    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
+    return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
 
 
 def _hydra_entry(cfg: Any) -> None:

@@ -66,13 +66,39 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         # JSON round trips give lists; keep tuples so configs compare and hash consistently.
-        self.conv_dim = tuple(int(c) for c in self.conv_dim)
-        self.conv_kernel = tuple(int(k) for k in self.conv_kernel)
-        self.conv_stride = tuple(int(s) for s in self.conv_stride)
+        for name in ("conv_dim", "conv_kernel", "conv_stride"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise ValueError(f"{name} must be a list of integers, got {value!r}")
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{name} must be a list of integers, got {list(value)!r}")
+            setattr(self, name, tuple(int(v) for v in value))
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent field."""
+        for name in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "ffn_size",
+            "pos_conv_kernel",
+            "pos_conv_groups",
+            "sample_rate",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("layer_norm_eps", "frontend_grad_mult"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        for name in ("normalize_input", "conv_bias", "feat_proj_layer_norm", "pre_ln"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("conv_dim", "conv_kernel", "conv_stride"):
+            if any(v < 1 for v in getattr(self, name)):
+                raise ValueError(f"{name} must hold positive integers, got {list(getattr(self, name))}")
         n = len(self.conv_dim)
         if n == 0 or len(self.conv_kernel) != n or len(self.conv_stride) != n:
             raise ValueError(
