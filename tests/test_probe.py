@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,25 @@ def test_split_column_must_be_all_or_nothing(tmp_path):
     m = _write_manifest(tmp_path / "s.csv", rows, ("path", "label", "split"))
     with pytest.raises(ValueError, match="1 of 5 manifest rows have no split"):
         ProbeDataset.from_manifest(m, TaskSpec(type="multiclass"))
+
+
+def test_classes_the_probe_cannot_learn_or_score_are_warned(tmp_path, caplog):
+    """A label only in test (given splits) became a class silently; a one-example class was split silently."""
+    rows = [{"path": f"{i}.wav", "label": "ab"[i % 2], "split": ("train", "valid", "test")[i % 3]} for i in range(12)]
+    rows.append({"path": "x.wav", "label": "zither", "split": "test"})
+    m = _write_manifest(tmp_path / "given.csv", rows, ("path", "label", "split"))
+    with caplog.at_level(logging.WARNING, logger="mert"):
+        ds = ProbeDataset.from_manifest(m, TaskSpec(type="multiclass"))
+    assert "zither" in ds.classes
+    assert "class 'zither' has no training example (valid 0, test 1): the probe can never predict it" in caplog.text
+    caplog.clear()
+    rows = [{"path": f"{i}.wav", "label": "ab"[i % 2]} for i in range(20)] + [{"path": "solo.wav", "label": "solo"}]
+    with caplog.at_level(logging.WARNING, logger="mert"):
+        ProbeDataset.from_manifest(_write_manifest(tmp_path / "seeded.csv", rows), TaskSpec(type="multiclass"))
+    assert "class 'solo' has only 1 example(s): the seeded split put them in train, so valid and test never" in (
+        caplog.text
+    )
+    assert "'a'" not in caplog.text  # well-populated classes are not mentioned
 
 
 def test_seeded_split_is_stratified_and_deterministic():

@@ -319,7 +319,34 @@ class ProbeDataset:
                     f"the {s} split is empty: the probe needs train, valid and test examples "
                     f"(split column or split_fractions; {len(splits)} examples in all)"
                 )
+        self._warn_thin_classes(splits, seeded=not all(s is not None for s in given))
         return splits
+
+    def _warn_thin_classes(self, splits: np.ndarray, seeded: bool) -> None:
+        """Say what happens to classes the probe cannot learn or score: one without a training example is never
+        predicted (its valid/test examples count as errors), and a class too small for the seeded split to reach
+        every split is trained on but scored in fewer splits (or not at all)."""
+        if self.task.type != "multiclass" or not self.classes:
+            return
+        targets = np.asarray(self.targets)
+        for c, name in enumerate(self.classes):
+            where = {s: int(((targets == c) & (splits == s)).sum()) for s in SPLITS}
+            if where["train"] == 0:
+                log.warning(
+                    "class %r has no training example (valid %d, test %d): the probe can never predict it, so "
+                    "those examples stay in their splits and count as errors; add training examples or drop them",
+                    name,
+                    where["valid"],
+                    where["test"],
+                )
+            elif seeded and (where["valid"] == 0 or where["test"] == 0):
+                log.warning(
+                    "class %r has only %d example(s): the seeded split put them in %s, so %s never score it",
+                    name,
+                    sum(where.values()),
+                    " and ".join(s for s in SPLITS if where[s]),
+                    " and ".join(s for s in SPLITS if not where[s]),
+                )
 
     def strata(self) -> np.ndarray:
         """``(N,)`` labels to stratify a split by: the class, the first tag, or nothing."""
