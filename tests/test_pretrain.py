@@ -288,3 +288,40 @@ def test_frontend_lr_mult_gives_the_front_end_its_own_learning_rate():
     assert opt.param_groups[1]["lr"] / opt.param_groups[0]["lr"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="frontend_lr_mult"):
         PretrainModule(obj, opt_factory, frontend_lr_mult=-1)
+
+
+def test_norm_clipping_goes_through_the_sharded_model_under_fsdp():
+    """Lightning's FSDP precision plugin refuses norm clipping (every experiment clips by norm), so trainer=fsdp
+    could not train: the module clips through the root FSDP module's clip_grad_norm_, which sees the whole norm
+    of the sharded gradients. FSDP itself needs GPUs (benchmarks/gpu_check.py runs a real step)."""
+    import functools
+    from types import SimpleNamespace
+
+    pytest.importorskip("lightning")
+    from lightning.pytorch.plugins.precision import FSDPPrecision, Precision
+    from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
+
+    from mert.lightning.module import PretrainModule
+
+    module = PretrainModule(make_objective(), functools.partial(torch.optim.AdamW, lr=1e-3))
+    calls = []
+    fsdp = FSDPStrategy()
+    fsdp.model = SimpleNamespace(clip_grad_norm_=calls.append)
+    module.trainer = SimpleNamespace(
+        strategy=fsdp, precision_plugin=FSDPPrecision("32-true"), gradient_clip_val=None, gradient_clip_algorithm=None
+    )
+    module.configure_gradient_clipping(None, gradient_clip_val=10.0, gradient_clip_algorithm="norm")
+    assert calls == [10.0]
+    # Elsewhere, Lightning's own clipping: the global gradient norm ends at the threshold.
+    for p in module.parameters():
+        p.grad = torch.full_like(p, 3.0) if p.requires_grad else None
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
+    module.trainer = SimpleNamespace(
+        strategy=SingleDeviceStrategy("cpu"),
+        precision_plugin=Precision(),
+        gradient_clip_val=None,
+        gradient_clip_algorithm=None,
+    )
+    module.configure_gradient_clipping(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in opt.param_groups[0]["params"]]))
+    assert norm == pytest.approx(1.0, rel=1e-4)

@@ -215,6 +215,22 @@ class PretrainModule(pl.LightningModule):
                 p.grad = None
             self.skipped_steps += 1
 
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip by the global norm under FSDP too: its gradients are sharded, so only the root FSDP module's own
+        ``clip_grad_norm_`` sees the whole norm (Lightning's FSDP precision plugin refuses norm clipping, which
+        every experiment uses); other strategies clip as Lightning does."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = self.trainer.strategy
+        if gradient_clip_val and isinstance(strategy, FSDPStrategy) and gradient_clip_algorithm in (None, "norm"):
+            strategy.model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
+
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.objective.parameters() if p.requires_grad]
         if self.frontend_lr_mult == 1.0:
