@@ -428,3 +428,50 @@ def test_shard_cli(tmp_path, corpus, entries, capsys):
     assert "nonsense" in capsys.readouterr().err
     bad = write_manifest(tmp_path / "bad.tsv", [ManifestEntry(str(corpus / "corrupt.wav"), 10 * SR, SR, 1)])
     assert shard_cli([str(bad), "--out", str(tmp_path / "b"), "--quiet"]) == 1
+
+
+class _MemoryTeacher(torch.nn.Module):
+    """A teacher with memory, as EnCodec's LSTM: frame f = a leaky running sum of frame energies up to f (decay
+    0.9 per frame: 20 s of context leave 0.9^1500 of what came before, far below float precision)."""
+
+    whole_file = True
+    sample_rate = SR
+    conv_kernel, conv_stride = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        e = energy_teacher(wav)[..., 0].double()  # (b, t)
+        out = torch.zeros_like(e)
+        acc = torch.zeros(e.shape[0], dtype=torch.float64)
+        for f in range(e.shape[1]):
+            acc = 0.9 * acc + e[:, f]
+            out[:, f] = acc
+        return out[..., None].float()  # (b, t, 1)
+
+
+def test_teachers_with_memory_run_over_whole_files_in_shards(tmp_path, corpus, entries, monkeypatch):
+    """The original encodes each file once and crops the codes (a crop encoded alone restarts the LSTM): cached
+    targets of such a teacher are the whole file's, cut at each segment; long files go through bounded windows."""
+    import mert.data.shards as shards_mod
+
+    teacher = _MemoryTeacher()
+    long = _entry(entries, "long.wav")
+    out = tmp_path / "s"
+    write_shards([long], out, teachers={"codes": teacher}, progress=False)
+    ds = ShardDataset(out, sample_rate=SR)
+    source, _ = load_audio(long.path, sample_rate=SR)
+    whole = teacher(source[None])[0]
+    for i in range(len(ds)):
+        item, meta = ds[i], ds.metadata(i)
+        first = meta["start"] // 320
+        t = frame_lengths(item["length"])
+        torch.testing.assert_close(item["targets"]["codes"], whole[first : first + t])
+        if meta["start"]:  # not what the segment alone gives: the memory of the audio before it is kept
+            assert not torch.allclose(item["targets"]["codes"], teacher(item["wav"][None])[0])
+    assert json.loads((out / "index.json").read_text())["whole_file_roles"] == ["codes"]
+    # Bounded windows (3 s with 2 s of context here) give the same targets as one pass over the file.
+    monkeypatch.setattr(shards_mod, "WHOLE_FILE_WINDOW_SECONDS", 3.0)
+    monkeypatch.setattr(shards_mod, "WHOLE_FILE_CONTEXT_SECONDS", 2.0)
+    windowed = shards_mod._whole_file_targets("codes", teacher, source, "cpu")
+    torch.testing.assert_close(torch.from_numpy(windowed), whole, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of 320"):
+        write_shards([long], tmp_path / "odd", teachers={"codes": teacher}, segment_seconds=3.001, progress=False)

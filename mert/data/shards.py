@@ -191,6 +191,50 @@ def _compute_targets(
                     s.targets[role] = y[j].copy()  # (t, ...)
 
 
+# Whole-file teachers (EnCodec) run on windows this long, each with this much of the audio before it as context:
+# bounded memory for any file length (EnCodec's first layers on a whole hour would need ~11 GB). Files up to the
+# window get exactly the whole-file targets; beyond it, the LSTM restarts 20 s before each window.
+WHOLE_FILE_WINDOW_SECONDS = 120.0
+WHOLE_FILE_CONTEXT_SECONDS = 20.0
+
+
+def _whole_file_targets(role: str, teacher: Any, wav: Tensor, device: Any) -> np.ndarray:
+    """``(T, ...)`` targets of the whole file ``wav (n,)``, computed window by window (see the constants above).
+
+    Frame ``f`` of the file reads samples ``[f * hop, f * hop + rf)``; a window fed from sample ``a`` (a multiple of
+    the hop) gives file frame ``f`` as its frame ``f - a / hop``.
+    """
+    n = int(wav.shape[0])
+    total = _expected_frames(teacher, n)
+    hop = int(np.prod(teacher.conv_stride))
+    rf = int(_teacher_receptive_field(teacher))
+    sr = int(getattr(teacher, "sample_rate", 24000))
+    per = max(1, int(WHOLE_FILE_WINDOW_SECONDS * sr) // hop)  # frames per window
+    ctx = int(WHOLE_FILE_CONTEXT_SECONDS * sr) // hop  # frames of context before a window
+    parts = []
+    for f0 in range(0, total, per):
+        f1 = min(total, f0 + per)
+        a = max(0, f0 - ctx) * hop
+        b = min(n, (f1 - 1) * hop + rf)
+        with torch.inference_mode():
+            y = teacher(wav[a:b][None].to(device))[0]  # (t_window, ...)
+        first = f0 - a // hop
+        if y.shape[0] < first + (f1 - f0):
+            raise ValueError(
+                f"teacher {role!r} gave {y.shape[0]} frames for samples [{a}, {b}), fewer than the "
+                f"{first + f1 - f0} its frame grid needs"
+            )
+        parts.append(y[first : first + (f1 - f0)].detach().cpu().numpy())
+    return np.concatenate(parts, axis=0)
+
+
+def _teacher_receptive_field(teacher: Any) -> int:
+    """The receptive field in samples of the front end a teacher's targets are gridded for."""
+    from mert.models.config import receptive_field
+
+    return receptive_field(teacher.conv_kernel, teacher.conv_stride)
+
+
 def _teacher_settings(teacher: Any) -> Any:
     settings = getattr(teacher, "settings", None)
     if callable(settings):
@@ -268,9 +312,20 @@ def write_shards(
     writer = _ShardWriter(out_dir, shard_size)
     pending: list[_Segment] = []
 
+    # Teachers with memory run over each whole file (then cropped per segment), the others per segment in batches.
+    whole = {role: t for role, t in teachers.items() if getattr(t, "whole_file", False)}
+    per_segment = {role: t for role, t in teachers.items() if role not in whole}
+    for role, t in whole.items():
+        hop = int(np.prod(t.conv_stride))
+        if seg_n % hop:
+            raise ValueError(
+                f"teacher {role!r} runs over whole files, so segments must start on its {hop}-sample frame grid: "
+                f"segment_seconds={segment_seconds} is {seg_n} samples, not a multiple of {hop}"
+            )
+
     def flush() -> None:
-        if teachers:
-            _compute_targets(pending, teachers, batch_size, device)
+        if per_segment:
+            _compute_targets(pending, per_segment, batch_size, device)
         for s in pending:
             members = [("audio.npy", _npy_bytes(s.audio)), ("json", json.dumps(s.meta, sort_keys=True).encode())]
             members += [(f"targets.{role}.npy", _npy_bytes(s.targets[role])) for role in sorted(s.targets)]
@@ -297,6 +352,7 @@ def write_shards(
                 result.skipped.append((entry.path, "contains NaN or infinite samples"))
                 continue
             audio = wav.numpy()
+            full = {role: _whole_file_targets(role, t, wav, device) for role, t in whole.items()}
             for segment, start in enumerate(range(0, n, seg_n)):
                 length = min(seg_n, n - start)
                 if length < min_n:
@@ -309,7 +365,11 @@ def write_shards(
                     "file_index": file_index,
                     "segment": segment,
                 }
-                pending.append(_Segment(f"{file_index:08d}_{segment:04d}", audio[start : start + length].copy(), meta))
+                seg = _Segment(f"{file_index:08d}_{segment:04d}", audio[start : start + length].copy(), meta)
+                for role, targets in full.items():
+                    first = start // int(np.prod(whole[role].conv_stride))
+                    seg.targets[role] = targets[first : first + _expected_frames(whole[role], length)].copy()
+                pending.append(seg)
             result.num_files += 1
             if len(pending) >= batch_size:
                 flush()
@@ -331,6 +391,7 @@ def write_shards(
         "min_seconds": min_seconds,
         "roles": result.roles,
         "teachers": {role: _teacher_settings(t) for role, t in sorted(teachers.items())},
+        "whole_file_roles": sorted(whole),  # targets cut from whole-file runs, not computed per segment
         "num_samples": result.num_samples_written,
         "num_files": result.num_files,
         "seconds": round(result.seconds_written, 3),

@@ -34,6 +34,10 @@ class Teacher(nn.Module):
     num_codebooks: int = 0
     codebook_size: int = 0
     dim: int = 0
+    # True for teachers with memory (EnCodec's LSTM: a frame depends on all audio before it). The original encodes
+    # each whole file once and crops the codes, so cached shards compute such a teacher over the whole file and
+    # cut each segment's targets from it (mert.data.shards); on the fly, a crop is encoded on its own.
+    whole_file: bool = False
 
     def __init__(
         self,

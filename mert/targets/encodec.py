@@ -88,6 +88,7 @@ class EncodecTargets(Teacher):
             EnCodec 24 kHz state dict, or weights whose codebooks are empty.
     """
 
+    whole_file = True  # causal with an LSTM: cached shards encode whole files and crop, as the original
     kind = "codes"
 
     def __init__(
