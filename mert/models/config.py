@@ -89,10 +89,12 @@ class EncoderConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("layer_norm_eps", "frontend_grad_mult"):
+        for name, low in (("layer_norm_eps", 0.0), ("frontend_grad_mult", None)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+            bad = isinstance(value, bool) or not isinstance(value, (int, float))
+            if bad or (value <= low if low is not None else value < 0):
+                what = "a positive number" if low is not None else "a number >= 0"
+                raise ValueError(f"{name} must be {what}, got {value!r}")
         for name in ("normalize_input", "conv_bias", "feat_proj_layer_norm", "pre_ln"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
