@@ -63,7 +63,9 @@ def derive_run_dir(runs_root: str, name: str, overrides: Sequence[str]) -> Path:
 
 def _readable_checkpoint(path: Path) -> str | None:
     """None if ``path`` loads (lazily: tensors are memory-mapped, so this reads the index, not gigabytes), else
-    why not."""
+    why not. A folder (a sharded FSDP checkpoint) is left to Lightning."""
+    if path.is_dir():
+        return None
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # a truncated zip, a half-written pickle, a file that is not a checkpoint
@@ -78,7 +80,7 @@ def resume_checkpoint(run_dir: Path, ckpt_path: str | None) -> str | None:
     if ckpt_path is None:
         return None
     if ckpt_path != "last":
-        if not Path(ckpt_path).is_file():
+        if not Path(ckpt_path).exists():
             raise FileNotFoundError(f"ckpt_path {ckpt_path!r} does not exist")
         if (why := _readable_checkpoint(Path(ckpt_path))) is not None:
             raise ValueError(f"ckpt_path {ckpt_path!r} cannot be loaded ({why}); pass another checkpoint")
@@ -90,7 +92,7 @@ def resume_checkpoint(run_dir: Path, ckpt_path: str | None) -> str | None:
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
-    candidates = ([last] if last.is_file() else []) + others
+    candidates = ([last] if last.exists() else []) + others
     for i, path in enumerate(candidates):
         why = _readable_checkpoint(path)
         if why is None:
