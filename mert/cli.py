@@ -92,12 +92,6 @@ def _read_index(path: Path, settings: dict) -> dict[str, dict]:
     return entries
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)  # a killed run leaves the previous complete index, never half of one
-
-
 def _cmd_embed(args: argparse.Namespace) -> int:
     """`mert embed`: user mistakes are one line (exit 2); per-file failures are listed (exit 1)."""
     try:
@@ -114,7 +108,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     from mert import Encoder, EncoderConfig
     from mert.audio import load_audio
-    from mert.fileio import make_shareable
+    from mert.fileio import make_shareable, write_json_atomic
     from mert.models.pooling import parse_layers
 
     out_dir = _embed_out_dir(args.out)
@@ -157,7 +151,7 @@ def _embed(args: argparse.Namespace) -> int:
     failed: list[tuple[Path, str]] = []
 
     def save_index() -> None:
-        _write_json_atomic(
+        write_json_atomic(
             index_path,
             {**settings, "files": list(done.values()), "failed": [{"file": str(p), "error": e} for p, e in failed]},
         )

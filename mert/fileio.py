@@ -6,10 +6,12 @@ usual 0644, so a release folder shared on a cluster was readable to its owner on
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
-__all__ = ["make_shareable"]
+__all__ = ["make_shareable", "write_json_atomic"]
 
 
 def _umask() -> int:
@@ -27,3 +29,12 @@ def _umask() -> int:
 def make_shareable(path: str | os.PathLike) -> None:
     """Give a file the mode a plain ``open(path, "w")`` would have: ``0o666`` less the umask (0644 usually)."""
     os.chmod(path, 0o666 & ~_umask())
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to a temporary file and rename it into place: a run killed mid-write leaves
+    the previous complete file, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -516,7 +516,7 @@ def _unpack(archive: Path, dest: Path) -> None:
     try:
         _unpack_checked(archive, dest)
     except (EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError) as e:
-        if isinstance(e, OSError) and not isinstance(e, (EOFError, gzip.BadGzipFile)) and e.errno is not None:
+        if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile) and e.errno is not None:
             raise  # a real I/O error (disk full, permissions): not the archive's fault
         raise ValueError(
             f"{str(archive)!r} is damaged or truncated ({type(e).__name__}: {e or 'unexpected end of data'}); "

@@ -29,6 +29,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import tarfile
@@ -45,7 +46,8 @@ from torch.utils.data import Dataset
 
 from mert.data.datasets import _SkipCounter, load_entries
 from mert.data.manifest import ManifestEntry
-from mert.models.config import frame_lengths
+from mert.fileio import write_json_atomic
+from mert.models.config import frame_lengths, receptive_field
 
 __all__ = ["INDEX_NAME", "ShardDataset", "ShardWriteResult", "write_shards"]
 
@@ -206,8 +208,8 @@ def _whole_file_targets(role: str, teacher: Any, wav: Tensor, device: Any) -> np
     """
     n = int(wav.shape[0])
     total = _expected_frames(teacher, n)
-    hop = int(np.prod(teacher.conv_stride))
-    rf = int(_teacher_receptive_field(teacher))
+    hop = _hop(teacher)
+    rf = receptive_field(teacher.conv_kernel, teacher.conv_stride)
     sr = int(getattr(teacher, "sample_rate", 24000))
     per = max(1, int(WHOLE_FILE_WINDOW_SECONDS * sr) // hop)  # frames per window
     ctx = int(WHOLE_FILE_CONTEXT_SECONDS * sr) // hop  # frames of context before a window
@@ -228,11 +230,9 @@ def _whole_file_targets(role: str, teacher: Any, wav: Tensor, device: Any) -> np
     return np.concatenate(parts, axis=0)
 
 
-def _teacher_receptive_field(teacher: Any) -> int:
-    """The receptive field in samples of the front end a teacher's targets are gridded for."""
-    from mert.models.config import receptive_field
-
-    return receptive_field(teacher.conv_kernel, teacher.conv_stride)
+def _hop(teacher: Any) -> int:
+    """Samples between the frames of the front end a teacher's targets are gridded for."""
+    return math.prod(teacher.conv_stride)
 
 
 def _teacher_settings(teacher: Any) -> Any:
@@ -316,8 +316,7 @@ def write_shards(
     whole = {role: t for role, t in teachers.items() if getattr(t, "whole_file", False)}
     per_segment = {role: t for role, t in teachers.items() if role not in whole}
     for role, t in whole.items():
-        hop = int(np.prod(t.conv_stride))
-        if seg_n % hop:
+        if seg_n % (hop := _hop(t)):
             raise ValueError(
                 f"teacher {role!r} runs over whole files, so segments must start on its {hop}-sample frame grid: "
                 f"segment_seconds={segment_seconds} is {seg_n} samples, not a multiple of {hop}"
@@ -367,7 +366,7 @@ def write_shards(
                 }
                 seg = _Segment(f"{file_index:08d}_{segment:04d}", audio[start : start + length].copy(), meta)
                 for role, targets in full.items():
-                    first = start // int(np.prod(whole[role].conv_stride))
+                    first = start // _hop(whole[role])
                     seg.targets[role] = targets[first : first + _expected_frames(whole[role], length)].copy()
                 pending.append(seg)
             result.num_files += 1
@@ -398,9 +397,7 @@ def write_shards(
         "shards": [{"name": p.name, "num_samples": k} for p, k in zip(result.shards, result.shard_sizes)],
         "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
     }
-    tmp = out_dir / f".{INDEX_NAME}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / INDEX_NAME)
+    write_json_atomic(out_dir / INDEX_NAME, index)
     return result
 
 

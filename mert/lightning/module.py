@@ -254,6 +254,8 @@ class PretrainModule(pl.LightningModule):
         """Fail, on every rank at once, when no sample at all has been usable after a dataset's worth (at most 64)
         of draws: a manifest whose files are all missing would otherwise "train" on nothing and save a checkpoint
         that exports."""
+        if self.usable_samples:  # a global count, so every rank stops reducing at the same step
+            return
         total = self.trainer.strategy.reduce(torch.tensor(float(kept), device=self.device), reduce_op="sum")
         self.usable_samples += int(total)
         if self.usable_samples:
@@ -304,10 +306,10 @@ class PretrainModule(pl.LightningModule):
 
     def summary(self) -> dict[str, Any]:
         """Training summary for ``meta.json``."""
-        final = self._final or {}
-        loss = final.get("final_loss", self._last_loss()) if self._final else self._last_loss()
+        final = self._final or {"steps": self.global_step, "final_loss": self._last_loss()}
+        loss = final["final_loss"]
         return {
-            "steps": int(final.get("steps", self.global_step)),
+            "steps": int(final["steps"]),
             "micro_batches": self.micro_batches_seen,
             "samples_seen": self.samples_seen,
             "audio_hours": round(self.audio_seconds / 3600, 4),

@@ -89,12 +89,14 @@ class EncoderConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, low in (("layer_norm_eps", 0.0), ("frontend_grad_mult", None)):
-            value = getattr(self, name)
-            bad = isinstance(value, bool) or not isinstance(value, (int, float))
-            if bad or (value <= low if low is not None else value < 0):
-                what = "a positive number" if low is not None else "a number >= 0"
-                raise ValueError(f"{name} must be {what}, got {value!r}")
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        if not (number(self.layer_norm_eps) and self.layer_norm_eps > 0):
+            raise ValueError(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}")
+        if not (number(self.frontend_grad_mult) and self.frontend_grad_mult >= 0):  # 0: a frozen front end
+            raise ValueError(f"frontend_grad_mult must be a number >= 0, got {self.frontend_grad_mult!r}")
         for name in ("normalize_input", "conv_bias", "feat_proj_layer_norm", "pre_ln"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
