@@ -7,6 +7,7 @@
     mert data manifest AUDIO_DIR --out train.tsv
     mert data shard MANIFEST --out DIR
     mert targets fit-kmeans AUDIO_DIR --out km.pt
+    mert targets fit-rvq AUDIO_DIR_OR_MANIFEST --out rvq.pt
     mert synth OUT.wav [--seconds 10] [--seed 0]
 
 Subcommands import their heavy dependencies lazily so ``mert --help`` is instant.
@@ -282,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = sub.add_parser("data", help="data preparation: `mert data manifest`, `mert data shard`")
     data.add_argument("action", choices=["manifest", "shard"])
-    targets = sub.add_parser("targets", help="teachers: `mert targets fit-kmeans`")
-    targets.add_argument("action", choices=["fit-kmeans"])
+    targets = sub.add_parser("targets", help="teachers: `mert targets fit-kmeans`, `mert targets fit-rvq`")
+    targets.add_argument("action", choices=["fit-kmeans", "fit-rvq"])
     sub.add_parser("download", help="fetch a named checkpoint (MERT-v1-95M...), hub id or URL; print its path")
 
     p = sub.add_parser("synth", help="write synthetic music clips (chords, melody, drums) as audio files")
@@ -315,6 +316,7 @@ _DELEGATED = {
     ("data", "manifest"): ("mert.data.cli", "manifest_cli"),
     ("data", "shard"): ("mert.data.cli", "shard_cli"),
     ("targets", "fit-kmeans"): ("mert.targets.kmeans", "fit_kmeans_cli"),
+    ("targets", "fit-rvq"): ("mert.targets.rvq", "fit_rvq_cli"),
     "download": ("mert.hub", "download_cli"),
 }
 

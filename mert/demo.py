@@ -31,9 +31,10 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mert.data.probe_tasks import TASKS, probe_jobs, split_clips
 
 __all__ = [
     "main",
@@ -48,82 +49,6 @@ __all__ = [
 
 # Hand-crafted baselines, each a mert.probe.handcrafted.HandcraftedEncoder kind.
 HANDCRAFTED_KINDS = ("mfcc", "chroma", "cqt", "mel", "mfcc+chroma+cqt")
-_PROBE_SEED_BASE = 10**12  # probe clip seeds start here; corpus clip seeds are seed * 1_000_003 + index
-
-
-@dataclass(frozen=True)
-class ProbeTask:
-    """A demo probe task: which clips to render and which label to predict."""
-
-    name: str
-    kind: str  # render_clip kind
-    field: str  # ClipLabels field that holds the class
-    classes: tuple
-    override: str  # render_clip argument that fixes the class
-    arrangements: tuple[str, ...] = ()  # music only: arrangements to draw from (weighted as in the corpus)
-
-
-def _tasks() -> dict[str, ProbeTask]:
-    from mert.data.synthetic import ARRANGEMENTS, CHORDS, INSTRUMENTS, TEMPI_BPM
-
-    pitched = tuple(a for a, (parts, _) in ARRANGEMENTS.items() if {"melody", "chords"} & set(parts))
-    drummed = tuple(a for a, (parts, _) in ARRANGEMENTS.items() if "drums" in parts)
-    tasks = [
-        ProbeTask("key", "music", "key", tuple(range(12)), "key", pitched),  # a key needs harmony or melody
-        ProbeTask("instrument", "note", "instrument", INSTRUMENTS, "instrument"),
-        ProbeTask("tempo", "music", "tempo_bpm", TEMPI_BPM, "tempo_bpm", drummed),
-        ProbeTask("pitch", "note", "pitch", tuple(range(12)), "pitch"),
-        ProbeTask("chord", "chord", "chord", tuple(CHORDS), "chord"),
-    ]
-    return {t.name: t for t in tasks}
-
-
-TASKS = _tasks()
-
-
-def probe_jobs(task: ProbeTask, n: int, seconds: float, sample_rate: int, seed: int, task_index: int) -> list:
-    """``render_clip`` arguments of ``n`` class-balanced clips of ``task`` (class ``i % C`` for clip ``i``).
-
-    Seeds start at 10^12 (plus 10^9 per task and 10^6 per demo seed), far from the corpus's
-    ``seed * 1_000_003 + index``, so no probe clip is ever a pretraining clip.
-    """
-    import numpy as np
-
-    from mert.data.synthetic import ARRANGEMENTS
-
-    rng = np.random.default_rng([seed, task_index])
-    jobs = []
-    for i in range(n):
-        job: dict[str, Any] = dict(
-            seconds=seconds,
-            sample_rate=sample_rate,
-            seed=_PROBE_SEED_BASE + task_index * 10**9 + seed * 10**6 + i,
-            kind=task.kind,
-        )
-        job[task.override] = task.classes[i % len(task.classes)]
-        if task.arrangements:  # drawn with the corpus's weights among the arrangements the task can use
-            w = np.array([ARRANGEMENTS[a][1] for a in task.arrangements])
-            job["arrangement"] = task.arrangements[int(rng.choice(len(w), p=w / w.sum()))]
-        jobs.append(job)
-    return jobs
-
-
-def split_clips(task: ProbeTask, rendered: Sequence) -> dict[str, tuple[list, list]]:
-    """Rendered ``(wav, labels)`` of :func:`probe_jobs` split 60/20/20 within each class, in order.
-
-    Returns:
-        ``{"train" | "val" | "test": (clips, class indices)}``.
-    """
-    per_class: dict[int, list] = {}
-    for wav, labels in rendered:
-        per_class.setdefault(task.classes.index(getattr(labels, task.field)), []).append(wav)
-    splits: dict[str, tuple[list, list]] = {"train": ([], []), "val": ([], []), "test": ([], [])}
-    for c, clips in sorted(per_class.items()):
-        a, b = round(0.6 * len(clips)), round(0.8 * len(clips))
-        for name, part in (("train", clips[:a]), ("val", clips[a:b]), ("test", clips[b:])):
-            splits[name][0].extend(part)
-            splits[name][1].extend([c] * len(part))
-    return splits
 
 
 def _best_by_val(per: dict[str, dict[str, float]]) -> str:
@@ -301,6 +226,80 @@ def _probe_all(
     return results
 
 
+# The demo's acoustic teachers (docs/teachers.md, "Which teacher when"), by name and description.
+DEMO_TEACHERS = {
+    "kmeans": "k-means",
+    "rvq": "learned RVQ",
+    "kmeans+rvq": "k-means + learned RVQ",
+    "random_projection": "random-projection",
+}
+# The demo-sized RVQ teacher: 4 x 128 codes of 128-band log-mel frames (the corpus has ~72k frames), 600 steps.
+DEMO_RVQ = {"num_codebooks": 4, "codebook_size": 128, "dim": 32, "n_mels": 128}
+DEMO_RVQ_STEPS = 600
+
+
+def _teacher_files(settings: Any) -> list[str]:
+    """Every ``path`` in a (nested) teacher configuration: the fitted files the cached targets depend on."""
+    if isinstance(settings, dict):
+        return [p for k, v in settings.items() for p in ([v] if k == "path" and v else _teacher_files(v))]
+    if isinstance(settings, list):
+        return [p for v in settings for p in _teacher_files(v)]
+    return []
+
+
+def _fit_kmeans(path: Path, wavs: list[Path], seed: int, stage: Any) -> None:
+    from mert.targets import KMeansTargets
+
+    if not path.is_file():
+        stage("2/5 fitting the acoustic teacher: k-means on MFCC and chroma frames")
+        KMeansTargets.fit(wavs, num_clusters=64, seed=seed, progress=False).save(path)
+
+
+def _fit_rvq(path: Path, wavs: list[Path], seed: int, stage: Any, config: Any) -> None:
+    from mert.targets import RVQTargets, fit_rvq
+
+    if path.is_file():
+        try:  # reuse only the same teacher settings (the corpus is checked by corpus_spec.json)
+            reuse = RVQTargets.load(path).config == config
+        except (OSError, ValueError):
+            reuse = False
+        if not reuse:
+            path.unlink()
+    if not path.is_file():
+        stage(
+            "2/5 fitting the acoustic teacher: residual VQ "
+            f"({config.num_codebooks} x {config.codebook_size} codes) on {config.input} frames"
+        )
+        teacher = fit_rvq(wavs, config, steps=DEMO_RVQ_STEPS, batch_frames=2048, seed=seed, progress=False)
+        teacher.save(path)
+        ppl = ", ".join(f"{p:.0f}" for p in teacher.fit_info["perplexity"])
+        stage(f"    held-out reconstruction MSE {teacher.fit_info['held_out_mse']:.3f}, perplexity {ppl}")
+
+
+def _fit_teacher(name: str, corpus: Path, out: Path, seed: int, stage: Any, *, rvq_input: str = "logmel") -> list[str]:
+    """Fit (or reuse) the demo's acoustic teacher; return the Hydra overrides that select it."""
+    from mert.targets import RVQConfig
+
+    wavs = sorted(corpus.glob("*.wav"))
+    if name == "kmeans":
+        _fit_kmeans(out / "kmeans.pt", wavs, seed, stage)
+        return [f"targets.code_teacher.path={out / 'kmeans.pt'}"]
+    if name == "rvq":
+        _fit_rvq(out / "rvq.pt", wavs, seed, stage, RVQConfig(**DEMO_RVQ, input=rvq_input))
+        return ["targets=rvq_cqt", f"targets.code_teacher.path={out / 'rvq.pt'}"]
+    if name == "kmeans+rvq":  # 2 x 64 k-means codes (MFCC, chroma) + 2 x 64 RVQ codes
+        _fit_kmeans(out / "kmeans.pt", wavs, seed, stage)
+        config = RVQConfig(**{**DEMO_RVQ, "num_codebooks": 2, "codebook_size": 64}, input=rvq_input)
+        _fit_rvq(out / "rvq64.pt", wavs, seed, stage, config)
+        return [
+            "targets=kmeans_rvq_cqt",
+            f"targets.code_teacher.teachers.0.path={out / 'kmeans.pt'}",
+            f"targets.code_teacher.teachers.1.path={out / 'rvq64.pt'}",
+        ]
+    stage("2/5 acoustic teacher: random projections of log-mel frames (BEST-RQ; nothing to fit)")
+    return ["targets=rp_cqt"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="mert demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -313,6 +312,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--note-seconds", type=float, default=2.0, help="length of note and chord probe clips (default 2)")
     ap.add_argument("--segment-seconds", type=float, default=2.0, help="length of the pretraining segments")
     ap.add_argument("--model", default="small", help="model config group (small, tiny)")
+    ap.add_argument(
+        "--teacher",
+        choices=list(DEMO_TEACHERS),
+        default="kmeans",
+        help="acoustic teacher next to the CQT: kmeans (MFCC + chroma, the default), rvq (a residual VQ fitted on "
+        "the corpus's log-mel frames) or random_projection (BEST-RQ); docs/teachers.md compares them",
+    )
+    ap.add_argument(
+        "--rvq-input",
+        choices=["logmel", "cqt"],
+        default="logmel",
+        help="frames the --teacher rvq quantises: 128-band log-mel (default) or 84-bin log-CQT",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for the pretraining run, e.g. optim.lr=3e-3")
     args = ap.parse_args(argv)
@@ -335,7 +347,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mert.data.shards import write_shards
     from mert.data.synthetic import GENERATOR_VERSION, render_clips, write_synthetic_corpus
     from mert.lightning.train import run
-    from mert.targets import KMeansTargets
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -354,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec.update(generator=GENERATOR_VERSION, segment_seconds=args.segment_seconds)
     spec_file = out / "corpus_spec.json"
     if not spec_file.is_file() or json.loads(spec_file.read_text()) != spec:
-        for stale in (corpus, out / "shards", out / "kmeans.pt"):
+        for stale in (corpus, out / "shards", out / "kmeans.pt", out / "rvq.pt", out / "rvq64.pt"):
             if stale.is_dir():
                 shutil.rmtree(stale)
             elif stale.exists():
@@ -368,17 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = out / "train.tsv"
     write_manifest(manifest, scan_audio(corpus, progress=False).entries)
 
-    km_path = out / "kmeans.pt"
-    if not km_path.is_file():
-        stage("2/5 fitting the acoustic teacher: k-means on MFCC and chroma frames")
-        km = KMeansTargets.fit(sorted(corpus.glob("*.wav")), num_clusters=64, seed=args.seed, progress=False)
-        km.save(km_path)
+    teacher_overrides = _fit_teacher(args.teacher, corpus, out, args.seed, stage, rvq_input=args.rvq_input)
     # The run's configuration first: the shards cache the targets of the teachers it configures (a CQT with the
     # recipe's compression), and the run refuses shards made by other teachers.
     overrides = [
         "experiment=demo_cpu",
         f"model={args.model}",
-        f"targets.code_teacher.path={km_path}",
+        *teacher_overrides,
         f"data.shards={out / 'shards'}",
         f"trainer.max_steps={args.max_steps}",
         # demo_cpu decays the LR to 0 at max_steps; the warm-up (50 steps at the default 500) must fit inside it.
@@ -399,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from omegaconf import OmegaConf, open_dict
 
     teacher_key = OmegaConf.to_yaml(cfg.targets, resolve=True) + f"segment={args.segment_seconds}"
+    for fitted in _teacher_files(OmegaConf.to_container(cfg.targets.code_teacher, resolve=True)):
+        teacher_key += hashlib.sha256(Path(fitted).read_bytes()).hexdigest()  # refitted teachers get new shards
     shards = out / f"shards-{hashlib.sha256(teacher_key.encode()).hexdigest()[:10]}"
     with open_dict(cfg):
         cfg.data.shards = str(shards)
@@ -406,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (shards / "index.json").is_file():
         from hydra.utils import instantiate
 
-        stage("    caching k-means codes and CQT targets of fixed segments in shards")
+        stage(f"    caching {DEMO_TEACHERS[args.teacher]} codes and CQT targets of fixed segments in shards")
         teachers = {
             "codes": instantiate(cfg.targets.code_teacher),
             "features": instantiate(cfg.targets.feature_teacher),
@@ -423,7 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     timings["data_and_teacher"] = time.perf_counter() - t0
 
-    stage(f"3/5 pretraining a '{args.model}' encoder: {args.max_steps} steps (cached k-means codes + CQT targets)")
+    stage(
+        f"3/5 pretraining a '{args.model}' encoder: {args.max_steps} steps (cached {DEMO_TEACHERS[args.teacher]} "
+        "codes + CQT targets)"
+    )
     t_train = time.perf_counter()
     if (out / "run").exists():
         # Each invocation pretrains afresh (corpus, teacher and shards are kept).

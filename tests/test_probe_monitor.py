@@ -166,3 +166,43 @@ def test_tiny_cpu_pretraining_writes_monitor(tmp_path):
     assert sum(bool(r["monitor/mean_best"]) for r in metrics) == 2
     pytest.importorskip("matplotlib")
     assert (run / "monitor" / "curves.png").stat().st_size > 1000
+
+
+def test_probe_task_set_is_balanced_labelled_per_task_and_averaged_over_splits():
+    """`synthetic_set="probe_tasks"`: each task on its own class-balanced clips (the demo's tasks, other seeds),
+    split 60/20/20 within every class, and scores averaged over `split_repeats` seeded splits."""
+    from mert.data.probe_tasks import TASKS as PROBE_TASKS
+    from mert.data.probe_tasks import probe_jobs
+    from mert.lightning.probe_monitor import _split_indices, score_features
+
+    tasks = ["pitch", "chord"]
+    h = HeldOutSet.probe_tasks(tasks, clips=60, seconds=1.0, note_seconds=0.5, sample_rate=24000, repeats=3)
+    assert len(h.clips) == 120 and h.clips[0].shape == (12000,) and len(h.split_sets) == 3
+    for i, t in enumerate(tasks):
+        y = h.labels[t]
+        mine = y >= 0
+        assert mine.sum() == 60 and (mine[:60] if i == 0 else mine[60:]).all()  # labelled for its own task only
+        assert np.bincount(y[mine]).tolist() == [60 // len(PROBE_TASKS[t].classes)] * len(PROBE_TASKS[t].classes)
+        for splits in h.split_sets:  # every class in every split
+            for idx in _split_indices(h, t, splits):
+                assert set(y[idx]) == set(range(len(PROBE_TASKS[t].classes)))
+    assert not all((s == h.splits).all() for s in h.extra_splits)
+    # Not the demo's final test clips: another seed base.
+    demo_seeds = {j["seed"] for j in probe_jobs(PROBE_TASKS["pitch"], 60, 0.5, 24000, 0, 3)}
+    from mert.lightning.probe_monitor import PROBE_TASK_SEED_BASE
+
+    assert max(demo_seeds) + 10**10 < PROBE_TASK_SEED_BASE
+    again = HeldOutSet.probe_tasks(tasks, clips=60, seconds=1.0, note_seconds=0.5, sample_rate=24000, repeats=3)
+    assert all(torch.equal(a, b) for a, b in zip(h.clips, again.clips))
+    # Averaged scores: the mean of the per-split probes.
+    feats = torch.randn(120, 2, 6, generator=torch.Generator().manual_seed(0))
+    avg = score_features(feats, h)
+    singles = [score_features(feats, HeldOutSet(h.clips, h.labels, h.classes, s, 24000, "x")) for s in h.split_sets]
+    for t in tasks:
+        for layer in range(2):
+            expected = np.mean([sc[t].layers[layer].test for sc in singles])
+            assert avg[t].layers[layer].test == pytest.approx(expected)
+    with pytest.raises(ValueError, match="unknown probe task"):
+        HeldOutSet.probe_tasks(["tempo_bpm"], clips=10, seconds=0.5, sample_rate=24000)
+    with pytest.raises(ValueError, match="synthetic_set"):
+        ProbeMonitor(synthetic_set="demo")

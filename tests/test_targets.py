@@ -28,9 +28,12 @@ from mert.targets import (
     FrameFeatures,
     KMeansTargets,
     RandomProjectionTargets,
+    RVQConfig,
+    RVQTargets,
     Teacher,
     build_teacher,
     fit_kmeans_cli,
+    fit_rvq,
     teacher_from_settings,
 )
 
@@ -119,11 +122,27 @@ def kmeans_file(kmeans_fitted, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def teachers(encodec_teacher, cqt_teacher, rp_teacher, kmeans_fitted) -> dict[str, Teacher]:
-    return {"encodec": encodec_teacher, "cqt": cqt_teacher, "random_projection": rp_teacher, "kmeans": kmeans_fitted}
+def rvq_teacher(audio_dir, tmp_path_factory) -> RVQTargets:
+    """A tiny learned RVQ teacher (tests/test_rvq.py tests the fit itself), saved so it has settings."""
+    config = RVQConfig(n_mels=32, n_fft=1024, dim=8, num_codebooks=2, codebook_size=16)
+    files = sorted(audio_dir.glob("clip*.wav"))
+    teacher = fit_rvq(files, config, steps=20, batch_frames=256, progress=False)
+    teacher.save(tmp_path_factory.mktemp("rvq") / "rvq.pt")
+    return teacher
 
 
-NAMES = ("encodec", "cqt", "random_projection", "kmeans")
+@pytest.fixture(scope="module")
+def teachers(encodec_teacher, cqt_teacher, rp_teacher, kmeans_fitted, rvq_teacher) -> dict[str, Teacher]:
+    return {
+        "encodec": encodec_teacher,
+        "cqt": cqt_teacher,
+        "random_projection": rp_teacher,
+        "kmeans": kmeans_fitted,
+        "rvq": rvq_teacher,
+    }
+
+
+NAMES = ("encodec", "cqt", "random_projection", "kmeans", "rvq")
 
 
 # ---------------------------------------------------------------------------------------------- all teachers
@@ -447,7 +466,7 @@ def test_encodec_missing_or_foreign_file(tmp_path):
         EncodecTargets(weights=foreign)
 
 
-def test_padded_batch_targets_equal_each_clip_alone():
+def test_padded_batch_targets_equal_each_clip_alone(rvq_teacher):
     """With lengths, every teacher computes each clip on its own samples: padding never changes targets."""
     from mert.data.synthetic import render_clip
     from mert.targets import CQTTargets, RandomProjectionTargets
@@ -457,7 +476,7 @@ def test_padded_batch_targets_equal_each_clip_alone():
     batch = torch.zeros(2, len(a))
     batch[0], batch[1, : len(b)] = a, b
     lengths = torch.tensor([len(a), len(b)])
-    for teacher in (CQTTargets(), RandomProjectionTargets()):
+    for teacher in (CQTTargets(), RandomProjectionTargets(), rvq_teacher):
         together = teacher(batch, lengths)
         alone = teacher(b[None])
         t = alone.shape[1]

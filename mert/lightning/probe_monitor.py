@@ -24,7 +24,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ __all__ = [
 # Training corpora render clip i of corpus seed s from seed s * 1_000_003 + i, and the demo probes from
 # 10_000_000 + ...: clips from 20_500_000 on cannot be training clips for any corpus under 500k clips.
 SYNTHETIC_SEED_BASE = 20_500_000
+# Probe-task clips: mert.data.probe_tasks seeds from this base (the demo's final test clips start at 10^12).
+PROBE_TASK_SEED_BASE = SYNTHETIC_SEED_BASE * 10**5
 HANDCRAFTED = ("mfcc", "chroma", "cqt", "mfcc+chroma+cqt")
 RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4)  # on standardised features: X^T X has diagonal N_train
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -83,7 +85,9 @@ class HeldOutSet:
         classes: task -> class names.
         splits: ``(N,)`` ``train``/``valid``/``test``.
         sample_rate: Hz.
-        source: ``synthetic`` or the manifest path.
+        source: ``synthetic``, ``probe tasks`` or the manifest path.
+        extra_splits: further seeded splits of the same clips; scores are averaged over ``[splits, *extra_splits]``
+            (a few dozen test clips make one split's accuracy jump by several points).
     """
 
     clips: list[Tensor]
@@ -92,10 +96,15 @@ class HeldOutSet:
     splits: np.ndarray
     sample_rate: int
     source: str
+    extra_splits: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def split_sets(self) -> list[np.ndarray]:
+        return [self.splits, *self.extra_splits]
 
     @classmethod
     def synthetic(
-        cls, tasks: Sequence[str], *, clips: int, seconds: float, sample_rate: int, seed: int = 0
+        cls, tasks: Sequence[str], *, clips: int, seconds: float, sample_rate: int, seed: int = 0, repeats: int = 1
     ) -> HeldOutSet:
         """Render ``clips`` clips of ``seconds`` with :func:`mert.data.synthetic.render_clip`; ``tasks`` are
         fields of its ``ClipLabels`` (whatever ``to_dict()`` returns), each treated as categorical. A field
@@ -126,7 +135,46 @@ class HeldOutSet:
             raw.append(
                 {t: "" if t in not_applicable and values[t] == not_applicable[t] else str(values[t]) for t in known}
             )
-        return cls._finish(waves, {t: [r[t] for r in raw] for t in known}, None, sample_rate, "synthetic", seed)
+        labels = {t: [r[t] for r in raw] for t in known}
+        return cls._finish(waves, labels, None, sample_rate, "synthetic", seed, repeats=repeats)
+
+    @classmethod
+    def probe_tasks(
+        cls,
+        tasks: Sequence[str],
+        *,
+        clips: int,
+        seconds: float,
+        sample_rate: int,
+        seed: int = 0,
+        note_seconds: float | None = None,
+        repeats: int = 1,
+    ) -> HeldOutSet:
+        """``clips`` class-balanced clips per task of :mod:`mert.data.probe_tasks` (``mert demo``'s tasks: key,
+        instrument, tempo, pitch, chord), each labelled for its own task only, split 60/20/20 within each class.
+
+        Music clips are ``seconds`` long, notes and chords ``note_seconds`` (default: ``seconds``). Their seeds
+        are neither corpus seeds nor the demo's final test clips (``SYNTHETIC_SEED_BASE`` x 10^5).
+        """
+        from mert.data.probe_tasks import TASKS, probe_jobs
+        from mert.data.synthetic import render_clip
+
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"probe monitor: unknown probe task(s) {unknown}; the probe tasks are {list(TASKS)}")
+        waves, raw, strata = [], {t: [] for t in tasks}, []
+        for name in tasks:
+            task, index = TASKS[name], list(TASKS).index(name)
+            length = seconds if task.kind == "music" else (note_seconds or seconds)
+            jobs = probe_jobs(task, clips, length, sample_rate, seed, index, seed_base=PROBE_TASK_SEED_BASE)
+            for job in jobs:
+                wav, lab = render_clip(**job)
+                waves.append(torch.from_numpy(np.asarray(wav, dtype=np.float32)))
+                value = str(getattr(lab, task.field))
+                for t in tasks:
+                    raw[t].append(value if t == name else "")
+                strata.append(f"{name}:{value}")
+        return cls._finish(waves, raw, None, sample_rate, "probe tasks", seed, repeats=repeats, strata=np.array(strata))
 
     @classmethod
     def from_manifest(
@@ -139,6 +187,7 @@ class HeldOutSet:
         sample_rate: int,
         seed: int = 0,
         root: str | os.PathLike | None = None,
+        repeats: int = 1,
     ) -> HeldOutSet:
         """Read a ``mert probe`` manifest (``path,label[,split][,start,end]``); ``tasks`` name its label columns
         (``label`` and any others). At most ``clips`` rows (a seeded subset) and ``seconds`` from each clip's
@@ -173,7 +222,7 @@ class HeldOutSet:
         if any(s is not None for s in given) and not all(s is not None for s in given):
             raise ValueError(f"probe monitor: some rows of {str(path)!r} have a split and some do not")
         splits = np.array(given, dtype=object) if given[0] is not None else None
-        return cls._finish(waves, raw, splits, sample_rate, str(path), seed)
+        return cls._finish(waves, raw, splits, sample_rate, str(path), seed, repeats=repeats)
 
     @classmethod
     def _finish(
@@ -184,6 +233,9 @@ class HeldOutSet:
         sample_rate: int,
         source: str,
         seed: int,
+        *,
+        repeats: int = 1,
+        strata: np.ndarray | None = None,
     ) -> HeldOutSet:
         from mert.probe.tasks import seeded_split
 
@@ -192,16 +244,20 @@ class HeldOutSet:
             labels[t], classes[t] = _encode_labels(values)
             if len(classes[t]) < 2:
                 raise ValueError(f"probe monitor: task {t!r} has {len(classes[t])} class(es) in {source}; need 2+")
-        if splits is None:  # stratified by the first task, so every split sees its classes
-            splits = seeded_split(next(iter(labels.values())), seed, SPLIT_FRACTIONS)
+        extra = []
+        if splits is None:  # stratified (by default by the first task), so every split sees its classes
+            strata = next(iter(labels.values())) if strata is None else strata
+            splits = seeded_split(strata, seed, SPLIT_FRACTIONS)
+            extra = [seeded_split(strata, seed + r, SPLIT_FRACTIONS) for r in range(1, max(1, repeats))]
         for t, y in labels.items():
-            for s in ("train", "valid", "test"):
-                if not ((splits == s) & (y >= 0)).any():
-                    raise ValueError(
-                        f"probe monitor: task {t!r} has no labelled clip in the {s} split of {source} "
-                        f"({len(waves)} clips); add clips"
-                    )
-        return cls(waves, labels, classes, splits, int(sample_rate), source)
+            for sp in [splits, *extra]:
+                for s in ("train", "valid", "test"):
+                    if not ((sp == s) & (y >= 0)).any():
+                        raise ValueError(
+                            f"probe monitor: task {t!r} has no labelled clip in the {s} split of {source} "
+                            f"({len(waves)} clips); add clips"
+                        )
+        return cls(waves, labels, classes, splits, int(sample_rate), source, extra)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -210,6 +266,7 @@ class HeldOutSet:
             "seconds": round(sum(len(c) for c in self.clips) / self.sample_rate, 3),
             "sample_rate": self.sample_rate,
             "splits": {s: int((self.splits == s).sum()) for s in ("train", "valid", "test")},
+            "split_repeats": len(self.split_sets),
             "classes": self.classes,
         }
 
@@ -349,34 +406,46 @@ class TaskScores:
         return self.layers[self.best_layer]
 
 
-def _split_indices(held_out: HeldOutSet, task: str) -> list[np.ndarray]:
+def _split_indices(held_out: HeldOutSet, task: str, splits: np.ndarray | None = None) -> list[np.ndarray]:
     labelled = held_out.labels[task] >= 0
-    return [np.flatnonzero(labelled & (held_out.splits == s)) for s in ("train", "valid", "test")]
+    splits = held_out.splits if splits is None else splits
+    return [np.flatnonzero(labelled & (splits == s)) for s in ("train", "valid", "test")]
+
+
+def _mean_result(results: Sequence[RidgeResult]) -> RidgeResult:
+    """Validation and test accuracy averaged over splits (the alpha reported is the first split's)."""
+    return RidgeResult(
+        float(np.mean([r.val for r in results])), float(np.mean([r.test for r in results])), results[0].alpha
+    )
 
 
 def score_features(feats: Tensor, held_out: HeldOutSet) -> dict[str, TaskScores]:
-    """A ridge probe per task and per layer of ``(N, n, d)`` features."""
+    """A ridge probe per task and per layer of ``(N, n, d)`` features, averaged over the held-out set's splits."""
     out = {}
     for task, labels in held_out.labels.items():
-        idx = _split_indices(held_out, task)
         y = torch.from_numpy(labels)
         layers = []
         for i in range(feats.shape[1]):
-            x = feats[:, i]
-            args = [t for j in idx for t in (x[j], y[j])]
-            layers.append(ridge_probe(*args, num_classes=len(held_out.classes[task])))
+            x, per_split = feats[:, i], []
+            for splits in held_out.split_sets:
+                args = [t for j in _split_indices(held_out, task, splits) for t in (x[j], y[j])]
+                per_split.append(ridge_probe(*args, num_classes=len(held_out.classes[task])))
+            layers.append(_mean_result(per_split))
         best = max(range(len(layers)), key=lambda i: (layers[i].val, -i))
         out[task] = TaskScores(tuple(layers), best)
     return out
 
 
 def chance_scores(held_out: HeldOutSet) -> dict[str, RidgeResult]:
-    """Accuracy of always answering the training split's most frequent class."""
+    """Accuracy of always answering the training split's most frequent class (averaged over the splits)."""
     out = {}
     for task, labels in held_out.labels.items():
-        tr, va, te = (labels[j] for j in _split_indices(held_out, task))
-        majority = int(np.bincount(tr).argmax())
-        out[task] = RidgeResult(float((va == majority).mean()), float((te == majority).mean()), 0.0)
+        per_split = []
+        for splits in held_out.split_sets:
+            tr, va, te = (labels[j] for j in _split_indices(held_out, task, splits))
+            majority = int(np.bincount(tr).argmax())
+            per_split.append(RidgeResult(float((va == majority).mean()), float((te == majority).mean()), 0.0))
+        out[task] = _mean_result(per_split)
     return out
 
 
@@ -486,12 +555,18 @@ class ProbeMonitor(pl.Callback):
     Args:
         every_n_steps: optimiser steps between evaluations (also one when training ends).
         manifest: a ``mert probe`` manifest of labelled audio; None renders a synthetic set in memory.
-        tasks: the synthetic set's tasks: fields of ``mert.data.synthetic.ClipLabels``, each categorical.
+        tasks: the synthetic set's tasks: with ``synthetic_set="mixture"``, fields of
+            ``mert.data.synthetic.ClipLabels`` on clips of the training mixture, each categorical; with
+            ``"probe_tasks"``, names of :mod:`mert.data.probe_tasks` (``mert demo``'s key, instrument, tempo,
+            pitch, chord), each on its own class-balanced clips.
+        synthetic_set: ``"mixture"`` or ``"probe_tasks"`` (see ``tasks``); ignored with a manifest.
         manifest_tasks: the manifest's label columns, one task each (``label`` and any extra columns).
         root: folder of the manifest's relative paths (default: the manifest's folder).
-        clips: held-out clips (a seeded subset of a longer manifest); split 60/20/20 unless the manifest
-            has a ``split`` column.
+        clips: held-out clips (a seeded subset of a longer manifest; per task with ``"probe_tasks"``); split
+            60/20/20 unless the manifest has a ``split`` column.
         seconds: audio per clip (the middle of longer files).
+        note_seconds: length of the note and chord clips of ``"probe_tasks"`` (default: ``seconds``).
+        split_repeats: seeded splits the scores are averaged over (without a manifest ``split`` column).
         seed: the random-init reference's initialisation seed and the split seed.
         run_dir: where ``monitor/`` is written (default: the trainer's ``default_root_dir``).
         handcrafted: hand-crafted references (``mert.probe.handcrafted.HandcraftedEncoder`` kinds).
@@ -506,18 +581,25 @@ class ProbeMonitor(pl.Callback):
         tasks: Sequence[str] = ("key", "instrument", "tempo_bpm", "style"),
         manifest_tasks: Sequence[str] = ("label",),
         root: str | os.PathLike | None = None,
+        synthetic_set: str = "mixture",
         clips: int = 120,
         seconds: float = 3.0,
+        note_seconds: float | None = None,
+        split_repeats: int = 1,
         seed: int = 0,
         run_dir: str | os.PathLike | None = None,
         handcrafted: Sequence[str] = HANDCRAFTED,
         batch_size: int = 16,
     ):
-        if every_n_steps < 1 or clips < 5 or seconds <= 0 or batch_size < 1:
+        if every_n_steps < 1 or clips < 5 or seconds <= 0 or batch_size < 1 or split_repeats < 1:
             raise ValueError(
-                f"probe monitor: need every_n_steps >= 1, clips >= 5, seconds > 0 and batch_size >= 1, got "
-                f"{every_n_steps}, {clips}, {seconds}, {batch_size}"
+                f"probe monitor: need every_n_steps >= 1, clips >= 5, seconds > 0, batch_size >= 1 and "
+                f"split_repeats >= 1, got {every_n_steps}, {clips}, {seconds}, {batch_size}, {split_repeats}"
             )
+        if synthetic_set not in ("mixture", "probe_tasks"):
+            raise ValueError(f"probe monitor: synthetic_set must be 'mixture' or 'probe_tasks', got {synthetic_set!r}")
+        self.synthetic_set, self.split_repeats = synthetic_set, int(split_repeats)
+        self.note_seconds = None if note_seconds is None else float(note_seconds)
         self.every_n_steps = int(every_n_steps)
         self.manifest = None if manifest in (None, "") else str(manifest)
         self.tasks = list(manifest_tasks if self.manifest else tasks)
@@ -549,9 +631,15 @@ class ProbeMonitor(pl.Callback):
         if self.held_out is None or self.held_out.sample_rate != sample_rate:
             common = {"clips": self.clips, "seconds": self.seconds, "sample_rate": sample_rate, "seed": self.seed}
             if self.manifest:
-                self.held_out = HeldOutSet.from_manifest(self.manifest, self.tasks, root=self.root, **common)
+                self.held_out = HeldOutSet.from_manifest(
+                    self.manifest, self.tasks, root=self.root, **common, repeats=self.split_repeats
+                )
+            elif self.synthetic_set == "probe_tasks":
+                self.held_out = HeldOutSet.probe_tasks(
+                    self.tasks, **common, note_seconds=self.note_seconds, repeats=self.split_repeats
+                )
             else:
-                self.held_out = HeldOutSet.synthetic(self.tasks, **common)
+                self.held_out = HeldOutSet.synthetic(self.tasks, **common, repeats=self.split_repeats)
         return self.held_out
 
     # ------------------------------------------------------------------ hooks
@@ -566,6 +654,7 @@ class ProbeMonitor(pl.Callback):
         signature = {
             "held_out": {k: v for k, v in held_out.summary().items()},
             "tasks": self.tasks,
+            "synthetic_set": None if self.manifest else self.synthetic_set,
             "seed": self.seed,
             "encoder_config": encoder.config.to_dict(),
             "handcrafted": self.handcrafted,

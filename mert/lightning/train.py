@@ -204,6 +204,15 @@ def _build_encoder(cfg: Any, ckpt_path: str | None):
     return Encoder(EncoderConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True)))
 
 
+def _without_paths(settings: Any) -> Any:
+    """Teacher settings without their ``path`` entries, at any depth (a ConcatTargets nests its parts')."""
+    if isinstance(settings, dict):
+        return {k: _without_paths(v) for k, v in settings.items() if k != "path"}
+    if isinstance(settings, list):
+        return [_without_paths(v) for v in settings]
+    return settings
+
+
 def check_cached_targets(dataset: Any, teacher_settings: dict[str, dict[str, Any]]) -> None:
     """Refuse shards whose cached targets came from other teachers than the run configures.
 
@@ -214,8 +223,7 @@ def check_cached_targets(dataset: Any, teacher_settings: dict[str, dict[str, Any
     for role, settings in cached.items():
         if role not in teacher_settings or not isinstance(settings, dict):
             continue
-        mine = {k: v for k, v in teacher_settings[role].items() if k != "path"}
-        theirs = {k: v for k, v in settings.items() if k != "path"}
+        mine, theirs = _without_paths(teacher_settings[role]), _without_paths(settings)
         if mine != theirs:
             raise ValueError(
                 f"the shards' cached '{role}' targets were made by {theirs}, but this run configures {mine}; "

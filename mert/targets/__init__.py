@@ -1,28 +1,35 @@
 """Frozen teachers that produce pretraining targets on the encoder's 75 Hz grid.
 
 Every teacher maps ``(b, l)`` clean audio to ``(b, t, ...)`` targets with ``t = frame_lengths(l)``:
-``EncodecTargets`` and ``CQTTargets`` are MERT-v1's two teachers (spec section 2); ``RandomProjectionTargets``
-and ``KMeansTargets`` work without downloads. Importing this package is light: nnAudio, EnCodec and
-torchaudio load when a teacher is built.
+``EncodecTargets`` and ``CQTTargets`` are MERT-v1's two teachers (spec section 2); ``RandomProjectionTargets``,
+``KMeansTargets`` and ``RVQTargets`` (a residual VQ fitted on your corpus) work without downloads. Importing this
+package is light: nnAudio, EnCodec and torchaudio load when a teacher is built.
 """
 
 from mert.targets.base import Teacher
+from mert.targets.concat import ConcatTargets
 from mert.targets.cqt import CQTTargets
 from mert.targets.encodec import EncodecTargets
 from mert.targets.features import FrameFeatures
 from mert.targets.kmeans import KMeansTargets, fit_kmeans_cli
 from mert.targets.random_projection import RandomProjectionTargets
 from mert.targets.registry import TEACHERS, build_teacher, teacher_from_settings
+from mert.targets.rvq import RVQConfig, RVQTargets, fit_rvq, fit_rvq_cli
 
 __all__ = [
     "CQTTargets",
+    "ConcatTargets",
     "EncodecTargets",
     "FrameFeatures",
     "KMeansTargets",
+    "RVQConfig",
+    "RVQTargets",
     "RandomProjectionTargets",
     "TEACHERS",
     "Teacher",
     "build_teacher",
     "fit_kmeans_cli",
+    "fit_rvq",
+    "fit_rvq_cli",
     "teacher_from_settings",
 ]

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from mert.models.config import frame_lengths
 from mert.targets._common import check_hop, empty_targets
+from mert.targets._sampling import AUDIO_SUFFIXES, find_audio, sample_frames
 from mert.targets.base import Teacher
 from mert.targets.features import FEATURE_SETS, FrameFeatures, check_feature_sets
 
@@ -36,10 +37,6 @@ __all__ = ["KMeansTargets", "fit_kmeans_cli", "kmeans"]
 
 FORMAT = "mert.targets.kmeans"
 FORMAT_VERSION = 1
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
-# Long files are featurised in pieces so a 10-minute track does not need gigabytes of STFT at once; the
-# pieces' edges change a handful of frames, which does not matter for corpus statistics.
-_CHUNK_SECONDS = 30.0
 _ASSIGN_CHUNK = 65536  # rows per distance matrix in k-means
 
 
@@ -235,10 +232,6 @@ class KMeansTargets(Teacher):
         Raises:
             ValueError: no input could be used, or fewer frames than clusters.
         """
-        from tqdm import tqdm
-
-        from mert.audio import load_audio
-
         sets = check_feature_sets(list(feature_sets))
         if num_clusters < 2:
             raise ValueError(f"num_clusters must be at least 2, got {num_clusters}")
@@ -251,79 +244,28 @@ class KMeansTargets(Teacher):
         def num_frames(num_samples: int) -> int:  # the encoder's frames: the only ones targets ever have
             return int(frame_lengths(num_samples, tuple(conv_kernel), tuple(conv_stride)))
 
-        gen = torch.Generator().manual_seed(int(seed))
-        count = 0  # frames seen (all of them enter the statistics)
-        sums = {s: torch.zeros(extractor.dim(s), dtype=torch.float64) for s in sets}
-        sq_sums = {s: torch.zeros(extractor.dim(s), dtype=torch.float64) for s in sets}
-        # Bottom-k sampling: every frame gets a uniform random key and the max_frames smallest keys are kept,
-        # an exact uniform sample without replacement of the whole corpus in bounded memory. New frames wait
-        # in `pending` and are merged once they outnumber the sample, so each frame is copied O(1) times.
-        sample: dict[str, Tensor] = {s: torch.empty(0, extractor.dim(s)) for s in sets}
-        sample_keys = torch.empty(0)
-        pending: list[tuple[Tensor, dict[str, Tensor]]] = []
-        num_pending = 0
-
-        def merge() -> None:
-            nonlocal sample, sample_keys, pending, num_pending
-            keys = torch.cat([sample_keys, *(k for k, _ in pending)])
-            feats = {s: torch.cat([sample[s], *(f[s] for _, f in pending)]) for s in sets}
-            keep = keys.topk(min(max_frames, keys.shape[0]), largest=False).indices
-            sample_keys, sample = keys[keep], {s: f[keep] for s, f in feats.items()}
-            pending, num_pending = [], 0
-
-        if isinstance(audio, (str, os.PathLike)):  # one folder (searched recursively) or one file
-            audio = _find_audio(Path(audio)) if Path(audio).is_dir() else [audio]
-        items = audio if isinstance(audio, Sequence) else list(audio)
-        skipped: list[tuple[str, str]] = []
-        num_read = 0
-        chunk = int(_CHUNK_SECONDS * sample_rate)
-        for i, item in enumerate(tqdm(items, desc="k-means features", unit="file", disable=not progress)):
-            name = f"audio[{i}]" if isinstance(item, (Tensor, np.ndarray)) else str(item)
-            try:
-                if isinstance(item, (Tensor, np.ndarray)):
-                    wav = torch.as_tensor(item).float()
-                    wav = wav.mean(dim=0) if wav.dim() == 2 else wav
-                    if wav.dim() != 1:
-                        raise ValueError(f"expected a waveform (l,) or (channels, l), got shape {tuple(wav.shape)}")
-                else:
-                    wav, _ = load_audio(item, sample_rate=sample_rate)
-            except (OSError, ValueError, RuntimeError) as e:
-                skipped.append((name, str(e)))
-                continue
-            if not bool(torch.isfinite(wav).all()):
-                skipped.append((name, "contains NaN or infinite samples"))
-                continue
-            if num_frames(wav.shape[0]) == 0:
-                skipped.append((name, f"too short ({wav.shape[0]} samples) for even one encoder frame"))
-                continue
-            num_read += 1
-            for piece in wav.split(chunk):
-                t = num_frames(piece.shape[0])
-                if t == 0:
-                    continue
-                with torch.no_grad():
-                    feats = {s: f[0, :t] for s, f in extractor(piece[None], sets).items()}  # (t, d): encoder frames
-                count += t
-                for s, f in feats.items():
-                    sums[s] += f.double().sum(dim=0)
-                    sq_sums[s] += f.double().square().sum(dim=0)
-                pending.append((torch.rand(t, generator=gen), feats))
-                num_pending += t
-                if num_pending >= max_frames:
-                    merge()
-        if num_read == 0:
-            listed = "; ".join(f"{f}: {r}" for f, r in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-            raise ValueError(f"no usable audio among {len(skipped)} input(s) to fit k-means on: {listed}")
-        merge()
+        try:
+            got = sample_frames(
+                audio,
+                lambda wav: extractor(wav, sets),
+                {s: extractor.dim(s) for s in sets},
+                num_frames,
+                max_frames=max_frames,
+                sample_rate=sample_rate,
+                seed=seed,
+                progress=progress,
+                desc="k-means features",
+            )
+        except ValueError as e:
+            raise ValueError(f"{e} (fitting k-means)") from None
+        skipped = got.skipped
         if skipped:
             warnings.warn(f"k-means fit skipped {len(skipped)} unusable input(s); see .skipped_files", stacklevel=2)
-        centroids, mean, std, inertia = {}, {}, {}, {}
+        centroids, inertia = {}, {}
         for j, s in enumerate(sets):
-            m = sums[s] / count
-            mean[s] = m.float()
-            std[s] = (sq_sums[s] / count - m.square()).clamp_min(0).sqrt().float().clamp_min(1e-5)
-            z = (sample[s] - mean[s]) / std[s]
+            z = (got.frames[s] - got.mean[s]) / got.std[s]
             centroids[s], inertia[s] = kmeans(z, num_clusters, iters=iters, seed=seed + j)
+        mean, std = got.mean, got.std
         teacher = cls(
             centroids=centroids,
             mean=mean,
@@ -335,9 +277,9 @@ class KMeansTargets(Teacher):
         )
         teacher.skipped_files = skipped
         teacher.fit_info = {
-            "num_files": num_read,
-            "num_frames": count,
-            "num_frames_used": int(sample_keys.shape[0]),
+            "num_files": got.num_files,
+            "num_frames": got.num_frames,
+            "num_frames_used": int(next(iter(got.frames.values())).shape[0]),
             "num_clusters": num_clusters,
             "iters": iters,
             "seed": seed,
@@ -451,10 +393,6 @@ class KMeansTargets(Teacher):
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def _find_audio(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
-
-
 def fit_kmeans_cli(argv: list[str] | None = None) -> int:
     """``mert targets fit-kmeans AUDIO_DIR --out km.pt [--clusters N] [--features mfcc,chroma] ...``.
 
@@ -486,7 +424,7 @@ def fit_kmeans_cli(argv: list[str] | None = None) -> int:
     if not folder.is_dir():
         print(f"{prog}: {str(folder)!r} is not a folder", file=sys.stderr)
         return 2
-    files = _find_audio(folder)
+    files = find_audio(folder)
     if not files:
         print(f"{prog}: no audio files ({', '.join(AUDIO_SUFFIXES)}) under {str(folder)!r}", file=sys.stderr)
         return 1

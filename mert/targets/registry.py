@@ -9,10 +9,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mert.targets.base import Teacher
+from mert.targets.concat import ConcatTargets
 from mert.targets.cqt import CQTTargets
 from mert.targets.encodec import EncodecTargets
 from mert.targets.kmeans import KMeansTargets
 from mert.targets.random_projection import RandomProjectionTargets
+from mert.targets.rvq import RVQTargets
 
 __all__ = ["TEACHERS", "build_teacher", "teacher_from_settings"]
 
@@ -21,17 +23,29 @@ def _kmeans(*, path: str, sample_rate: int | None = None) -> KMeansTargets:
     return KMeansTargets.load(path, sample_rate=sample_rate)
 
 
+def _rvq(*, path: str, sample_rate: int | None = None, sha256: str | None = None) -> RVQTargets:
+    return RVQTargets.load(path, sample_rate=sample_rate, sha256=sha256)
+
+
+def _concat(*, teachers: list[Teacher | Mapping[str, Any]]) -> ConcatTargets:
+    return ConcatTargets([t if isinstance(t, Teacher) else teacher_from_settings(t) for t in teachers])
+
+
 TEACHERS: dict[str, Callable[..., Teacher]] = {
     "encodec": EncodecTargets,  # spec 2 acoustic teacher; needs the published weights
     "cqt": CQTTargets,  # spec 2 musical teacher
     "random_projection": RandomProjectionTargets,  # BEST-RQ; offline, no fitting
     "kmeans": _kmeans,  # MERT-v0 baseline; fitted with `mert targets fit-kmeans`
+    "rvq": _rvq,  # learned residual VQ on log-mel/CQT frames; fitted with `mert targets fit-rvq`
+    "concat": _concat,  # several code teachers' codebooks side by side
 }
 _BY_CLASS = {
     "EncodecTargets": "encodec",
     "CQTTargets": "cqt",
     "RandomProjectionTargets": "random_projection",
     "KMeansTargets": "kmeans",
+    "RVQTargets": "rvq",
+    "ConcatTargets": "concat",
 }
 
 
@@ -39,10 +53,12 @@ def build_teacher(name: str, **kwargs: Any) -> Teacher:
     """Build a teacher by name.
 
     Args:
-        name: ``"encodec"``, ``"cqt"``, ``"random_projection"`` or ``"kmeans"`` (``-`` and ``_`` are
-            interchangeable; class names such as ``"CQTTargets"`` work too).
+        name: ``"encodec"``, ``"cqt"``, ``"random_projection"``, ``"kmeans"``, ``"rvq"`` or ``"concat"``
+            (``-`` and ``_`` are interchangeable; class names such as ``"CQTTargets"`` work too).
         **kwargs: the teacher's constructor arguments; ``"kmeans"`` takes ``path=`` (a file written by
-            ``KMeansTargets.save`` or ``mert targets fit-kmeans``) and optionally ``sample_rate=``.
+            ``KMeansTargets.save`` or ``mert targets fit-kmeans``) and optionally ``sample_rate=``; ``"rvq"`` takes
+            ``path=`` (``mert targets fit-rvq``) and optionally ``sample_rate=`` and ``sha256=``; ``"concat"``
+            takes ``teachers=`` (teachers or their settings dicts).
     Raises:
         ValueError: unknown name.
     """
