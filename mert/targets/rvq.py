@@ -193,9 +193,11 @@ class ResidualVQ(nn.Module):
 
     @staticmethod
     def _nearest(x: Tensor, book: Tensor) -> Tensor:
-        """``(n, d), (v, d)`` -> ``(n,)`` index of the nearest code (squared Euclidean; first on ties)."""
-        d2 = x.square().sum(1, keepdim=True) - 2 * x @ book.T + book.square().sum(1)  # (n, v)
-        return d2.argmin(dim=1)
+        """``(n, d), (v, d)`` -> ``(n,)`` index of the nearest code (squared Euclidean; first on ties).
+
+        ``|x|^2`` is the same for every code of a row, so only ``|c|^2 - 2 x.c`` is formed: one fused GEMM.
+        """
+        return torch.addmm(book.square().sum(1), x, book.T, alpha=-2.0).argmin(dim=1)  # (n, v) -> (n,)
 
     @torch.no_grad()
     def init_from(self, z: Tensor, *, seed: int = 0, iters: int = 20) -> None:
@@ -500,7 +502,7 @@ def fit_rvq(
     audio: Iterable[str | os.PathLike | Tensor | np.ndarray] | str | os.PathLike,
     config: RVQConfig | None = None,
     *,
-    steps: int = 2000,
+    steps: int = 1000,
     batch_frames: int = 4096,
     lr: float = 1e-3,
     commitment: float = 0.25,
@@ -745,7 +747,7 @@ def fit_rvq_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=d.hidden, help="MLP hidden width; 0 = linear (default)")
     parser.add_argument("--codebooks", type=int, default=d.num_codebooks, help=f"default {d.num_codebooks}")
     parser.add_argument("--codebook-size", type=int, default=d.codebook_size, help=f"default {d.codebook_size}")
-    parser.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
     parser.add_argument("--batch-frames", type=int, default=4096, help="frames per step (default 4096)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-frames", type=int, default=300_000, help="frames sampled from the corpus")
