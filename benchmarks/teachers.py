@@ -49,13 +49,17 @@ def encodec_weights(folder: Path) -> Path:
 
 
 def builders(folder: Path, sample_rate: int, fit_wavs: list[torch.Tensor]) -> dict[str, Callable[[], Teacher]]:
-    from mert.targets import CQTTargets, EncodecTargets, KMeansTargets, RandomProjectionTargets
+    from mert.targets import CQTTargets, EncodecTargets, KMeansTargets, RandomProjectionTargets, RVQConfig, fit_rvq
 
     return {
         "encodec": lambda: EncodecTargets(weights=encodec_weights(folder), check_codes=False),
         "cqt": lambda: CQTTargets(sample_rate=sample_rate),
         "random_projection": lambda: RandomProjectionTargets(sample_rate=sample_rate),
         "kmeans": lambda: KMeansTargets.fit(fit_wavs, num_clusters=100, sample_rate=sample_rate, progress=False),
+        # The default teacher's size (8 x 1024 codes of 128-band log-mel); its cost does not depend on the fit.
+        "rvq": lambda: fit_rvq(
+            fit_wavs, RVQConfig(sample_rate=sample_rate), steps=5, batch_frames=1024, min_usage=0.0, progress=False
+        ),
     }
 
 
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="clips per batch")
     ap.add_argument("--seconds", type=float, default=5.0, help="clip length")
     ap.add_argument("--repeats", type=int, default=3, help="timed batches (after one warm-up); best is kept")
-    ap.add_argument("--teachers", default="encodec,cqt,random_projection,kmeans")
+    ap.add_argument("--teachers", default="encodec,cqt,random_projection,kmeans,rvq")
     ap.add_argument("--shard-minutes", type=float, default=4.0, help="audio for the shard timing (0: skip)")
     args = ap.parse_args(argv)
     if args.threads:
