@@ -38,3 +38,14 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def torch_save_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` to a temporary file renamed into place (folders created): never half a file at ``path``."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

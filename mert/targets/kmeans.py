@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mert.fileio import torch_save_atomic
 from mert.models.config import frame_lengths
 from mert.targets._common import check_hop, empty_targets
 from mert.targets._sampling import AUDIO_SUFFIXES, find_audio, sample_frames
@@ -309,10 +310,7 @@ class KMeansTargets(Teacher):
     def save(self, path: str | os.PathLike) -> Path:
         """Write the teacher with ``torch.save`` (atomically) and remember ``path`` for :meth:`settings`."""
         path = Path(path).expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(self.to_dict(), tmp)
-        os.replace(tmp, path)
+        torch_save_atomic(path, self.to_dict())
         self.path = path
         return path
 

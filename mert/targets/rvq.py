@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from mert.fileio import torch_save_atomic
 from mert.models.config import frame_lengths
 from mert.targets._common import check_hop, empty_targets
 from mert.targets._sampling import AUDIO_SUFFIXES, find_audio, sample_frames
@@ -382,11 +383,8 @@ class RVQTargets(Teacher):
     def save(self, path: str | os.PathLike) -> Path:
         """Write the teacher (atomically) and remember ``path`` and the checksum for :meth:`settings`."""
         path = Path(path).expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = self.to_dict()
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        torch_save_atomic(path, state)
         self.path, self.sha256 = path, state["sha256"]
         return path
 
@@ -634,11 +632,8 @@ def fit_rvq(
     def save_checkpoint(step: int) -> None:
         if ckpt is None:
             return
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_name(f".{ckpt.name}.tmp-{os.getpid()}")
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history}
-        torch.save({**state, "fingerprint": fingerprint}, tmp)
-        os.replace(tmp, ckpt)
+        torch_save_atomic(ckpt, {**state, "fingerprint": fingerprint})
 
     train_dev = train.to(device)
     if not bool(model.rvq.initialised):
