@@ -14,8 +14,9 @@ all equally; each figure is the best of the repeats. Prints, as Markdown:
 
 Systems: `fp32` (both models), `packed` (mert fp32 with `mert.models.modules.PACK_WEIGHTS`: faster, 4 bytes
 per parameter more memory), `autocast` (both under bf16 autocast), `bf16` (mert with bf16 weights, the
-documented fast path: `Encoder.from_pretrained(..., dtype=torch.bfloat16)`). Takes about 2 minutes for the
-default 30 s clip on 2 cores.
+documented fast path: `Encoder.from_pretrained(..., dtype=torch.bfloat16)`), `early` (mert fp32 and bf16 asked
+for one hidden state, `--layer`, default 7: `enc(wav, layers=7)` stops the transformer there; its FLOPs, speed-up
+and agreement count only what it computes). Takes about 2 minutes for the default 30 s clip on 2 cores.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's, the core count)")
-    ap.add_argument("--systems", default="fp32,packed,bf16,autocast", help="comma list of fp32, packed, bf16, autocast")
+    ap.add_argument(
+        "--systems", default="fp32,packed,bf16,autocast,early", help="comma list of fp32, packed, bf16, autocast, early"
+    )
+    ap.add_argument("--layer", type=int, default=7, help="the hidden state the early-exit rows ask for (default 7)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,15 +68,17 @@ def main() -> None:
     wav = music_like(int(args.seconds * sr), sr=sr, seed=0)
     systems = args.systems.split(",")
     flops = encoder_flops(enc.config, wav.shape[1])["total"]
+    early_flops = encoder_flops(enc.config, wav.shape[1], num_layers=args.layer)["total"]
 
     def hf_states(ctx):
         with torch.inference_mode(), ctx():
             o = hf(wav, output_hidden_states=True)
             return (*o.hidden_states[:-1], o.last_hidden_state)
 
-    def mert_states(model, ctx):
+    def mert_states(model, ctx, layers=None):
         with torch.inference_mode(), ctx():
-            return model(wav, sample_rate=sr).hidden_states
+            states = model(wav, sample_rate=sr, layers=layers).hidden_states
+        return tuple(s for s in states if s is not None)  # an early exit returns the states it computed
 
     def autocast():
         return torch.autocast("cpu", dtype=torch.bfloat16)
@@ -95,6 +101,12 @@ def main() -> None:
     if "bf16" in systems:
         enc_bf16 = copy.deepcopy(enc).to(torch.bfloat16)
         fns["mert bf16 weights"] = lambda: mert_states(enc_bf16, torch.no_grad)
+    if "early" in systems:
+        fns[f"mert fp32 layers={args.layer}"] = lambda: mert_states(enc, torch.no_grad, layers=args.layer)
+        if "bf16" in systems:
+            fns[f"mert bf16 weights layers={args.layer}"] = lambda: mert_states(
+                enc_bf16, torch.no_grad, layers=args.layer
+            )
     if "fp32" not in systems:
         raise SystemExit("--systems must include fp32 (the reference of every ratio)")
 
@@ -119,12 +131,14 @@ def main() -> None:
     t_ref = times["HubertModel fp32"]
     for name, t in times.items():
         peak = peaks["fp32 oneDNN"] if "fp32" in name else peaks["bf16 oneDNN"]
+        work = early_flops if "layers=" in name else flops
+        # zip stops at the states an early exit computed; HF's last entry is compared only for full passes.
         diff = max((a.float() - b).abs().max().item() for a, b in zip(outputs[name], ref_hf))
         cos = min(layer_cosines(outputs[name], ref_mert)) if "bf16" in name else float("nan")
         cos_s = f"{cos:.5f}" if cos == cos else "-"
         print(
-            f"| {name} | {t:.2f} | {args.seconds / t:.2f} | {t_ref / t:.2f}x | {flops / t / 1e9:.0f} | "
-            f"{100 * flops / t / 1e9 / peak:.0f} % | {diff:.2e} | {cos_s} |"
+            f"| {name} | {t:.2f} | {args.seconds / t:.2f} | {t_ref / t:.2f}x | {work / t / 1e9:.0f} | "
+            f"{100 * work / t / 1e9 / peak:.0f} % | {diff:.2e} | {cos_s} |"
         )
     bound = t_ref / (flops / (peaks["fp32 oneDNN"] * 1e9))
     print(

@@ -445,3 +445,61 @@ def test_gabor_frontend_init_is_a_constant_q_filterbank():
     other = Encoder(config("kaiming"))
     enc.load_state_dict(other.state_dict())
     assert torch.equal(enc.frontend.convs[0].conv.weight, other.frontend.convs[0].conv.weight)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_layers_argument_stops_after_the_deepest_requested_layer(name):
+    enc = _encoder(name)
+    L = enc.num_layers
+    assert L >= 2
+    calls = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: calls.append(m)) for layer in enc.transformer.layers]
+    wav = music_like(24000, batch=2)
+    lengths = torch.tensor([24000, 17000])
+    with torch.no_grad():
+        full = enc(wav, lengths, sample_rate=24000)
+        assert len(calls) == L
+        for spec, depth in (([1], 1), ("0,1", 1), (0, 0), ("last", L), ([L - 1, 1], L - 1)):
+            calls.clear()
+            part = enc(wav, lengths, sample_rate=24000, layers=spec)
+            assert len(calls) == depth  # only the layers up to the deepest one asked for ran
+            assert len(part.hidden_states) == L + 1
+            for i, s in enumerate(part.hidden_states):
+                if i <= depth:
+                    assert torch.equal(s, full.hidden_states[i]), (spec, i)
+                else:
+                    assert s is None
+            assert torch.equal(part.last_hidden_state, full.hidden_states[depth])
+            assert torch.equal(part.lengths, full.lengths)
+    for h in hooks:
+        h.remove()
+    # The 330M layout's final LayerNorm is part of the last state only: an early stop must not apply it.
+    if enc.config.pre_ln:
+        assert not torch.equal(part.hidden_states[L - 1], enc.transformer.norm(part.hidden_states[L - 1]))
+    with pytest.raises(ValueError, match=r"hidden state\(s\) \[" + str(L) + r"\] were not computed"):
+        part.stacked([L])
+    with pytest.raises(ValueError, match="out of range"):
+        enc(wav, layers=[L + 1], sample_rate=24000)
+
+
+def test_layers_argument_with_windows_and_embed_equals_the_full_pass():
+    enc = _encoder("post_ln_group")
+    wav = music_like(24000 * 5 + 77, seed=3)  # longer than the 2 s window: several windows are stitched
+    calls = []
+    hook = enc.transformer.layers[1].register_forward_hook(lambda m, i, o: calls.append(m))  # the second layer
+    with torch.no_grad():
+        full = enc(wav, sample_rate=24000, chunk_seconds=2.0)
+        assert len(calls) > 1
+        calls.clear()
+        part = enc(wav, sample_rate=24000, chunk_seconds=2.0, layers=[0, 1])
+        assert torch.equal(part.stacked([0, 1]), full.stacked([0, 1]))
+        assert all(part.hidden_states[i] is None for i in range(2, enc.num_layers + 1))
+        emb = enc.embed(wav[0], sample_rate=24000, layers=[1], chunk_seconds=2.0)
+        emb_short = enc.embed(wav[0, :24000], sample_rate=24000, layers=[0], chunk_seconds=None)
+        # hidden state 1 is the first layer's output: the second layer never ran in these three calls
+        assert calls == []
+    assert torch.allclose(emb, full.stacked([1])[0], rtol=0, atol=1e-5)
+    with torch.no_grad():
+        ref_short = enc(wav[:, :24000], sample_rate=24000)
+    assert torch.allclose(emb_short, ref_short.stacked([0])[0], rtol=0, atol=1e-5)
+    hook.remove()

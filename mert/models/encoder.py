@@ -47,8 +47,10 @@ class EncoderOutput:
     """What :class:`Encoder` returns.
 
     Attributes:
-        last_hidden_state: ``(b, t, d)``, equal to ``hidden_states[-1]``.
+        last_hidden_state: ``(b, t, d)``, equal to ``hidden_states[-1]``; with ``layers=`` the deepest state
+            computed.
         hidden_states: ``n`` tensors ``(b, t, d)``: the transformer input, then one per layer (spec 1 semantics).
+            With ``layers=`` the layers past the deepest one asked for are not computed and their slots are None.
         lengths: ``(b,)`` valid frames per item; frames beyond are padding (zeros unless strict_mert_compat).
         frame_rate: frames per second (75.0 for MERT-v1).
         features: ``(b, t, c)`` front-end output before the projection (used by the pretraining penalty).
@@ -68,6 +70,12 @@ class EncoderOutput:
     def stacked(self, layers: str | int | Sequence[int] | None = None) -> Tensor:
         """Chosen hidden states stacked: ``(b, n', t, d)`` (default all)."""
         idx = parse_layers(layers, len(self.hidden_states))
+        missing = [i for i in idx if self.hidden_states[i] is None]
+        if missing:
+            raise ValueError(
+                f"hidden state(s) {missing} were not computed: the encoder was called with layers= that stop "
+                "before them; ask for them in that call"
+            )
         return torch.stack([self.hidden_states[i] for i in idx], dim=1)
 
     def weighted_sum(self, weights: Tensor, layers: str | int | Sequence[int] | None = None) -> Tensor:
@@ -191,6 +199,7 @@ class Encoder(nn.Module):
         chunk_seconds: float | None = None,
         overlap_seconds: float | None = None,
         chunk_batch_size: int = 8,
+        layers: str | int | Sequence[int] | None = None,
     ) -> EncoderOutput:
         """Encode a batch of waveforms.
 
@@ -202,17 +211,23 @@ class Encoder(nn.Module):
             chunk_seconds: window length for long audio; None encodes in one pass.
             overlap_seconds: overlap between windows (default 20% of ``chunk_seconds``).
             chunk_batch_size: windows encoded together; bounds memory with ``chunk_seconds``.
+            layers: hidden states needed (:func:`mert.parse_layers` syntax); the transformer stops after the
+                deepest, so ``layers=7`` on a 12-layer model runs 7 layers. Default: all.
         Returns:
-            :class:`EncoderOutput` with ``(b, t, d)`` tensors, ``t = frame_lengths(l)``.
+            :class:`EncoderOutput` with ``(b, t, d)`` tensors, ``t = frame_lengths(l)``; with ``layers=`` the
+            states past the deepest requested layer are None (and, with ``chunk_seconds``, every state not
+            requested).
         Raises:
             ValueError: wrong rank, non-float dtype, NaN/inf samples, audio shorter than 400 samples, bad lengths.
         """
+        idx = None if layers is None else parse_layers(layers, self.config.num_hidden_states)
+        depth = None if idx is None else max(idx)
         wav, lengths = self._prepare(wav, lengths, sample_rate)
         if chunk_seconds is None:
-            return self._encode(wav, lengths, pred_mask)
+            return self._encode(wav, lengths, pred_mask, depth=depth)
         if pred_mask is not None:
             raise ValueError("pred_mask cannot be combined with chunk_seconds (masking is for training passes)")
-        return self._encode_chunked(wav, lengths, chunk_seconds, overlap_seconds, chunk_batch_size)
+        return self._encode_chunked(wav, lengths, chunk_seconds, overlap_seconds, chunk_batch_size, keep=idx)
 
     def _prepare(
         self, wav: Tensor | np.ndarray, lengths: Tensor | Sequence[int] | None, sample_rate: int | None
@@ -308,8 +323,10 @@ class Encoder(nn.Module):
         var = (((wav - mean) * valid) ** 2).sum(1, keepdim=True) / n
         return (wav - mean) / torch.sqrt(var + 1e-7) * valid
 
-    def _encode(self, wav: Tensor, lengths: Tensor | None, pred_mask: Tensor | None = None) -> EncoderOutput:
-        """One pass: ``wav (b, l)`` at the model rate, ``lengths (b,)`` samples or None."""
+    def _encode(
+        self, wav: Tensor, lengths: Tensor | None, pred_mask: Tensor | None = None, depth: int | None = None
+    ) -> EncoderOutput:
+        """One pass: ``wav (b, l)`` at the model rate, ``lengths (b,)`` samples or None; ``depth`` layers (all)."""
         if lengths is not None:
             lengths = lengths.to(wav.device)
         aware = lengths is not None and not self.strict_mert_compat
@@ -329,11 +346,13 @@ class Encoder(nn.Module):
                 raise ValueError(f"pred_mask must have shape ({b}, {t}) (frames), got {tuple(pred_mask.shape)}")
             x = torch.where(pred_mask.to(x.device)[..., None], self.mask_emb.to(x.dtype), x)
         valid = _valid_mask(frame_lens, t) if lengths is not None else None
-        states = self.transformer(x, valid)
+        states = self.transformer(x, valid, depth)
         if aware:
             keep = valid[..., None]
             states = [s.masked_fill(~keep, 0.0) for s in states]
-        return EncoderOutput(states[-1], tuple(states), frame_lens, self.frame_rate, feats)
+        last = states[-1]
+        states += [None] * (self.config.num_hidden_states - len(states))  # type: ignore[list-item]
+        return EncoderOutput(last, tuple(states), frame_lens, self.frame_rate, feats)
 
     def _encode_chunked(
         self,
@@ -374,8 +393,9 @@ class Encoder(nn.Module):
 
         b, l = wav.shape
         n_samples = lengths.tolist() if lengths is not None else [l] * b
+        depth = None if keep is None else max(keep)
         if max(n_samples) <= window:
-            return self._encode(wav, lengths)  # fits one window: exactly a single pass
+            return self._encode(wav, lengths, depth=depth)  # fits one window: exactly a single pass
         n_frames = [int(self.frame_lengths(n)) for n in n_samples]
         t_max = max(n_frames)
         out_states: list[Tensor] | None = None
@@ -397,7 +417,7 @@ class Encoder(nn.Module):
                 for k in range(0, len(group), batch):
                     part = group[k : k + batch]
                     chunk = torch.stack([wav[i, starts[j] : ends[j]] for j in part])
-                    res = self._encode(chunk, None)
+                    res = self._encode(chunk, None, depth=depth)
                     if out_states is None:
                         d = res.last_hidden_state.shape[-1]
                         kept = range(len(res.hidden_states)) if keep is None else set(keep)
@@ -421,7 +441,8 @@ class Encoder(nn.Module):
                             out_feats[i, lo:hi] = res.features[r, src]
         assert out_states is not None
         frame_lens = torch.tensor(n_frames, dtype=torch.long, device=wav.device)
-        return EncoderOutput(out_states[-1], tuple(out_states), frame_lens, self.frame_rate, out_feats)
+        last = next(s for s in reversed(out_states) if s is not None)
+        return EncoderOutput(last, tuple(out_states), frame_lens, self.frame_rate, out_feats)
 
     # ------------------------------------------------------------------ files
     @torch.inference_mode()
@@ -491,7 +512,7 @@ class Encoder(nn.Module):
         try:
             wav, lengths = self._prepare(wav, None, sample_rate)
             if chunk_seconds is None:
-                out = self._encode(wav, lengths)
+                out = self._encode(wav, lengths, depth=max(idx))
             else:
                 out = self._encode_chunked(
                     wav, lengths, chunk_seconds, overlap_seconds, chunk_batch_size, keep=idx, mean=pool == "mean"

@@ -640,8 +640,15 @@ class Transformer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_layers))
 
-    def forward(self, x: Tensor, valid: Tensor | None) -> list[Tensor]:
-        """``x (b, t, d)``, ``valid (b, t)`` True = real frame, or None -> list of n ``(b, t, d)``."""
+    def forward(self, x: Tensor, valid: Tensor | None, depth: int | None = None) -> list[Tensor]:
+        """``x (b, t, d)``, ``valid (b, t)`` True = real frame, or None -> list of ``depth + 1`` ``(b, t, d)``.
+
+        ``depth`` (default all layers) stops after that many layers, so asking for layer 7 of 12 costs 7 layers;
+        the 330M's final LayerNorm belongs to the last layer's state and is applied only when it is computed.
+        """
+        depth = len(self.layers) if depth is None else depth
+        if not 0 <= depth <= len(self.layers):
+            raise ValueError(f"depth must be in [0, {len(self.layers)}], got {depth}")
         attn_mask = None
         if valid is not None:
             x = x.masked_fill(~valid[..., None], 0.0)
@@ -651,11 +658,11 @@ class Transformer(nn.Module):
             x = self.norm(x)
         x = self.dropout(x)
         states = [x]
-        for layer in self.layers:
+        for layer in self.layers[:depth]:
             # LayerDrop skips whole layers in training; the skipped layer's output is its input.
             if not (self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop):
                 x = layer(x, attn_mask)
             states.append(x)
-        if self.pre_ln:
+        if self.pre_ln and depth == len(self.layers):
             states[-1] = self.norm(x)
         return states

@@ -233,7 +233,8 @@ class FeatureCache:
         device = next(self.encoder.parameters()).device
         lengths = torch.tensor([len(w) for w in windows])
         batch = torch.nn.utils.rnn.pad_sequence(windows, batch_first=True).to(device)
-        out = self.encoder(batch, lengths.to(device), sample_rate=self.encoder.sample_rate)
+        # layers=: the transformer stops after the deepest layer the probe keeps.
+        out = self.encoder(batch, lengths.to(device), sample_rate=self.encoder.sample_rate, layers=self.layers)
         return mean_pool(out.stacked(self.layers), out.lengths).float().cpu()
 
     def _save(self, example: Example, array: np.ndarray) -> None:
@@ -295,6 +296,7 @@ class FeatureCache:
                 sample_rate=self.encoder.sample_rate,
                 chunk_seconds=self.spec.window_seconds,
                 chunk_batch_size=self.batch_size,
+                layers=self.layers,
             )
             x = out.stacked(self.layers)[0]  # (n', T, d) at 75 Hz
             pooled, _ = pool_frames(x, None, out.frame_rate, float(self.spec.frame_rate))  # (n', t, d)

@@ -288,6 +288,7 @@ class HandcraftedEncoder(nn.Module):
         chunk_seconds: float | None = None,
         overlap_seconds: float | None = None,  # accepted for Encoder compatibility: blocks need no overlap
         chunk_batch_size: int = 8,  # accepted for Encoder compatibility: a block holds the whole batch
+        layers: str | int | Sequence[int] | None = None,  # accepted for Encoder compatibility: one state
     ) -> EncoderOutput:
         """Features of a batch of waveforms.
 
@@ -297,7 +298,8 @@ class HandcraftedEncoder(nn.Module):
             sample_rate: the rate of ``wav``; resampled to ``self.sample_rate`` if different (None: assumed equal,
                 warned once).
             chunk_seconds: compute in blocks of this many seconds of frames (bounded memory on long audio);
-                the result equals one pass. ``overlap_seconds`` and ``chunk_batch_size`` are accepted and unused.
+                the result equals one pass. ``overlap_seconds``, ``chunk_batch_size`` and ``layers`` are accepted
+                and unused (there is one state).
         Returns:
             :class:`EncoderOutput` with ``hidden_states = (x,)``, ``x`` float32 ``(b, t, d)``,
             ``t = frame_lengths(l)``, frames past an item's length zero, ``frame_rate`` 75.0.
