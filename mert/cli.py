@@ -124,8 +124,10 @@ def _embed(args: argparse.Namespace) -> int:
             raise _EmbedError(
                 f"cannot load --model {args.model!r}: {str(e).splitlines()[0] if str(e) else e!r}"
             ) from None
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    enc.to(device=args.device, dtype=dtype)
+    if args.dtype == "auto":  # bf16 where the hardware computes it natively, else float32 (Encoder.fast)
+        enc.to(device=args.device).fast()
+    else:
+        enc.to(device=args.device, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
     torch.set_num_threads(max(1, args.threads or torch.get_num_threads()))
     try:
         layers = parse_layers(args.layers, enc.num_layers + 1)
@@ -262,15 +264,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["npy", "safetensors"], default="npy")
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="window for long files (default 30 s)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "auto"],
+        default="float32",
+        help="weights' precision; auto = bf16 where the CPU/GPU computes it natively, else float32 (Encoder.fast)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed for --preset")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("export", help="write a release folder from a training run or checkpoint")
-    p.add_argument("run", help="run directory (uses checkpoints/last.ckpt) or a .ckpt file")
+    p.add_argument("run", help="run directory (uses checkpoints/last.ckpt), a .ckpt file, or a release folder")
     p.add_argument("out", help="output folder (config.json, model.safetensors, meta.json)")
+    p.add_argument(
+        "--format",
+        choices=["mert", "hf"],
+        default="mert",
+        help="mert (default) or hf: transformers' HuBERT layout, loadable with AutoModel.from_pretrained",
+    )
     p.set_defaults(func=_cmd_export)
 
     # Listed for --help; parsed by their own modules (see _DELEGATED).
@@ -300,11 +313,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from mert.pretrain.export import export_run
 
     try:
-        out = export_run(args.run, args.out)
+        out = export_run(args.run, args.out, format=args.format)
     except (FileNotFoundError, ValueError) as e:
         print(f"mert export: {e}", file=sys.stderr)
         return 1
-    print(f"mert export: wrote {out} (load with Encoder.from_pretrained({str(out)!r}))")
+    also = " or transformers.AutoModel.from_pretrained" if args.format == "hf" else ""
+    print(f"mert export: wrote {out} (load with Encoder.from_pretrained({str(out)!r}){also})")
     return 0
 
 

@@ -227,3 +227,41 @@ def test_weights_are_readable_like_the_rest_of_the_folder(tmp_path):
         os.umask(old)
     for path in (folder / "model.safetensors", folder / "config.json", tmp_path / "o" / "a.safetensors"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_embed_dtype_auto_follows_the_hardware(tmp_path, monkeypatch, native):
+    import mert.models.encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "cpu_has_native_bf16", lambda: native)
+    torch.manual_seed(0)
+    enc = Encoder("tiny").eval()
+    enc.save_pretrained(tmp_path / "model")
+    wav, _ = render_clip(2.0, 24000, seed=1)
+    sf.write(tmp_path / "x.wav", wav, 24000, subtype="FLOAT")
+    args = ["embed", str(tmp_path / "x.wav"), "--model", str(tmp_path / "model"), "--layers", "last", "--quiet"]
+    assert main([*args, "--dtype", "auto", "--out", str(tmp_path / "auto")]) == 0
+    assert main([*args, "--dtype", "bfloat16" if native else "float32", "--out", str(tmp_path / "ref")]) == 0
+    got, ref = np.load(tmp_path / "auto" / "x.npy"), np.load(tmp_path / "ref" / "x.npy")
+    assert np.array_equal(got, ref)
+
+
+def test_export_converts_a_release_folder_to_the_transformers_layout(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    enc = Encoder("tiny").eval()
+    enc.save_pretrained(tmp_path / "release")
+    assert main(["export", str(tmp_path / "release"), str(tmp_path / "hf"), "--format", "hf"]) == 0
+    assert "AutoModel.from_pretrained" in capsys.readouterr().out
+    hf = AutoModel.from_pretrained(tmp_path / "hf").eval()
+    wav = torch.from_numpy(render_clip(1.0, 24000, seed=2)[0])[None]
+    with torch.no_grad():
+        ours = enc(wav, sample_rate=24000).last_hidden_state
+        theirs = hf(wav).last_hidden_state
+    assert (ours - theirs).abs().max() < 1e-4
+    back = Encoder.from_pretrained(tmp_path / "hf")
+    assert back.config == enc.config
+    with pytest.raises(SystemExit):  # argparse refuses an unknown format
+        main(["export", str(tmp_path / "release"), str(tmp_path / "x"), "--format", "tflite"])

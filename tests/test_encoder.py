@@ -503,3 +503,22 @@ def test_layers_argument_with_windows_and_embed_equals_the_full_pass():
         ref_short = enc(wav[:, :24000], sample_rate=24000)
     assert torch.allclose(emb_short, ref_short.stacked([0])[0], rtol=0, atol=1e-5)
     hook.remove()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_fast_picks_bf16_only_where_the_cpu_has_it_and_emulated_bf16_warns(monkeypatch, native):
+    import mert.models.encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "cpu_has_native_bf16", lambda: native)
+    enc = _encoder("post_ln_group").train()
+    assert enc.fast() is enc and not enc.training
+    assert enc.mask_emb.dtype == (torch.bfloat16 if native else torch.float32)
+    enc = _encoder("post_ln_group").to(torch.bfloat16)
+    wav = music_like(8000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.inference_mode():
+            enc(wav, sample_rate=24000)
+            enc(wav, sample_rate=24000)
+    bf16 = [w for w in caught if "no bf16 instructions" in str(w.message)]
+    assert len(bf16) == (0 if native else 1)  # once per encoder, only where bf16 is emulated

@@ -79,3 +79,79 @@ def test_full_size_parity(tmp_path, layout):
     assert out.last_hidden_state.shape[1] == 374
     for i, (a, b) in enumerate(zip(out.hidden_states, ref)):
         assert (a - b).abs().max() <= 1e-4, f"hidden state {i}: max diff {(a - b).abs().max():.2e}"
+
+
+@pytest.mark.parametrize(
+    "preset,kw",
+    [
+        ("tiny", {}),  # MERT-v1-95M layout: post-LN, GroupNorm on conv 0
+        ("tiny", {"frontend_norm": "layer", "pre_ln": True}),  # 330M / HuBERT-large layout
+        (  # the demo's `small` front end (1024-tap Gabor first conv, LayerNorm), with input normalisation
+            "tiny",
+            dict(
+                conv_dim=(64,) * 4,
+                conv_kernel=(1024, 3, 3, 2),
+                conv_stride=(40, 2, 2, 2),
+                frontend_norm="layer",
+                frontend_init="gabor",
+                normalize_input=True,
+            ),
+        ),
+    ],
+)
+def test_hf_export_loads_in_transformers_and_back(tmp_path, preset, kw):
+    from transformers import AutoModel, HubertModel
+
+    torch.manual_seed(0)
+    enc = Encoder(_preset(preset, **kw))
+    with torch.no_grad():  # perturb norms and biases so none of them is the identity
+        for p in enc.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    enc.eval()
+    folder = enc.save_pretrained(tmp_path / "hf", format="hf")
+    hf = HubertModel.from_pretrained(folder).eval()
+    auto = AutoModel.from_pretrained(folder).eval()
+    assert type(auto).__name__ == "HubertModel"
+    wav = music_like(30000, batch=2)
+    if enc.config.normalize_input:  # the HF model gets what Wav2Vec2FeatureExtractor(do_normalize) gives it
+        hf_in = (wav - wav.mean(1, keepdim=True)) / torch.sqrt(wav.var(1, unbiased=False, keepdim=True) + 1e-7)
+    else:
+        hf_in = wav
+    with torch.no_grad():
+        ours = enc(wav, sample_rate=enc.sample_rate).hidden_states
+        hf_out = hf(hf_in, output_hidden_states=True)
+        auto_out = auto(hf_in, output_hidden_states=True)
+    ref = (*hf_out.hidden_states[:-1], hf_out.last_hidden_state)  # spec 1 semantics, see _hf_states
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        assert (a - b).abs().max() <= 1e-4, f"hidden state {i}: {(a - b).abs().max():.2e}"
+    assert torch.equal(auto_out.last_hidden_state, hf_out.last_hidden_state)
+    # ... and back: the same config (our full one travels in config.json) and bit-identical weights.
+    back = Encoder.from_pretrained(folder)
+    assert back.config == enc.config
+    for k, v in enc.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    pre = __import__("json").loads((folder / "preprocessor_config.json").read_text())
+    assert pre["sampling_rate"] == enc.sample_rate and pre["do_normalize"] == enc.config.normalize_input
+
+
+def _preset(name, **kw):
+    from mert import EncoderConfig
+
+    return EncoderConfig.preset(name, **kw)
+
+
+def test_hf_export_key_mapping_is_the_inverse_of_the_import(tmp_path):
+    from mert.models.checkpoint import convert_hf_state_dict, to_hf_state_dict
+
+    torch.manual_seed(1)
+    enc = Encoder(_preset("tiny", frontend_norm="layer", pre_ln=True))
+    state = enc.state_dict()
+    hf_state = to_hf_state_dict(state)
+    assert "encoder.layers.0.attention.q_proj.weight" in hf_state and "masked_spec_embed" in hf_state
+    back = convert_hf_state_dict(hf_state, enc.config)
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    with pytest.raises(ValueError, match="no transformers HubertModel counterpart"):
+        to_hf_state_dict({**state, "head.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="format must be"):
+        enc.save_pretrained(tmp_path / "x", format="onnx")

@@ -8,6 +8,11 @@ Two on-disk layouts are understood:
   ``model.safetensors`` and/or ``pytorch_model.bin`` (loaded with ``weights_only=True``). Keys are renamed
   and the q/k/v projections fused on the fly; both weight-norm namings (``weight_g/weight_v`` and
   ``parametrizations.weight.original0/1``) are accepted.
+
+:func:`save_hf_checkpoint` writes the second layout (``model_type: "hubert"``, transformers' key names), so
+``transformers.HubertModel.from_pretrained`` / ``AutoModel.from_pretrained`` load our encoders without remote
+code; its ``config.json`` also carries our :class:`EncoderConfig` (``mert_config``), so loading it back here
+gives exactly the model that was saved.
 """
 
 from __future__ import annotations
@@ -24,7 +29,15 @@ from torch import Tensor
 
 from mert.models.config import CONFIG_FORMAT, EncoderConfig
 
-__all__ = ["load_checkpoint", "save_checkpoint", "hf_config_to_encoder_config", "convert_hf_state_dict"]
+__all__ = [
+    "load_checkpoint",
+    "save_checkpoint",
+    "save_hf_checkpoint",
+    "hf_config_to_encoder_config",
+    "encoder_config_to_hf_config",
+    "convert_hf_state_dict",
+    "to_hf_state_dict",
+]
 
 HF_MODEL_TYPES = ("mert_model", "hubert")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -77,6 +90,14 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
         pre_file = folder / "preprocessor_config.json"
         pre = _read_json(pre_file) if pre_file.is_file() else None
         config = hf_config_to_encoder_config(raw, pre, source=str(config_file))
+        if isinstance(raw.get(METADATA_CONFIG_KEY), dict):  # our HF export: the exact config travels along
+            ours = EncoderConfig.from_dict(raw[METADATA_CONFIG_KEY])
+            if _hf_structure(ours) != _hf_structure(config):
+                raise ValueError(
+                    f"{str(config_file)!r}: its {METADATA_CONFIG_KEY!r} entry contradicts the HubertConfig keys "
+                    "beside it (edited by hand?); fix or remove one of them"
+                )
+            config = ours
         return config, _check_keys(convert_hf_state_dict(state, config), config, weights), meta
     raise ValueError(
         f"{str(config_file)!r} has model_type {model_type!r}; expected {CONFIG_FORMAT!r} (a mert export) or "
@@ -267,6 +288,98 @@ def _check_keys(state: dict[str, Tensor], config: EncoderConfig, source: Path) -
     return state
 
 
+def _hf_structure(config: EncoderConfig) -> dict[str, Any]:
+    """The fields a HubertConfig determines (architecture and input rate), for consistency checks."""
+    return {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_HF}
+
+
+# EncoderConfig fields that a HubertConfig does not hold: training-only or initialisation-only, or informative.
+_NOT_IN_HF = ("frontend_grad_mult", "frontend_init", "name", "format", "hidden_dropout", "attention_dropout",
+              "activation_dropout", "feat_proj_dropout", "layerdrop")  # fmt: skip
+
+
+def encoder_config_to_hf_config(config: EncoderConfig) -> dict[str, Any]:
+    """``config.json`` content for transformers' ``HubertConfig`` describing ``config``'s architecture.
+
+    Dropouts and LayerDrop are written too (transformers applies them only in training); ``mert_config`` holds
+    our full configuration for an exact round trip, and transformers keeps unknown keys as plain attributes.
+    """
+    return {
+        "architectures": ["HubertModel"],
+        "model_type": "hubert",
+        "sample_rate": config.sample_rate,
+        "conv_dim": list(config.conv_dim),
+        "conv_kernel": list(config.conv_kernel),
+        "conv_stride": list(config.conv_stride),
+        "num_feat_extract_layers": len(config.conv_dim),
+        "conv_bias": config.conv_bias,
+        "feat_extract_norm": config.frontend_norm,
+        "feat_extract_activation": "gelu",
+        "feat_proj_layer_norm": config.feat_proj_layer_norm,
+        "feat_proj_dropout": config.feat_proj_dropout,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.ffn_size,
+        "hidden_act": "gelu",
+        "do_stable_layer_norm": config.pre_ln,
+        "num_conv_pos_embeddings": config.pos_conv_kernel,
+        "num_conv_pos_embedding_groups": config.pos_conv_groups,
+        "conv_pos_batch_norm": False,
+        "layer_norm_eps": config.layer_norm_eps,
+        "hidden_dropout": config.hidden_dropout,
+        "attention_dropout": config.attention_dropout,
+        "activation_dropout": config.activation_dropout,
+        "layerdrop": config.layerdrop,
+        "mask_time_prob": 0.05,  # > 0 so transformers builds `masked_spec_embed` and loads our mask embedding
+        METADATA_CONFIG_KEY: config.to_dict(),
+    }
+
+
+_TO_HF = [
+    (r"^frontend\.convs\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.conv."),
+    (r"^frontend\.convs\.(\d+)\.norm\.", r"feature_extractor.conv_layers.\1.layer_norm."),
+    (r"^proj\.norm\.", "feature_projection.layer_norm."),
+    (r"^proj\.linear\.", "feature_projection.projection."),
+    (r"^transformer\.pos_conv\.weight_g$", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
+    (r"^transformer\.pos_conv\.weight_v$", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+    (r"^transformer\.pos_conv\.bias$", "encoder.pos_conv_embed.conv.bias"),
+    (r"^transformer\.norm\.", "encoder.layer_norm."),
+    (r"^transformer\.layers\.(\d+)\.attn\.out\.", r"encoder.layers.\1.attention.out_proj."),
+    (r"^transformer\.layers\.(\d+)\.attn_norm\.", r"encoder.layers.\1.layer_norm."),
+    (r"^transformer\.layers\.(\d+)\.ffn\.fc1\.", r"encoder.layers.\1.feed_forward.intermediate_dense."),
+    (r"^transformer\.layers\.(\d+)\.ffn\.fc2\.", r"encoder.layers.\1.feed_forward.output_dense."),
+    (r"^transformer\.layers\.(\d+)\.ffn_norm\.", r"encoder.layers.\1.final_layer_norm."),
+    (r"^mask_emb$", "masked_spec_embed"),
+]
+_OUR_QKV = re.compile(r"^transformer\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
+
+
+def to_hf_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our key names -> transformers' ``HubertModel`` names, with the fused q/k/v projection split in three.
+
+    The inverse of :func:`convert_hf_state_dict` (round trip tested). Raises ``ValueError`` on a key that has no
+    counterpart in ``HubertModel``.
+    """
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        if m := _OUR_QKV.match(key):
+            for name, part in zip("qkv", value.chunk(3, dim=0)):
+                out[f"encoder.layers.{m.group(1)}.attention.{name}_proj.{m.group(2)}"] = part
+            continue
+        for pattern, repl in _TO_HF:
+            new, n = re.subn(pattern, repl, key)
+            if n:
+                out[new] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"no transformers HubertModel counterpart for {unknown[:8]}")
+    return out
+
+
 # --------------------------------------------------------------------------------------------- writing
 def save_checkpoint(
     folder: str | os.PathLike, config: EncoderConfig, state: dict[str, Tensor], meta: dict[str, Any] | None = None
@@ -286,5 +399,42 @@ def save_checkpoint(
     os.replace(tmp, folder / "model.safetensors")  # never leave a half-written weights file under the real name
     (folder / "config.json").write_text(config.to_json() + "\n")
     full_meta = {"mert_version": __version__, **(meta or {})}
+    (folder / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str) + "\n")
+    return folder
+
+
+def save_hf_checkpoint(
+    folder: str | os.PathLike, config: EncoderConfig, state: dict[str, Tensor], meta: dict[str, Any] | None = None
+) -> Path:
+    """Write a transformers-loadable folder: ``config.json`` (``model_type: "hubert"``), ``model.safetensors`` in
+    ``HubertModel``'s key names, ``preprocessor_config.json`` (sampling rate, normalisation) and ``meta.json``.
+
+    ``transformers.HubertModel.from_pretrained(folder)`` and ``AutoModel.from_pretrained(folder)`` load it
+    without remote code and give our hidden states (tested); :func:`load_checkpoint` reads it back exactly.
+    """
+    from safetensors.torch import save_file
+
+    from mert import __version__
+    from mert.fileio import make_shareable
+
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_state_dict(state).items()}
+    tmp = folder / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    make_shareable(tmp)
+    os.replace(tmp, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(encoder_config_to_hf_config(config), indent=2) + "\n")
+    preprocessor = {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "feature_size": 1,
+        "sampling_rate": config.sample_rate,
+        "do_normalize": config.normalize_input,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "return_attention_mask": True,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    full_meta = {"mert_version": __version__, "layout": "transformers HubertModel", **(meta or {})}
     (folder / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str) + "\n")
     return folder

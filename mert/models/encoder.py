@@ -31,15 +31,27 @@ import torch
 from torch import Tensor, nn
 
 from mert.audio import load_audio, resample, resampled_length
-from mert.models.checkpoint import load_checkpoint, save_checkpoint
+from mert.models.checkpoint import load_checkpoint, save_checkpoint, save_hf_checkpoint
 from mert.models.config import EncoderConfig
 from mert.models.modules import ConvFrontEnd, FeatureProjection, Transformer, _valid_mask, gabor_filterbank
 from mert.models.pooling import mean_pool, parse_layers, weighted_layer_sum
 
-__all__ = ["Encoder", "EncoderOutput", "INITIALIZER_RANGE"]
+__all__ = ["Encoder", "EncoderOutput", "INITIALIZER_RANGE", "cpu_has_native_bf16"]
 
 # Standard deviation of every Linear weight at initialisation (BERT / fairseq / transformers' initializer_range).
 INITIALIZER_RANGE = 0.02
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 GEMM instructions (AVX512-BF16 or AMX) that oneDNN uses.
+
+    Without them oneDNN emulates bf16: on an AVX2-only AMD EPYC the 95M model in bf16 ran 10x slower than in
+    float32 (``benchmarks/encoder_vs_hf.py``, 5 s clip, one core), so bf16 is a speed-up only where this is True.
+    """
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes: assume the worst, float32 is always correct
+        return False
 
 
 @dataclass
@@ -130,6 +142,7 @@ class Encoder(nn.Module):
         # Replaces masked frames during pretraining (HF key `masked_spec_embed`).
         self.mask_emb = nn.Parameter(torch.empty(config.hidden_size).uniform_())
         self._warned_sample_rate = False
+        self._warned_bf16 = False
         self.reset_parameters()
 
     @torch.no_grad()
@@ -292,6 +305,15 @@ class Encoder(nn.Module):
 
         # The waveform stays at least float32 for a bf16/fp16 model: the first conv runs in its precision.
         param = self.mask_emb
+        if param.dtype == torch.bfloat16 and param.device.type == "cpu" and not self._warned_bf16:
+            self._warned_bf16 = True
+            if not cpu_has_native_bf16():
+                warnings.warn(
+                    "this encoder holds bf16 weights, but this CPU has no bf16 instructions (AVX512-BF16/AMX): "
+                    "oneDNN emulates them, about 10x slower than float32 here. Use float32 (enc.float()) or "
+                    "enc.fast(), which picks the fastest accurate precision for this machine",
+                    stacklevel=3,
+                )
         dtype = torch.promote_types(param.dtype, torch.float32) if param.is_floating_point() else torch.float32
         wav = wav.to(device=param.device, dtype=dtype)
         if lengths is not None:
@@ -529,6 +551,23 @@ class Encoder(nn.Module):
             )
         return x
 
+    # ------------------------------------------------------------------ precision
+    def fast(self) -> Encoder:
+        """Switch to the fastest accurate inference setting for the device the weights are on; returns ``self``.
+
+        Evaluation mode, and bf16 weights where the hardware computes bf16 natively (a CUDA device with bf16, a
+        CPU with AVX512-BF16 or AMX: every hidden state keeps a mean cosine of at least 0.9998 to float32,
+        ``docs/embeddings.md``), float32 elsewhere (emulated bf16 is about 10x slower than float32 on an
+        AVX2-only CPU). Call it under ``torch.inference_mode()`` to get the fused CPU kernels too.
+        """
+        self.eval()
+        device = self.mask_emb.device
+        if device.type == "cuda":
+            native = torch.cuda.is_bf16_supported()
+        else:
+            native = device.type == "cpu" and cpu_has_native_bf16()
+        return self.to(torch.bfloat16 if native else torch.float32)
+
     # ------------------------------------------------------------------ checkpoints
     @classmethod
     def from_pretrained(
@@ -576,6 +615,18 @@ class Encoder(nn.Module):
             model.to(device=device, dtype=dtype)
         return model.eval()
 
-    def save_pretrained(self, folder: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-        """Write a release folder: ``config.json``, ``model.safetensors`` (config in its metadata), ``meta.json``."""
-        return save_checkpoint(folder, self.config, self.state_dict(), meta)
+    def save_pretrained(
+        self, folder: str | os.PathLike, meta: dict[str, Any] | None = None, *, format: str = "mert"
+    ) -> Path:
+        """Write a release folder; ``Encoder.from_pretrained(folder)`` reads either format back exactly.
+
+        ``format="mert"``: ``config.json``, ``model.safetensors`` (config in its metadata), ``meta.json``.
+        ``format="hf"``: transformers' HuBERT layout (``model_type: "hubert"``, ``HubertModel`` key names,
+        ``preprocessor_config.json``), loadable with ``transformers.AutoModel.from_pretrained(folder)`` without
+        remote code (``docs/deployment.md``).
+        """
+        if format == "mert":
+            return save_checkpoint(folder, self.config, self.state_dict(), meta)
+        if format == "hf":
+            return save_hf_checkpoint(folder, self.config, self.state_dict(), meta)
+        raise ValueError(f"format must be 'mert' or 'hf', got {format!r}")

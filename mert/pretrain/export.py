@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mert.models.checkpoint import save_checkpoint
+from mert.models.checkpoint import load_checkpoint, save_checkpoint, save_hf_checkpoint
 from mert.models.config import EncoderConfig
 
 __all__ = ["export_run", "find_checkpoint"]
@@ -35,9 +35,24 @@ def find_checkpoint(run_or_ckpt: str | os.PathLike) -> Path:
 
 
 def export_run(
-    run_or_ckpt: str | os.PathLike, out_dir: str | os.PathLike, *, meta: dict[str, Any] | None = None
+    run_or_ckpt: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    meta: dict[str, Any] | None = None,
+    format: str = "mert",
 ) -> Path:
-    """Write a release folder for the encoder trained in ``run_or_ckpt``; returns the folder."""
+    """Write a release folder for the encoder trained in ``run_or_ckpt``; returns the folder.
+
+    ``run_or_ckpt`` is a run directory, a Lightning ``.ckpt``, or an existing release folder (any layout
+    ``Encoder.from_pretrained`` reads), e.g. to convert an export to ``format="hf"`` (transformers' HuBERT layout).
+    """
+    if format not in ("mert", "hf"):
+        raise ValueError(f"format must be 'mert' or 'hf', got {format!r}")
+    save = save_checkpoint if format == "mert" else save_hf_checkpoint
+    src = Path(run_or_ckpt).expanduser()
+    if src.is_dir() and (src / "config.json").is_file() and not (src / "checkpoints").is_dir():
+        config, state, old_meta = load_checkpoint(src)  # a release folder: convert it
+        return save(out_dir, config, state, {**old_meta, "converted_from": str(src), **(meta or {})})
     ckpt_path = find_checkpoint(run_or_ckpt)
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -73,4 +88,4 @@ def export_run(
     from mert.models.checkpoint import _check_keys
 
     _check_keys(state, config, ckpt_path)
-    return save_checkpoint(out_dir, config, state, full_meta)
+    return save(out_dir, config, state, full_meta)
