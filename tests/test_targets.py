@@ -483,3 +483,24 @@ def test_padded_batch_targets_equal_each_clip_alone(rvq_teacher):
         assert torch.equal(together[1, :t], alone[0]), type(teacher).__name__
         assert torch.equal(together[0], teacher(a[None])[0])
         assert (together[1, t:] == 0).all()
+
+
+def test_constant_q_equals_nnaudio_at_the_spec_size_with_trimmed_kernels():
+    """ConstantQ (nnAudio's kernels cut to their support) gives nnAudio's CQT1992v2 at MERT's full size."""
+    from nnAudio.features.cqt import CQT1992v2
+
+    from mert.targets.cqt import ConstantQ
+
+    kw = dict(sr=SR, hop_length=320, fmin=32.7, n_bins=336, bins_per_octave=48)
+    ref = CQT1992v2(**kw, window="hann", center=False, output_format="Magnitude", verbose=False)
+    ours = ConstantQ(**kw)
+    assert ours.kernel_width == ref.kernel_width == 65536
+    taps = sum(getattr(ours, f"kernel_{g}").numel() for g in range(len(ours.groups))) // 2
+    assert taps < 0.2 * 336 * 65536  # the point: a sixth of nnAudio's multiply-adds
+    x = torch.nn.functional.pad(clips(1.5), (32768, 32768))[:, None]  # (b, 1, l) as CQTTargets pads it
+    expected, got = ref(x), ours(x)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-6 * expected.abs().max()
+    assert not list(ours.state_dict())  # fixed kernels are rebuilt, never saved
+    with pytest.raises(ValueError, match="needs at least 65536 samples"):
+        ours(x[..., :1000])

@@ -18,7 +18,8 @@ Kinds (``"mfcc+chroma"`` concatenates along ``d`` in the given order; ``"all"`` 
     mfcc    20 MFCCs (orthonormal DCT-II of that log-mel) + delta + delta-delta (5-frame regression): 60.
     chroma  12 pitch classes (0 = C) folded from a 171 ms STFT between C2 and C8 (Gaussian, 0.5 semitone),
             each frame divided by its maximum (librosa's chroma_stft convention).
-    cqt     84-bin constant-Q log-magnitude, 12 bins per octave from 32.7 Hz (C1..B7; nnAudio ``CQT1992v2``),
+    cqt     84-bin constant-Q log-magnitude, 12 bins per octave from 32.7 Hz (C1..B7; nnAudio ``CQT1992v2``'s
+            kernels, :class:`mert.targets.cqt.ConstantQ`),
             natural log with a 1e-3 floor (about -84 dB below a full-scale tone).
 
 The audio is taken to be zero outside the clip: every frame sees the clip's samples and zeros beyond its ends.
@@ -213,23 +214,17 @@ class HandcraftedEncoder(nn.Module):
             )
         self.cqt = None
         if "cqt" in cfg.kinds:
-            from nnAudio.features.cqt import CQT1992v2
+            from mert.targets.cqt import ConstantQ
 
-            from mert.targets._common import make_buffers_non_persistent
-
-            # center=False: each block's segment already holds the clip zero-extended (nnAudio would reflect).
-            self.cqt = CQT1992v2(
+            # No centring inside: each block's segment already holds the clip zero-extended. nnAudio's
+            # CQT1992v2 kernels, cut to their support (fixed, never fingerprinted, out of state_dict).
+            self.cqt = ConstantQ(
                 sr=cfg.sample_rate,
                 hop_length=cfg.hop_length,
                 fmin=_CQT_FMIN,
                 n_bins=_CQT_BINS,
                 bins_per_octave=_CQT_BINS_PER_OCTAVE,
-                window="hann",
-                center=False,
-                output_format="Magnitude",
-                verbose=False,
             )
-            make_buffers_non_persistent(self.cqt)  # fixed kernels: rebuilt from the config, never fingerprinted
         # Frames of context a block needs on each side so that no kept frame's window reaches the block's edge.
         half = max(
             cfg.samples(_N_FFT) // 2 if self.frames is not None else 0,
