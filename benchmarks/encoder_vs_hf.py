@@ -16,7 +16,9 @@ Systems: `fp32` (both models), `packed` (mert fp32 with `mert.models.modules.PAC
 per parameter more memory), `autocast` (both under bf16 autocast), `bf16` (mert with bf16 weights, the
 documented fast path: `Encoder.from_pretrained(..., dtype=torch.bfloat16)`), `early` (mert fp32 and bf16 asked
 for one hidden state, `--layer`, default 7: `enc(wav, layers=7)` stops the transformer there; its FLOPs, speed-up
-and agreement count only what it computes). Takes about 2 minutes for the default 30 s clip on 2 cores.
+and agreement count only what it computes), `onnx` (the encoder exported with `mert.models.onnx_export.export_onnx`,
+all hidden states, run by onnxruntime's CPU provider with as many threads as torch; the export itself takes a few
+minutes and is not timed). Takes about 2 minutes for the default 30 s clip on 2 cores, plus the export.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's, the core count)")
     ap.add_argument(
-        "--systems", default="fp32,packed,bf16,autocast,early", help="comma list of fp32, packed, bf16, autocast, early"
+        "--systems",
+        default="fp32,packed,bf16,autocast,early",
+        help="comma list of fp32, packed, bf16, autocast, early, onnx",
     )
     ap.add_argument("--layer", type=int, default=7, help="the hidden state the early-exit rows ask for (default 7)")
     args = ap.parse_args()
@@ -107,6 +111,19 @@ def main() -> None:
             fns[f"mert bf16 weights layers={args.layer}"] = lambda: mert_states(
                 enc_bf16, torch.no_grad, layers=args.layer
             )
+    if "onnx" in systems:
+        import onnxruntime as ort
+
+        from mert.models.onnx_export import export_onnx
+
+        onnx_dir = tempfile.TemporaryDirectory()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(
+            str(export_onnx(enc, Path(onnx_dir.name) / "m.onnx", check=False)), opts, providers=["CPUExecutionProvider"]
+        )
+        feed = {"wav": wav.numpy(), "lengths": torch.tensor([wav.shape[1]]).numpy()}
+        fns["onnxruntime fp32"] = lambda: tuple(torch.from_numpy(a) for a in session.run(None, feed)[:-1])
     if "fp32" not in systems:
         raise SystemExit("--systems must include fp32 (the reference of every ratio)")
 

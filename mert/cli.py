@@ -280,10 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder (config.json, model.safetensors, meta.json)")
     p.add_argument(
         "--format",
-        choices=["mert", "hf"],
+        choices=["mert", "hf", "onnx"],
         default="mert",
-        help="mert (default) or hf: transformers' HuBERT layout, loadable with AutoModel.from_pretrained",
+        help="mert (default); hf: transformers' HuBERT layout, loadable with AutoModel.from_pretrained; "
+        "onnx: OUT/model.onnx for onnxruntime (docs/deployment.md)",
     )
+    p.add_argument("--layers", default=None, help="onnx only: hidden states to output, e.g. '7' or '0,6,12' (all)")
+    p.add_argument("--opset", type=int, default=None, help="onnx only: ONNX opset (default 18)")
     p.set_defaults(func=_cmd_export)
 
     # Listed for --help; parsed by their own modules (see _DELEGATED).
@@ -313,10 +316,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from mert.pretrain.export import export_run
 
     try:
-        out = export_run(args.run, args.out, format=args.format)
-    except (FileNotFoundError, ValueError) as e:
+        out = export_run(args.run, args.out, format=args.format, layers=args.layers, opset=args.opset)
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"mert export: {e}", file=sys.stderr)
         return 1
+    if args.format == "onnx":
+        print(f"mert export: wrote {out / 'model.onnx'} (checked against the encoder with onnxruntime if installed)")
+        return 0
     also = " or transformers.AutoModel.from_pretrained" if args.format == "hf" else ""
     print(f"mert export: wrote {out} (load with Encoder.from_pretrained({str(out)!r}){also})")
     return 0

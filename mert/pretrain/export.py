@@ -40,15 +40,37 @@ def export_run(
     *,
     meta: dict[str, Any] | None = None,
     format: str = "mert",
+    layers: str | None = None,
+    opset: int | None = None,
 ) -> Path:
     """Write a release folder for the encoder trained in ``run_or_ckpt``; returns the folder.
 
     ``run_or_ckpt`` is a run directory, a Lightning ``.ckpt``, or an existing release folder (any layout
-    ``Encoder.from_pretrained`` reads), e.g. to convert an export to ``format="hf"`` (transformers' HuBERT layout).
+    ``Encoder.from_pretrained`` reads), e.g. to convert an export to ``format="hf"`` (transformers' HuBERT layout)
+    or ``format="onnx"`` (``OUT/model.onnx`` with the hidden states ``layers``, default all, and ``meta.json``;
+    see :func:`mert.models.onnx_export.export_onnx`).
     """
-    if format not in ("mert", "hf"):
-        raise ValueError(f"format must be 'mert' or 'hf', got {format!r}")
-    save = save_checkpoint if format == "mert" else save_hf_checkpoint
+    if format not in ("mert", "hf", "onnx"):
+        raise ValueError(f"format must be 'mert', 'hf' or 'onnx', got {format!r}")
+    if format != "onnx" and (layers is not None or opset is not None):
+        raise ValueError("layers and opset apply to format='onnx' only")
+
+    def save(folder: str | os.PathLike, config: EncoderConfig, state: dict, meta: dict) -> Path:
+        if format == "mert":
+            return save_checkpoint(folder, config, state, meta)
+        if format == "hf":
+            return save_hf_checkpoint(folder, config, state, meta)
+        from mert.models.encoder import Encoder
+        from mert.models.onnx_export import DEFAULT_OPSET, export_onnx
+
+        with torch.device("meta"):
+            enc = Encoder(config)
+        enc.load_state_dict(state, assign=True)
+        folder = Path(folder).expanduser()
+        export_onnx(enc, folder / "model.onnx", layers=layers, opset=opset or DEFAULT_OPSET)
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        return folder
+
     src = Path(run_or_ckpt).expanduser()
     if src.is_dir() and (src / "config.json").is_file() and not (src / "checkpoints").is_dir():
         config, state, old_meta = load_checkpoint(src)  # a release folder: convert it
