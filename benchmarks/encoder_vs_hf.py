@@ -16,7 +16,8 @@ Systems: `fp32` (both models), `packed` (mert fp32 with `mert.models.modules.PAC
 per parameter more memory), `autocast` (both under bf16 autocast), `bf16` (mert with bf16 weights, the
 documented fast path: `Encoder.from_pretrained(..., dtype=torch.bfloat16)`), `early` (mert fp32 and bf16 asked
 for one hidden state, `--layer`, default 7: `enc(wav, layers=7)` stops the transformer there; its FLOPs, speed-up
-and agreement count only what it computes), `onnx` (the encoder exported with `mert.models.onnx_export.export_onnx`,
+and agreement count only what it computes), `int8` (`Encoder.quantize_int8()`: the linear layers as dynamic int8
+GEMMs, the rest float32), `onnx` (the encoder exported with `mert.models.onnx_export.export_onnx`,
 all hidden states, run by onnxruntime's CPU provider with as many threads as torch; the export itself takes a few
 minutes and is not timed). Takes about 2 minutes for the default 30 s clip on 2 cores, plus the export.
 """
@@ -57,7 +58,7 @@ def main() -> None:
     ap.add_argument(
         "--systems",
         default="fp32,packed,bf16,autocast,early",
-        help="comma list of fp32, packed, bf16, autocast, early, onnx",
+        help="comma list of fp32, packed, bf16, autocast, early, int8, onnx",
     )
     ap.add_argument("--layer", type=int, default=7, help="the hidden state the early-exit rows ask for (default 7)")
     args = ap.parse_args()
@@ -111,6 +112,9 @@ def main() -> None:
             fns[f"mert bf16 weights layers={args.layer}"] = lambda: mert_states(
                 enc_bf16, torch.no_grad, layers=args.layer
             )
+    if "int8" in systems:
+        enc_int8 = copy.deepcopy(enc).quantize_int8()
+        fns["mert int8 linears"] = lambda: mert_states(enc_int8, torch.no_grad)
     if "onnx" in systems:
         import onnxruntime as ort
 
@@ -147,11 +151,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     t_ref = times["HubertModel fp32"]
     for name, t in times.items():
-        peak = peaks["fp32 oneDNN"] if "fp32" in name else peaks["bf16 oneDNN"]
+        peak = peaks["bf16 oneDNN"] if "bf16" in name else peaks["fp32 oneDNN"]  # int8 and ONNX: against fp32
         work = early_flops if "layers=" in name else flops
         # zip stops at the states an early exit computed; HF's last entry is compared only for full passes.
         diff = max((a.float() - b).abs().max().item() for a, b in zip(outputs[name], ref_hf))
-        cos = min(layer_cosines(outputs[name], ref_mert)) if "bf16" in name else float("nan")
+        reduced = "bf16" in name or "int8" in name
+        cos = min(layer_cosines(outputs[name], ref_mert)) if reduced else float("nan")
         cos_s = f"{cos:.5f}" if cos == cos else "-"
         print(
             f"| {name} | {t:.2f} | {args.seconds / t:.2f} | {t_ref / t:.2f}x | {work / t / 1e9:.0f} | "

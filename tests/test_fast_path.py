@@ -254,3 +254,50 @@ def test_packed_weights_follow_updates_and_stay_out_of_pickles(tmp_path, monkeyp
     with torch.inference_mode():
         assert (enc(music_like(8000), sample_rate=24000).last_hidden_state - ref).abs().max() <= 1e-5
     assert not packed_entries(enc)
+
+
+@pytest.mark.parametrize("layout", ["95m", "330m"])
+def test_int8_inference_keeps_every_layer_close_and_is_opt_in(layout):
+    from mert.models.modules import int8_supported
+
+    if int8_supported() is not None:
+        pytest.skip(int8_supported())
+    cfg = (
+        EncoderConfig.preset("tiny", frontend_norm="layer", pre_ln=True)
+        if layout == "330m"
+        else EncoderConfig.preset("tiny")
+    )
+    torch.manual_seed(0)
+    enc = Encoder(cfg).eval()
+    wav = music_like(48000, batch=2)
+    lengths = torch.tensor([48000, 30000])
+    with torch.inference_mode():
+        ref = enc(wav, lengths, sample_rate=24000)
+        enc.quantize_int8()
+        q = enc(wav, lengths, sample_rate=24000)
+    assert len(q.hidden_states) == len(ref.hidden_states)
+    for i, (a, b) in enumerate(zip(q.hidden_states, ref.hidden_states)):
+        valid = ref.padding_mask.logical_not()
+        cos = torch.nn.functional.cosine_similarity(a[valid], b[valid], dim=-1)
+        assert cos.mean() >= 0.99, (i, float(cos.mean()))
+        if i > 0:
+            assert not torch.equal(a, b)  # the transformer's layers really ran in int8
+    assert torch.equal(q.features, ref.features)  # the front end stays float32
+    assert torch.equal(q.lengths, ref.lengths)
+    # With autograd (training) the flag is ignored: float32 numbers, gradients flow.
+    out = enc(wav, lengths, sample_rate=24000)
+    assert out.last_hidden_state.requires_grad
+    for a, b in zip(out.hidden_states, ref.hidden_states):
+        assert torch.allclose(a.detach(), b, atol=1e-4)
+    # Turning it off restores the float32 path exactly.
+    with torch.inference_mode():
+        back = enc.eval().quantize_int8(False)(wav, lengths, sample_rate=24000)
+    assert all(torch.equal(a, b) for a, b in zip(back.hidden_states, ref.hidden_states))
+
+
+def test_int8_refuses_clearly_where_there_are_no_kernels(monkeypatch):
+    import mert.models.modules as modules
+
+    monkeypatch.setattr(modules, "int8_supported", lambda: "this CPU reports DEFAULT")
+    with pytest.raises(RuntimeError, match="int8 inference is not available: this CPU reports DEFAULT"):
+        Encoder("tiny").quantize_int8()

@@ -159,6 +159,45 @@ def inference_cached(
     return hit[1]
 
 
+def int8_supported() -> str | None:
+    """None if dynamic int8 linear layers can run on this CPU, else the reason they cannot."""
+    engines = torch.backends.quantized.supported_engines
+    if not any(e in engines for e in ("x86", "fbgemm")):
+        return f"this torch build has no x86/fbgemm quantized engine (engines: {engines})"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return f"fbgemm's int8 kernels need AVX2 or AVX-512; this CPU reports {torch.backends.cpu.get_cpu_capability()}"
+    return None
+
+
+def _int8_reduce_range() -> bool:
+    # Without VNNI, fbgemm multiplies u8 x s8 pairs into saturating int16 sums (vpmaddubsw): 7-bit activations
+    # keep those from overflowing. With AVX512-VNNI the full 8 bits are safe.
+    try:
+        return not bool(torch.cpu._is_avx512_vnni_supported())
+    except AttributeError:
+        return True
+
+
+def _int8_pack(weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Per-output-channel symmetric int8 weights, prepacked for fbgemm's dynamic linear."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+    zero = torch.zeros(w.shape[0], dtype=torch.long)
+    q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float())
+
+
+def _use_int8(x: Tensor, owner: nn.Module | None) -> bool:
+    return (
+        owner is not None
+        and getattr(owner, "mert_int8", False)
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not (torch.is_grad_enabled() and x.requires_grad)
+    )
+
+
 def linear(
     x: Tensor,
     weight: Tensor,
@@ -190,6 +229,16 @@ def linear(
     """
     if gelu and add is not None:
         raise ValueError("linear: pass gelu or add, not both")
+    if _use_int8(x, owner):  # opt-in (Encoder.quantize_int8): dynamic int8, activations quantised per call
+        assert owner is not None
+        packed = inference_cached(owner, "int8", (weight, *([bias] if bias is not None else [])),
+                                  lambda: _int8_pack(weight, bias))  # fmt: skip
+        lead = x.shape[:-1]
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]), packed, _int8_reduce_range())
+        y = y.reshape(*lead, y.shape[-1])
+        if gelu:
+            return F.gelu(y)
+        return y if add is None else y + add
     if _use_onednn(x, weight) and (add is None or (add.dtype == x.dtype and add.is_contiguous())):
         if owner is not None and PACK_WEIGHTS:
             weight = inference_cached(owner, name, (weight,), lambda: _ONEDNN_PACK(weight))
