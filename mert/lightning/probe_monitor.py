@@ -491,7 +491,9 @@ def _reference_lines(rows: list[dict[str, Any]], task: str) -> dict[str, tuple[s
 
 def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike) -> bool:
     """One panel per task: the pretrained encoder's best-layer test accuracy against the step, with the
-    random-init, best hand-crafted and chance lines. False (nothing written) without matplotlib."""
+    random-init, best hand-crafted and chance lines; with several tasks a last panel has their mean (each line
+    averaged over the tasks: hand-crafted is the best kind of each task). False (nothing written) without
+    matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -500,17 +502,29 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike) -> bool:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     if not tasks:
         return False
-    cols = min(3, len(tasks))
-    nrows = math.ceil(len(tasks) / cols)
+    panels = tasks + (["mean of tasks"] if len(tasks) > 1 else [])
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.2 * nrows), layout="constrained")  # no pyplot: no global state
     FigureCanvasAgg(fig)
-    for k, task in enumerate(tasks):
+    curves = {t: dict(sorted((r["step"], r["test"]) for r in _best_rows(rows, PRETRAINED, t))) for t in tasks}
+    refs = {t: _reference_lines(rows, t) for t in tasks}
+    if len(tasks) > 1:  # steps every task was scored at; reference lines present for every task
+        steps = set.intersection(*(set(c) for c in curves.values()))
+        curves["mean of tasks"] = {st: sum(curves[t][st] for t in tasks) / len(tasks) for st in sorted(steps)}
+        kinds = set.intersection(*(set(r) for r in refs.values()))
+        refs["mean of tasks"] = {
+            kind: ("best per task" if kind == "handcrafted" else refs[tasks[0]][kind][0],
+                   sum(refs[t][kind][1] for t in tasks) / len(tasks))
+            for kind in kinds
+        }  # fmt: skip
+    for k, task in enumerate(panels):
         ax = fig.add_subplot(nrows, cols, k + 1)
-        pts = sorted((r["step"], r["test"]) for r in _best_rows(rows, PRETRAINED, task))
+        pts = sorted(curves[task].items())
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="C0", ms=3, label="pretrained (best layer)")
         styles = {RANDOM: ("C3", "--"), "handcrafted": ("C2", ":"), CHANCE: ("0.5", "-")}
-        for kind, (name, value) in _reference_lines(rows, task).items():
+        for kind, (name, value) in sorted(refs[task].items()):
             color, ls = styles[kind]
             label = {RANDOM: "random init", CHANCE: "chance"}.get(kind, f"hand-crafted ({name})")
             ax.axhline(value, color=color, ls=ls, lw=1.2, label=label)
