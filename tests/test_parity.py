@@ -155,3 +155,80 @@ def test_hf_export_key_mapping_is_the_inverse_of_the_import(tmp_path):
         to_hf_state_dict({**state, "head.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="format must be"):
         enc.save_pretrained(tmp_path / "x", format="onnx")
+
+
+def test_mert_v0_layout_16khz_hubert_loads_with_its_rates(tmp_path):
+    """MERT-v0 / MERT-v0-public: HuBERT's layout at 16 kHz, 50 Hz frames."""
+    hf = perturbed_hf_model(hf_config("95m"))
+    folder = save_hf_folder(hf, tmp_path / "v0", sample_rate=16000)
+    enc = Encoder.from_pretrained(folder)
+    assert enc.sample_rate == 16000 and enc.frame_rate == 50.0
+    wav = music_like(16000, batch=2, sr=16000)
+    with torch.no_grad():
+        out = enc(wav, sample_rate=16000)
+    ref = _hf_states(hf, wav)
+    for a, b in zip(out.hidden_states, ref):
+        assert (a - b).abs().max() <= 1e-4
+    assert out.frame_rate == 50.0 and out.lengths.tolist() == [49, 49]  # floor((16000 - 400) / 320) + 1
+    with torch.no_grad():  # 24 kHz audio is resampled to the model's 16 kHz: the same frame count per second
+        assert enc(music_like(24000, sr=24000), sample_rate=24000).lengths.tolist() == [49]
+
+
+def _data2vec_model(seed: int = 0):
+    from transformers import Data2VecAudioConfig, Data2VecAudioModel
+
+    config = Data2VecAudioConfig(
+        hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, conv_dim=[48] * 7,
+        conv_bias=True, num_conv_pos_embeddings=5, conv_pos_kernel_size=19, num_conv_pos_embedding_groups=4,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = Data2VecAudioModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def test_music2vec_layout_data2vec_audio_parity_and_padding(tmp_path):
+    """music2vec-v1: data2vec-audio (a stack of positional convs with LayerNorm), 16 kHz, normalised input,
+    published without a preprocessor_config.json and with a path string as `vocab_size`."""
+    import json
+
+    hf = _data2vec_model()
+    folder = save_hf_folder(hf, tmp_path / "m2v", model_type="data2vec-audio", sample_rate=16000)
+    (folder / "preprocessor_config.json").unlink()
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.pop("sample_rate")
+    cfg["vocab_size"] = "/home/someone/dict.km.txt"  # as in the published music2vec-v1 config.json
+    (folder / "config.json").write_text(json.dumps(cfg))
+    enc = Encoder.from_pretrained(folder)
+    c = enc.config
+    assert (c.pos_conv, c.pos_conv_layers, c.pos_conv_kernel, c.frontend_norm, c.pre_ln) == (
+        "stack",
+        5,
+        19,
+        "layer",
+        False,
+    )
+    assert c.sample_rate == 16000 and c.normalize_input and enc.frame_rate == 50.0
+    wav = music_like(20000, batch=2, sr=16000)
+    normed = (wav - wav.mean(1, keepdim=True)) / torch.sqrt(wav.var(1, unbiased=False, keepdim=True) + 1e-7)
+    ref = _hf_states(hf, normed)  # what Wav2Vec2FeatureExtractor(do_normalize=True) feeds it
+    with torch.no_grad():
+        out = enc(wav, sample_rate=16000)
+    assert len(out.hidden_states) == len(ref) == 4
+    for i, (a, b) in enumerate(zip(out.hidden_states, ref)):
+        assert (a - b).abs().max() <= 1e-4, f"hidden state {i}: {(a - b).abs().max():.2e}"
+    # A clip alone and right-padded in a batch give the same states (padding is zeroed before every conv).
+    with torch.no_grad():
+        alone = enc(wav[1, :15000], sample_rate=16000)
+        batch = enc(wav, torch.tensor([20000, 15000]), sample_rate=16000)
+    n = int(alone.lengths[0])
+    for a, b in zip(alone.hidden_states, batch.hidden_states):
+        assert (a[0] - b[1, :n]).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="data2vec layout"):
+        enc.save_pretrained(tmp_path / "hf", format="hf")
+    enc.save_pretrained(tmp_path / "ours")  # our own format holds it exactly
+    back = Encoder.from_pretrained(tmp_path / "ours")
+    assert back.config == enc.config

@@ -39,7 +39,7 @@ __all__ = [
     "to_hf_state_dict",
 ]
 
-HF_MODEL_TYPES = ("mert_model", "hubert")
+HF_MODEL_TYPES = ("mert_model", "hubert", "data2vec-audio")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 METADATA_CONFIG_KEY = "mert_config"
 
@@ -170,9 +170,22 @@ def hf_config_to_encoder_config(
             raise ValueError(f"{source}: {key}={hf[key]!r} is not supported (MERT uses {expected!r})")
     if hf.get("conv_pos_batch_norm", False):
         raise ValueError(f"{source}: conv_pos_batch_norm=True is not a MERT architecture")
-    norm = hf.get("feat_extract_norm", "group")
-    # Defaults below are transformers' HubertConfig defaults, used when a key is absent.
+    data2vec = hf.get("model_type") == "data2vec-audio"
+    # data2vec-audio (music2vec) always has a LayerNorm after every front-end conv and a post-LN encoder.
+    norm = "layer" if data2vec else hf.get("feat_extract_norm", "group")
+    # Defaults below are transformers' HubertConfig / Data2VecAudioConfig defaults, used when a key is absent.
     sample_rate = int(hf.get("sample_rate", (preprocessor or {}).get("sampling_rate", 16000)))
+    # Without a preprocessor_config.json (music2vec-v1 ships none; it is used with facebook/data2vec-audio-base-
+    # 960h's feature extractor, which normalises), data2vec models get normalised input; HuBERT/MERT do not.
+    normalize = bool((preprocessor or {}).get("do_normalize", data2vec and preprocessor is None))
+    if data2vec:
+        pos = dict(
+            pos_conv="stack",
+            pos_conv_kernel=int(hf.get("conv_pos_kernel_size", 19)),
+            pos_conv_layers=int(hf.get("num_conv_pos_embeddings", 5)),
+        )
+    else:
+        pos = dict(pos_conv="weight_norm", pos_conv_kernel=int(hf.get("num_conv_pos_embeddings", 128)))
     if preprocessor and "sampling_rate" in preprocessor and int(preprocessor["sampling_rate"]) != sample_rate:
         raise ValueError(
             f"{source}: sample_rate {sample_rate} disagrees with preprocessor_config.json sampling_rate "
@@ -181,7 +194,7 @@ def hf_config_to_encoder_config(
     return EncoderConfig(
         name=str(hf.get("_name_or_path") or hf.get("model_type")),
         sample_rate=sample_rate,
-        normalize_input=bool((preprocessor or {}).get("do_normalize", False)),
+        normalize_input=normalize,
         conv_dim=tuple(hf.get("conv_dim", (512,) * 7)),
         conv_kernel=tuple(hf.get("conv_kernel", (10, 3, 3, 3, 3, 2, 2))),
         conv_stride=tuple(hf.get("conv_stride", (5, 2, 2, 2, 2, 2, 2))),
@@ -195,8 +208,8 @@ def hf_config_to_encoder_config(
         num_layers=int(hf.get("num_hidden_layers", 12)),
         num_heads=int(hf.get("num_attention_heads", 12)),
         ffn_size=int(hf.get("intermediate_size", 3072)),
-        pre_ln=bool(hf.get("do_stable_layer_norm", False)),
-        pos_conv_kernel=int(hf.get("num_conv_pos_embeddings", 128)),
+        pre_ln=bool(hf.get("do_stable_layer_norm", False)) and not data2vec,
+        **pos,
         pos_conv_groups=int(hf.get("num_conv_pos_embedding_groups", 16)),
         layer_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
         hidden_dropout=float(hf.get("hidden_dropout", 0.1)),
@@ -221,6 +234,7 @@ _HF_RENAMES = [
         "transformer.pos_conv.weight_v",
     ),
     (r"encoder\.pos_conv_embed\.conv\.bias$", "transformer.pos_conv.bias"),
+    (r"encoder\.pos_conv_embed\.layers\.(\d+)\.conv\.", r"transformer.pos_conv.convs.\1."),  # data2vec-audio
     (r"encoder\.layer_norm\.", "transformer.norm."),
     (r"encoder\.layers\.(\d+)\.attention\.out_proj\.", r"transformer.layers.\1.attn.out."),
     (r"encoder\.layers\.(\d+)\.layer_norm\.", r"transformer.layers.\1.attn_norm."),
@@ -301,9 +315,16 @@ _NOT_IN_HF = ("frontend_grad_mult", "frontend_init", "name", "format", "hidden_d
 def encoder_config_to_hf_config(config: EncoderConfig) -> dict[str, Any]:
     """``config.json`` content for transformers' ``HubertConfig`` describing ``config``'s architecture.
 
+    Raises ``ValueError`` for the data2vec layout (``pos_conv="stack"``), which ``HubertModel`` cannot hold.
+
     Dropouts and LayerDrop are written too (transformers applies them only in training); ``mert_config`` holds
     our full configuration for an exact round trip, and transformers keeps unknown keys as plain attributes.
     """
+    if config.pos_conv != "weight_norm":
+        raise ValueError(
+            "transformers' HubertModel has one weight-normalised positional conv; this encoder has the data2vec "
+            "layout (pos_conv='stack'), which the hf export does not write yet: use the mert or onnx format"
+        )
     return {
         "architectures": ["HubertModel"],
         "model_type": "hubert",
@@ -417,6 +438,7 @@ def save_hf_checkpoint(
     from mert import __version__
     from mert.fileio import make_shareable
 
+    hf_config = encoder_config_to_hf_config(config)  # refuses layouts HubertModel cannot hold, before writing
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_state_dict(state).items()}
@@ -424,7 +446,7 @@ def save_hf_checkpoint(
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     make_shareable(tmp)
     os.replace(tmp, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps(encoder_config_to_hf_config(config), indent=2) + "\n")
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     preprocessor = {
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "feature_size": 1,

@@ -53,6 +53,10 @@ class EncoderConfig:
     pre_ln: bool = False  # False: post-LN (95M); True: pre-LN with a final LayerNorm (330M)
     pos_conv_kernel: int = 128  # frames
     pos_conv_groups: int = 16
+    # "weight_norm": one weight-normalised grouped conv + GELU (HuBERT, MERT); "stack": pos_conv_layers grouped
+    # convs, each followed by a LayerNorm without affine and GELU (data2vec-audio, music2vec).
+    pos_conv: Literal["weight_norm", "stack"] = "weight_norm"
+    pos_conv_layers: int = 5  # convs in the "stack" layout (unused by "weight_norm")
     layer_norm_eps: float = 1e-5
 
     # --- regularisation (only active in training mode) ---
@@ -111,6 +115,14 @@ class EncoderConfig:
             )
         if self.frontend_norm not in ("group", "layer"):
             raise ValueError(f"frontend_norm must be 'group' or 'layer', got {self.frontend_norm!r}")
+        if self.pos_conv not in ("weight_norm", "stack"):
+            raise ValueError(f"pos_conv must be 'weight_norm' or 'stack', got {self.pos_conv!r}")
+        if (
+            isinstance(self.pos_conv_layers, bool)
+            or not isinstance(self.pos_conv_layers, int)
+            or self.pos_conv_layers < 1
+        ):
+            raise ValueError(f"pos_conv_layers must be a positive integer, got {self.pos_conv_layers!r}")
         if self.frontend_init not in ("kaiming", "gabor"):
             raise ValueError(f"frontend_init must be 'kaiming' or 'gabor', got {self.frontend_init!r}")
         if self.hidden_size % self.num_heads:

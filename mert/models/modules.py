@@ -539,6 +539,33 @@ class PositionalConv(nn.Module):
         return rearrange(F.gelu(y), "b d t -> b t d")
 
 
+class StackedPositionalConv(nn.Module):
+    """data2vec-audio's positional embedding: ``layers`` x (grouped Conv1d over time -> LayerNorm without affine
+    -> GELU), the music2vec / data2vec layout (``EncoderConfig.pos_conv="stack"``)."""
+
+    def __init__(self, width: int, kernel: int, groups: int, layers: int, eps: float = 1e-5):
+        super().__init__()
+        self.kernel, self.eps = kernel, eps
+        self.convs = nn.ModuleList(
+            nn.Conv1d(width, width, kernel, padding=kernel // 2, groups=groups) for _ in range(layers)
+        )
+
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """``(b, t, d) -> (b, t, d)``; with ``valid (b, t)`` padded frames are zeroed before every conv, so a
+        clip gives the same output alone and in a padded batch (transformers zeroes them before the first only)."""
+        y = rearrange(x, "b t d -> b d t")
+        keep = None if valid is None else rearrange(valid, "b t -> b 1 t")
+        for i, conv in enumerate(self.convs):
+            if keep is not None and i > 0:
+                y = y.masked_fill(~keep, 0.0)
+            y = conv(y)
+            if self.kernel % 2 == 0:
+                y = y[..., :-1]  # an even kernel with padding K/2 yields one extra frame
+            y = F.gelu(rearrange(F.layer_norm(rearrange(y, "b d t -> b t d"), (y.shape[1],), eps=self.eps),
+                                 "b t d -> b d t"))  # fmt: skip
+        return rearrange(y, "b d t -> b t d")
+
+
 def _use_shifted_attention(q: Tensor, dropout_p: float) -> bool:
     # bfloat16 inference on CPU only: in float32 the flash kernel is the faster one (docs/benchmarks.md).
     return (
@@ -684,7 +711,12 @@ class Transformer(nn.Module):
         super().__init__()
         self.pre_ln = config.pre_ln
         self.layerdrop = config.layerdrop
-        self.pos_conv = PositionalConv(config.hidden_size, config.pos_conv_kernel, config.pos_conv_groups)
+        if config.pos_conv == "stack":
+            self.pos_conv: nn.Module = StackedPositionalConv(
+                config.hidden_size, config.pos_conv_kernel, config.pos_conv_groups, config.pos_conv_layers
+            )
+        else:
+            self.pos_conv = PositionalConv(config.hidden_size, config.pos_conv_kernel, config.pos_conv_groups)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_layers))
@@ -702,7 +734,7 @@ class Transformer(nn.Module):
         if valid is not None:
             x = x.masked_fill(~valid[..., None], 0.0)
             attn_mask = rearrange(valid, "b t -> b 1 1 t")
-        x = x + self.pos_conv(x)
+        x = x + (self.pos_conv(x, valid) if isinstance(self.pos_conv, StackedPositionalConv) else self.pos_conv(x))
         if not self.pre_ln:
             x = self.norm(x)
         x = self.dropout(x)
