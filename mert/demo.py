@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--out", default="mert-demo", help="output folder (default ./mert-demo)")
     ap.add_argument("--max-steps", type=int, default=500, help="pretraining steps, run to the end (default 500)")
-    ap.add_argument("--corpus-clips", type=int, default=240, help="clips in the pretraining corpus (default 240)")
+    ap.add_argument("--corpus-clips", type=int, default=960, help="clips in the pretraining corpus (default 960)")
     ap.add_argument("--probe-clips", type=int, default=240, help="held-out clips per probe task (default 240)")
     ap.add_argument("--seconds", type=float, default=4.0, help="length of corpus and music probe clips (default 4)")
     ap.add_argument("--note-seconds", type=float, default=2.0, help="length of note and chord probe clips (default 2)")
