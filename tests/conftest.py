@@ -42,6 +42,21 @@ def hf_config(layout: str, size: str = "small", **overrides):
     return HubertConfig(**kw)
 
 
+def perturb_vectors_(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
+    """Add ``scale * N(0, 1)`` to every 1-D parameter (norm affines, biases) in place, so none is the identity."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() == 1:
+                p.add_(scale * torch.randn_like(p))
+    return module
+
+
+def perturbed_encoder(config: EncoderConfig, seed: int = 0) -> Encoder:
+    """``Encoder(config)`` seeded, in eval mode, with its 1-D parameters perturbed (:func:`perturb_vectors_`)."""
+    torch.manual_seed(seed)
+    return perturb_vectors_(Encoder(config).eval())
+
+
 def perturbed_hf_model(config, seed: int = 0):
     """HubertModel with every parameter randomised, so LayerNorm affines and biases are exercised too."""
     from transformers import HubertModel

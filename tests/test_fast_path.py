@@ -17,17 +17,11 @@ from mert.models.modules import (
     shifted_attention,
     strided_conv,
 )
-from tests.conftest import music_like
+from tests.conftest import music_like, perturbed_encoder
 
 
 def _perturbed(config: EncoderConfig, seed: int = 0) -> Encoder:
-    torch.manual_seed(seed)
-    enc = Encoder(config).eval()
-    with torch.no_grad():
-        for p in enc.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return enc
+    return perturbed_encoder(config, seed)
 
 
 def _layout_encoder(layout: str) -> Encoder:

@@ -9,24 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from mert import Encoder, EncoderConfig
+from mert import EncoderConfig
 from mert.cli import main
+from tests.conftest import perturbed_encoder
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 
 pytestmark = pytest.mark.slow
-
-
-def _perturbed(config: EncoderConfig) -> Encoder:
-    torch.manual_seed(0)
-    enc = Encoder(config).eval()
-    with torch.no_grad():
-        for p in enc.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return enc
 
 
 @pytest.mark.parametrize(
@@ -38,7 +29,7 @@ def _perturbed(config: EncoderConfig) -> Encoder:
     ids=["95m_layout", "330m_layout"],
 )
 def test_onnx_export_matches_the_encoder_for_any_batch_and_length(tmp_path, config):
-    enc = _perturbed(config)
+    enc = perturbed_encoder(config)
     enc.save_pretrained(tmp_path / "release")
     layers = "0,2" if not config.pre_ln else "all"  # 0,2: an early exit; all: the 330M's final LayerNorm too
     assert (

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from mert import Encoder
-from tests.conftest import hf_config, music_like, perturbed_hf_model, save_hf_folder
+from tests.conftest import (
+    hf_config,
+    music_like,
+    perturb_vectors_,
+    perturbed_encoder,
+    perturbed_hf_model,
+    save_hf_folder,
+)
 
 pytest.importorskip("transformers")
 
@@ -102,13 +109,7 @@ def test_full_size_parity(tmp_path, layout):
 def test_hf_export_loads_in_transformers_and_back(tmp_path, preset, kw):
     from transformers import AutoModel, HubertModel
 
-    torch.manual_seed(0)
-    enc = Encoder(_preset(preset, **kw))
-    with torch.no_grad():  # perturb norms and biases so none of them is the identity
-        for p in enc.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    enc.eval()
+    enc = perturbed_encoder(_preset(preset, **kw))  # norms and biases perturbed: none is the identity
     folder = enc.save_pretrained(tmp_path / "hf", format="hf")
     hf = HubertModel.from_pretrained(folder).eval()
     auto = AutoModel.from_pretrained(folder).eval()
@@ -182,12 +183,7 @@ def _data2vec_model(seed: int = 0):
         conv_bias=True, num_conv_pos_embeddings=5, conv_pos_kernel_size=19, num_conv_pos_embedding_groups=4,
     )  # fmt: skip
     torch.manual_seed(seed)
-    model = Data2VecAudioModel(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return perturb_vectors_(Data2VecAudioModel(config).eval())
 
 
 def test_music2vec_layout_data2vec_audio_parity_and_padding(tmp_path):

@@ -178,6 +178,9 @@ def _int8_reduce_range() -> bool:
         return True
 
 
+_INT8_REDUCE_RANGE = _int8_reduce_range()  # a CPU property: probed once, not on every linear call
+
+
 def _int8_pack(weight: Tensor, bias: Tensor | None) -> Tensor:
     """Per-output-channel symmetric int8 weights, prepacked for fbgemm's dynamic linear."""
     w = weight.detach().float()
@@ -234,7 +237,7 @@ def linear(
         packed = inference_cached(owner, "int8", (weight, *([bias] if bias is not None else [])),
                                   lambda: _int8_pack(weight, bias))  # fmt: skip
         lead = x.shape[:-1]
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]), packed, _int8_reduce_range())
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]), packed, _INT8_REDUCE_RANGE)
         y = y.reshape(*lead, y.shape[-1])
         if gelu:
             return F.gelu(y)
