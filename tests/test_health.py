@@ -114,6 +114,14 @@ def test_monitor_rules():
     for s in range(health.PERPLEXITY_PERSIST - 1):
         assert p.check(60 + s, collapsed) == []
     assert "for 10 logged steps in a row (prediction collapse)" in p.check(99, collapsed)[0]
+    # Dimensional collapse: an effective rank that falls below a third of its first value (a CQT-only demo run:
+    # 69 -> 16), not one that falls by a third (every healthy demo run: 69 -> 45).
+    e = HealthMonitor()
+    assert e.check(9, {"erank_layer_4": 69.0, "erank_layer_2": 69.0}) == []
+    assert e.check(99, {"erank_layer_4": 45.0, "erank_layer_2": 52.0}) == []
+    new = e.check(109, {"erank_layer_4": 22.0, "erank_layer_2": 40.0})
+    assert len(new) == 1 and "erank_layer_4 = 22 at step 109" in new[0] and "dimensional collapse" in new[0]
+    assert e.check(119, {"erank_layer_4": 16.0, "erank_layer_2": 40.0}) == []  # once per signal
     q = HealthMonitor()
     for s in range(5):
         assert q.check(s, {"code_pred_perplexity": 1.0, "code_target_perplexity": 2.0}) == []
