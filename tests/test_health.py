@@ -89,6 +89,16 @@ def test_objective_stats_on_request_only_and_empty_output_has_the_same_keys():
     assert {"code_pred_perplexity", "code_target_perplexity_1", "code_pred_entropy"} <= set(out.stats)
     assert all(v.dim() == 0 and not v.requires_grad for v in out.stats.values())
     assert set(obj.empty_output(collect_stats=True).stats) == set(out.stats)  # DDP ranks reduce the same keys
+    # A head with loss weight 0 (the teacher ablations) is not trained: no statistics of it, so no prediction-
+    # collapse warning about a frozen random head; the other head's and the encoder's statistics stay.
+    for weights, absent, present in (
+        (dict(code_weight=0.0), "code_pred_perplexity", "feature_r2"),
+        (dict(feature_weight=0.0), "feature_r2", "code_pred_perplexity"),
+    ):
+        ablated = make_objective(**weights)
+        st = ablated(wav, generator=g(), collect_stats=True).stats
+        assert absent not in st and present in st and "erank_layer_1" in st
+        assert set(ablated.empty_output(collect_stats=True).stats) == set(st)
 
 
 # ------------------------------------------------------------------------------------------------- monitor

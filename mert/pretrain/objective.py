@@ -219,13 +219,20 @@ class MERTObjective(nn.Module):
         none = torch.zeros(1, 0, 1, device=device)  # (b, t, d) with t = 0
         layers = [none] * self.encoder.config.num_hidden_states
         stats = health.collect_encoder_stats(none, layers, torch.zeros(1, 0, dtype=torch.bool, device=device))
-        if self.code_head is not None:
+        if self._head_is_trained("codes"):
             k, v = self.code_head.num_codebooks, self.code_head.codebook_size
             codes = torch.zeros(0, k, dtype=torch.long, device=device)
             stats.update(health.code_stats(torch.zeros(0, k, v, device=device), codes))
-        if self.feature_head is not None:
+        if self._head_is_trained("features"):
             stats.update(health.feature_stats(torch.zeros(0, 1, device=device), torch.zeros(0, 1, device=device)))
         return stats
+
+    def _head_is_trained(self, role: str) -> bool:
+        # A head whose loss weight is 0 (the teacher ablations: codes only, CQT only) gets no gradient: its
+        # statistics describe a frozen random head, and the prediction-collapse rule would warn about it.
+        if role == "codes":
+            return self.code_head is not None and self.code_weight != 0
+        return self.feature_head is not None and self.feature_weight != 0
 
     @torch.no_grad()
     def compute_targets(self, wav: Tensor, lengths: Tensor | None = None) -> dict[str, Tensor]:
@@ -318,13 +325,13 @@ class MERTObjective(nn.Module):
             terms.update({f"code_{i}": ce[i] for i in range(ce.shape[0])})
             total = total + self.code_weight * ce.sum()
             correct = (logits.argmax(-1) == codes).sum(0)
-            if collect_stats:
+            if collect_stats and self._head_is_trained("codes"):
                 stats.update(health.code_stats(logits, codes))
         if self.feature_head is not None:
             pred = self.feature_head(h).float()  # (n, f)
             mse = (pred - tg["features"][pred_mask].float()).pow(2).mean(-1).sum()
             terms["features"] = mse
-            if collect_stats:  # against the very target the loss regresses
+            if collect_stats and self._head_is_trained("features"):  # against the very target the loss regresses
                 stats.update(health.feature_stats(pred, tg["features"][pred_mask]))
             total = total + self.feature_weight * mse
         if self.unmasked_weight:
