@@ -105,12 +105,12 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
-    from tqdm import tqdm
 
     from mert import Encoder, EncoderConfig
     from mert.audio import load_audio
     from mert.fileio import make_shareable, write_json_atomic
     from mert.models.pooling import parse_layers
+    from mert.progress import progress_bar
 
     out_dir = _embed_out_dir(args.out)
     if args.preset:
@@ -174,7 +174,7 @@ def _embed(args: argparse.Namespace) -> int:
     # Decode the next file on a thread while the encoder runs on the current one.
     with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
         futures = [pool.submit(read, todo[0][0])] if todo else []
-        for i, (path, name) in enumerate(tqdm(todo, desc="embed", unit="file", disable=args.quiet)):
+        for i, (path, name) in enumerate(progress_bar(todo, desc="embed", unit="file", disable=args.quiet)):
             if i + 1 < len(todo):
                 futures.append(pool.submit(read, todo[i + 1][0]))
             decoded, err = futures[i].result()

@@ -377,7 +377,7 @@ def _stream(url: str, part: Path, meta: Path, expected: str | None) -> tuple[str
             the next call continues it).
         FileNotFoundError: HTTP 404/410.
     """
-    from tqdm import tqdm
+    from mert.progress import progress_bar
 
     offset = part.stat().st_size if part.is_file() else 0
     validator = _read_validator(meta, url) if offset else None
@@ -431,7 +431,7 @@ def _stream(url: str, part: Path, meta: Path, expected: str | None) -> tuple[str
         name = part.name[1 : -len(".part")]
         with (
             open(part, "ab" if offset else "wb") as out,
-            tqdm(total=total, initial=offset, desc=name, unit="B", unit_scale=True, disable=not show) as bar,
+            progress_bar(total=total, initial=offset, desc=name, unit="B", unit_scale=True, disable=not show) as bar,
         ):
             try:
                 # read(n) returns b"" when the connection closes early: the byte count is compared below.

@@ -95,7 +95,8 @@ def scan_audio(
         FileNotFoundError: ``root`` does not exist.
     """
     import soundfile as sf
-    from tqdm import tqdm
+
+    from mert.progress import progress_bar
 
     root = Path(root).expanduser().absolute()
     if not root.exists():
@@ -107,7 +108,7 @@ def scan_audio(
         # Sorted so that manifests (and everything seeded by entry index) are the same on every machine.
         candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file())
     result = ScanResult()
-    for p in tqdm(candidates, desc="scan", unit="file", disable=not progress):
+    for p in progress_bar(candidates, desc="scan", unit="file", disable=not progress):
         name = str(p)
         try:
             size = p.stat().st_size

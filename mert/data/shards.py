@@ -282,9 +282,8 @@ def write_shards(
         FileExistsError: ``out_dir`` already holds shards and ``overwrite`` is False.
         ValueError: bad arguments, or a teacher returning targets of the wrong shape.
     """
-    from tqdm import tqdm
-
     from mert.audio import load_audio
+    from mert.progress import progress_bar
 
     if segment_seconds <= 0 or not 0 < min_seconds <= segment_seconds:
         raise ValueError(f"need 0 < min_seconds <= segment_seconds, got {min_seconds}, {segment_seconds}")
@@ -333,7 +332,7 @@ def write_shards(
             result.seconds_written += s.audio.shape[0] / sample_rate
         pending.clear()
 
-    bar = tqdm(entries, desc="shard", unit="file", disable=not progress)
+    bar = progress_bar(entries, desc="shard", unit="file", disable=not progress)
     try:
         for file_index, entry in enumerate(bar):
             try:

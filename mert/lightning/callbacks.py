@@ -22,11 +22,12 @@ class StepProgressBar(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from tqdm import tqdm
+        from mert.progress import progress_bar
 
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        self._bar = tqdm(
-            total=total, initial=trainer.global_step, desc="pretrain", unit="step", file=sys.stderr, dynamic_ncols=True
+        # A terminal gets a live bar; a log file a plain line every 30 s (mert.progress).
+        self._bar = progress_bar(
+            total=total, initial=trainer.global_step, desc="pretrain", unit="step", file=sys.stderr
         )
 
     def on_train_batch_end(

@@ -162,9 +162,9 @@ class FeatureCache:
                 todo.append(e)
         bar = None
         if progress and todo:
-            from tqdm.auto import tqdm
+            from mert.progress import progress_bar
 
-            bar = tqdm(total=len(todo), desc="features", unit="file")
+            bar = progress_bar(total=len(todo), desc="features", unit="file")
         try:
             if self.spec.frame_rate is None:
                 self._extract_clips(todo, report, bar)

@@ -76,9 +76,8 @@ def sample_frames(
     Raises:
         ValueError: no input could be used.
     """
-    from tqdm import tqdm
-
     from mert.audio import load_audio
+    from mert.progress import progress_bar
 
     names = list(dims)
     gen = torch.Generator().manual_seed(int(seed))
@@ -107,7 +106,7 @@ def sample_frames(
     skipped: list[tuple[str, str]] = []
     num_read = 0
     chunk = int(CHUNK_SECONDS * sample_rate)
-    for i, item in enumerate(tqdm(items, desc=desc, unit="file", disable=not progress)):
+    for i, item in enumerate(progress_bar(items, desc=desc, unit="file", disable=not progress)):
         name = f"audio[{i}]" if isinstance(item, (Tensor, np.ndarray)) else str(item)
         try:
             if isinstance(item, (Tensor, np.ndarray)):

@@ -547,7 +547,7 @@ def fit_rvq(
     Raises:
         ValueError: no usable audio, fewer frames than codes, or a collapsed codebook.
     """
-    from tqdm import tqdm
+    from mert.progress import progress_bar
 
     config = config or RVQConfig()
     if math.prod(conv_stride) != config.hop_length:
@@ -642,7 +642,7 @@ def fit_rvq(
         init = train_dev[torch.randperm(train.shape[0], generator=g)[:n_init].to(device)]
         with torch.no_grad():
             model.rvq.init_from(model.encoder(init), seed=seed)
-    bar = tqdm(total=steps, initial=start, desc="fit-rvq", unit="step", disable=not progress)
+    bar = progress_bar(total=steps, initial=start, desc="fit-rvq", unit="step", disable=not progress)
     model.train()
     for step in range(start, steps):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
