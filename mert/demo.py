@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mert.data.probe_tasks import TASKS, probe_jobs, split_clips
+from mert.progress import is_terminal
 
 __all__ = [
     "main",
@@ -393,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"run_dir={out / 'run'}",
         f"seed={args.seed}",
     ]
-    if not sys.stderr.isatty():  # a log file: ten plain lines instead of a progress bar
+    if not is_terminal(sys.stderr):  # a log file: ten plain lines instead of a progress bar
         overrides += [
             "~callbacks.progress",
             "+callbacks.progress_lines._target_=mert.demo.progress_lines",

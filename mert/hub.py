@@ -377,7 +377,7 @@ def _stream(url: str, part: Path, meta: Path, expected: str | None) -> tuple[str
             the next call continues it).
         FileNotFoundError: HTTP 404/410.
     """
-    from mert.progress import progress_bar
+    from mert.progress import is_terminal, progress_bar
 
     offset = part.stat().st_size if part.is_file() else 0
     validator = _read_validator(meta, url) if offset else None
@@ -427,7 +427,7 @@ def _stream(url: str, part: Path, meta: Path, expected: str | None) -> tuple[str
                 for block in iter(lambda: f.read(_CHUNK_BYTES), b""):
                     digest.update(block)
         received, cut_short, error = offset, False, None
-        show = (sys.stderr is not None and sys.stderr.isatty()) or (total or 0) >= _PROGRESS_MIN_BYTES
+        show = is_terminal(sys.stderr) or (total or 0) >= _PROGRESS_MIN_BYTES
         name = part.name[1 : -len(".part")]
         with (
             open(part, "ab" if offset else "wb") as out,

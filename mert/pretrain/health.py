@@ -70,7 +70,7 @@ ERANK_FLOOR = 1.5
 # Dimensional collapse: a layer's effective rank falls below a third of its first logged value. The frames still
 # vary (the spread stays healthy) but along a few directions, and a probe loses what the others carried. Measured
 # on `mert demo` (960 clips, 3 seeds each, 2026-12-01), the last layer's lowest erank / its first: CQT teacher
-# alone 0.15-0.25 (real-instrument probe mean 40.4 against 49.9 for a random encoder), CQT weighted 4x 0.40-0.48
+# alone 0.15-0.25 (real-instrument probe mean 41.0 against 49.9 for a random encoder), CQT weighted 4x 0.40-0.48
 # (49.0), `demo_cpu` 0.60-0.65 (51.6), codes alone 0.72-0.74 (52.7). A regression loss fits its target's
 # largest principal components first and squeezes the representation onto them.
 ERANK_FALL_LIMIT = 1 / 3
