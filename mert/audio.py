@@ -1,4 +1,8 @@
-"""Audio file reading and resampling (soundfile + torchaudio.functional; no torchaudio I/O).
+"""The one place audio files are found, read and resampled (soundfile + torchaudio.functional; no torchaudio I/O).
+
+Everything that touches audio files goes through here: :data:`AUDIO_EXTENSIONS` and :func:`find_audio` (which
+files count as audio), :func:`read_audio` (a whole file or a segment of one, mono or not, at any rate),
+:func:`load_audio` (a whole file) and :func:`resample`.
 
 Shape legend: ``l`` samples, ``b`` batch.
 """
@@ -9,13 +13,46 @@ import math
 import os
 import struct
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TruncatedAudioWarning", "declared_wav_frames", "load_audio", "resample", "resampled_length"]
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "TruncatedAudioWarning",
+    "declared_wav_frames",
+    "find_audio",
+    "load_audio",
+    "read_audio",
+    "resample",
+    "resampled_length",
+]
+
+# ``.au`` is GTZAN's format; every reader here is libsndfile, which reads all of these.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus", ".au")
+
+
+def find_audio(root: str | os.PathLike, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """Audio files under ``root`` (recursively), sorted so that every machine lists a corpus in the same order.
+
+    Args:
+        root: a folder (searched recursively) or a single file (returned as is when its ending matches).
+        extensions: file name endings that count as audio, case-insensitive, with or without the dot.
+    Returns:
+        Paths as found under ``root`` (not resolved). macOS resource forks (``._name``), which carry an audio
+        ending but hold no audio, are left out.
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"audio folder {str(root)!r} does not exist")
+    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    candidates = [root] if root.is_file() else root.rglob("*")
+    return sorted(p for p in candidates if p.suffix.lower() in exts and not p.name.startswith("._") and p.is_file())
 
 
 class TruncatedAudioWarning(UserWarning):
@@ -102,38 +139,65 @@ def resample(wav: Tensor, orig_sr: int, new_sr: int) -> Tensor:
     return out
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bool = True) -> tuple[Tensor, int]:
-    """Read any soundfile-readable file as float32.
+def read_audio(
+    path: str | os.PathLike,
+    start: float = 0.0,
+    stop: float | None = None,
+    *,
+    sample_rate: int | None = None,
+    mono: bool = True,
+) -> tuple[Tensor, int]:
+    """Read a file, or the segment ``[start, stop)`` seconds of it, as float32; only the segment is decoded.
 
     Args:
         path: audio file (wav, flac, ogg, mp3 where libsndfile supports it, ...).
+        start: segment start, seconds from the beginning of the file.
+        stop: segment end, seconds (clipped to the file's end); None reads to the end.
         sample_rate: resample to this rate if given; otherwise keep the file's rate.
         mono: average the channels.
     Returns:
-        ``(wav, sr)`` with ``wav`` ``(l,)`` if mono else ``(channels, l)``.
+        ``(wav, sr)`` with ``wav`` ``(l,)`` if mono else ``(channels, l)``. Segment bounds are rounded to the
+        nearest sample of the file's own rate, so ``start=n / sr`` reads from sample ``n`` exactly.
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unreadable or empty file (the message names the file).
+        ValueError: unreadable or empty file, a negative start, or a start at or past the end (the message
+            names the file).
+    Warns:
+        TruncatedAudioWarning: a WAV read to its end holds fewer samples than its header declares.
     """
     import soundfile as sf
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"audio file {str(path)!r} does not exist")
+    if start < 0:
+        raise ValueError(f"audio file {str(path)!r}: segment start {start} s is negative")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (l, channels)
+        with sf.SoundFile(str(path)) as f:
+            sr, frames = int(f.samplerate), int(f.frames)
+            first = int(round(start * sr))
+            last = frames if stop is None else min(frames, int(round(stop * sr)))
+            if frames > 0 and first >= frames:
+                raise ValueError(f"segment start {start} s is past the end ({frames / sr:.2f} s)")
+            if first:
+                f.seek(first)
+            data = f.read(max(0, last - first), dtype="float32", always_2d=True)  # (l, channels)
+    except ValueError as e:
+        raise ValueError(f"could not read audio file {str(path)!r}: {e}") from None
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError by format
         raise ValueError(f"could not read audio file {str(path)!r}: {e}") from None
     if data.shape[0] == 0:
         raise ValueError(f"audio file {str(path)!r} is empty (0 samples)")
-    declared = declared_wav_frames(path)
-    if declared is not None and declared > data.shape[0]:
-        warnings.warn(
-            f"audio file {str(path)!r} is truncated: its header declares {declared} frames, {data.shape[0]} are "
-            f"present ({data.shape[0] / sr:.3f} s of {declared / sr:.3f} s); using what is there",
-            TruncatedAudioWarning,
-            stacklevel=2,
-        )
+    if stop is None:
+        declared = declared_wav_frames(path)
+        if declared is not None and declared > first + data.shape[0]:
+            n = first + data.shape[0]
+            warnings.warn(
+                f"audio file {str(path)!r} is truncated: its header declares {declared} frames, {n} are "
+                f"present ({n / sr:.3f} s of {declared / sr:.3f} s); using what is there",
+                TruncatedAudioWarning,
+                stacklevel=3,
+            )
     wav = torch.from_numpy(np.ascontiguousarray(data.T))  # (channels, l)
     if mono:
         wav = wav.mean(dim=0)
@@ -141,3 +205,15 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bo
         wav = resample(wav, sr, sample_rate)
         sr = sample_rate
     return wav, int(sr)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bool = True) -> tuple[Tensor, int]:
+    """Read a whole file as float32: :func:`read_audio` without a segment.
+
+    Returns:
+        ``(wav, sr)`` with ``wav`` ``(l,)`` if mono else ``(channels, l)``.
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable or empty file (the message names the file).
+    """
+    return read_audio(path, sample_rate=sample_rate, mono=mono)

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["main"]
+from mert.audio import find_audio
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus"}
+__all__ = ["main"]
 
 
 def _expand_inputs(items: Sequence[str]) -> list[Path]:
@@ -34,7 +34,7 @@ def _expand_inputs(items: Sequence[str]) -> list[Path]:
     for item in items:
         p = Path(item).expanduser()
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file()))
+            out.extend(find_audio(p))
         else:
             out.append(p)  # a missing file is reported per file, not fatal for the rest
     return out

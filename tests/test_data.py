@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
-from mert.audio import load_audio
+from mert.audio import find_audio, load_audio, read_audio
 from mert.data.cli import manifest_cli, shard_cli
 from mert.data.datasets import CropDataset, SyntheticDataset, collate_audio
 from mert.data.manifest import ManifestEntry, read_manifest, scan_audio, write_manifest
@@ -74,6 +74,40 @@ def energy_teacher(wav: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- manifests
+def test_find_audio_one_list_for_every_reader(tmp_path):
+    """One extension list (with GTZAN's .au), sorted, recursive, no macOS resource forks, no folders."""
+    for name in ("b/x.WAV", "a/y.au", "a/z.flac", "a/._z.flac", "a/notes.txt", "c.mp3/inner.ogg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in find_audio(tmp_path)]
+    assert found == ["a/y.au", "a/z.flac", "b/x.WAV", "c.mp3/inner.ogg"]
+    assert [p.name for p in find_audio(tmp_path, extensions=["flac"])] == ["z.flac"]
+    assert find_audio(tmp_path / "a" / "y.au") == [tmp_path / "a" / "y.au"]
+    with pytest.raises(FileNotFoundError, match="nope"):
+        find_audio(tmp_path / "nope")
+
+
+def test_read_audio_segments_are_slices_of_the_whole_file(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.uniform(-0.5, 0.5, size=(8000, 2)).astype(np.float32)
+    path = tmp_path / "s.wav"
+    sf.write(path, data, 8000, subtype="FLOAT")
+    whole, sr = read_audio(path, mono=False)
+    assert sr == 8000 and whole.shape == (2, 8000)
+    torch.testing.assert_close(whole, torch.from_numpy(data.T.copy()))
+    seg, _ = read_audio(path, 1000 / 8000, 3000 / 8000)  # sample-exact bounds, mono = channel mean
+    torch.testing.assert_close(seg, whole[:, 1000:3000].mean(0))
+    tail, _ = read_audio(path, 0.5, 99.0)  # a stop past the end is clipped
+    assert tail.shape == (4000,)
+    up, sr = read_audio(path, 0.25, 0.5, sample_rate=16000)
+    assert sr == 16000 and up.shape == (4000,)
+    torch.testing.assert_close(load_audio(path)[0], whole.mean(0))
+    with pytest.raises(ValueError, match=r"s\.wav.*past the end"):
+        read_audio(path, 1.0)
+    with pytest.raises(ValueError, match="negative"):
+        read_audio(path, -0.1)
+
+
 def test_scan_skips_unusable_files_with_reasons(corpus, entries):
     assert [Path(e.path).relative_to(corpus).as_posix() for e in entries] == GOOD
     skipped = {Path(p).name: reason for p, reason in scan_audio(corpus, min_seconds=3.0, progress=False).skipped}

@@ -20,8 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mert.audio import AUDIO_EXTENSIONS, find_audio
+
 __all__ = [
-    "AUDIO_EXTENSIONS",
     "MANIFEST_HEADER",
     "ManifestEntry",
     "ScanResult",
@@ -30,7 +31,6 @@ __all__ = [
     "write_manifest",
 ]
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 MANIFEST_HEADER = ("path", "num_samples", "sample_rate", "channels")
 
 
@@ -101,12 +101,8 @@ def scan_audio(
     root = Path(root).expanduser().absolute()
     if not root.exists():
         raise FileNotFoundError(f"audio folder {str(root)!r} does not exist")
-    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
-    if root.is_file():
-        candidates = [root]
-    else:
-        # Sorted so that manifests (and everything seeded by entry index) are the same on every machine.
-        candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file())
+    # Sorted so that manifests (and everything seeded by entry index) are the same on every machine.
+    candidates = [root] if root.is_file() else find_audio(root, extensions)
     result = ScanResult()
     for p in progress_bar(candidates, desc="scan", unit="file", disable=not progress):
         name = str(p)

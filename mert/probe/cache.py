@@ -95,34 +95,12 @@ def read_example(example: Example, sample_rate: int) -> Tensor:
     Raises:
         FileNotFoundError, ValueError: missing, unreadable, empty or non-finite audio (message names the file).
     """
-    import soundfile as sf
+    from mert.audio import read_audio
 
-    from mert.audio import resample
-
-    path = example.path
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file {str(path)!r} does not exist")
-    try:
-        with sf.SoundFile(str(path)) as f:
-            sr = f.samplerate
-            start = int(round((example.start or 0.0) * sr))
-            stop = int(round(example.end * sr)) if example.end is not None else f.frames
-            if f.frames == 0:
-                raise ValueError("the file is empty (0 samples)")
-            if start >= f.frames:
-                raise ValueError(f"segment start {example.start} s is past the end ({f.frames / sr:.2f} s)")
-            f.seek(start)
-            data = f.read(max(0, min(stop, f.frames) - start), dtype="float32", always_2d=True)
-    except ValueError as e:
-        raise ValueError(f"could not read audio file {str(path)!r}: {e}") from None
-    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError by format
-        raise ValueError(f"could not read audio file {str(path)!r}: {e}") from None
-    if data.shape[0] == 0:
-        raise ValueError(f"audio file {str(path)!r} is empty")
-    wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    wav, _ = read_audio(example.path, example.start or 0.0, example.end, sample_rate=sample_rate)
     if not torch.isfinite(wav).all():
-        raise ValueError(f"audio file {str(path)!r} has NaN or infinite samples")
-    return resample(wav, sr, sample_rate)
+        raise ValueError(f"audio file {str(example.path)!r} has NaN or infinite samples")
+    return wav
 
 
 class FeatureCache:

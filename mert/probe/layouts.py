@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mert.audio import AUDIO_EXTENSIONS, find_audio
+
 __all__ = [
     "LAYOUTS",
     "MARBLE_VOCALSET_TECHNIQUES",
@@ -50,7 +52,6 @@ __all__ = [
     "write_manifest",
 ]
 
-AUDIO_EXTENSIONS = (".wav", ".au", ".flac", ".mp3", ".ogg", ".aiff", ".aif", ".opus")
 SPLITS = ("train", "valid", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train/valid/test of a seeded split
 VALID_FRACTION = 0.1  # of the non-test part, where the test set is fixed by the data set
@@ -181,15 +182,6 @@ def _root(root: str | os.PathLike, layout: str, expected: str) -> Path:
     return path
 
 
-def _audio_files(folder: Path) -> list[Path]:
-    """Audio files under ``folder``, sorted; macOS resource forks (``._name``) are not audio."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith("._") and p.is_file()
-    )
-
-
 def _first_existing(candidates: Iterable[Path], kind: str = "file") -> Path | None:
     for c in candidates:
         if c.is_file() if kind == "file" else c.is_dir():
@@ -263,7 +255,7 @@ def _gtzan_audio(root: Path, result: LayoutResult) -> dict[str, Path]:
             f"gtzan: no genre folders (blues/, classical/, ...) under {str(root)!r}; expected {GTZAN_EXPECTED}"
         )
     found: dict[str, Path] = {}
-    for p in _audio_files(audio_root):
+    for p in find_audio(audio_root):
         m = _GTZAN_NAME.match(p.stem)
         rel = p.relative_to(audio_root)
         if len(rel.parts) != 2 or m is None or m.group(1) != rel.parts[0]:
@@ -506,7 +498,7 @@ def _giantsteps_folder(folder: Path, result: LayoutResult) -> list[tuple[str, st
         raise FileNotFoundError(
             f"giantsteps: no *.key annotation files under {str(folder)!r}; expected {GIANTSTEPS_EXPECTED}"
         )
-    audio = {p.stem: p for p in reversed(_audio_files(folder))}  # reversed: the sorted-first file wins
+    audio = {p.stem: p for p in reversed(find_audio(folder))}  # reversed: the sorted-first file wins
     # giantsteps-mtg-key-dataset: keep confident single-key tracks only, as Korzeniowski & Widmer and MARBLE.
     confidence: dict[str, str] = {}
     ann = folder / "annotations" / "annotations.txt"
@@ -718,7 +710,7 @@ def emo(root: str | os.PathLike, *, seed: int = 0) -> LayoutResult:
     audio_dir = _first_existing([path / "clips_45seconds", *sorted(path.rglob("clips_45seconds"))], "dir")
     if audio_dir is None:
         raise FileNotFoundError(f"emo: no clips_45seconds/ folder under {str(path)!r}; expected {EMO_EXPECTED}")
-    audio = {p.stem: p for p in reversed(_audio_files(audio_dir))}
+    audio = {p.stem: p for p in reversed(find_audio(audio_dir))}
     rows = _read_csv_stripped(ann)
     need = {"song_id", "mean_valence", "mean_arousal"}
     if rows and not need <= set(rows[0]):
@@ -801,7 +793,7 @@ def vocalset(
         )
     keep = set(techniques) if techniques else None
     items: list[tuple[str, str, str]] = []  # (path, singer, technique)
-    for p in _audio_files(full):
+    for p in find_audio(full):
         rel = p.relative_to(full).parts
         if len(rel) != 4 or not _SINGER.match(rel[0]):
             result.skipped.append((str(p), "not at <singer>/<context>/<technique>/<file>"))
@@ -847,7 +839,7 @@ def folders(root: str | os.PathLike, *, seed: int = 0) -> LayoutResult:
     top = [d for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     fixed = bool(top) and all(d.name.lower() in split_dirs for d in top)
     items: list[tuple[Path, str, str | None]] = []
-    for audio in _audio_files(path):
+    for audio in find_audio(path):
         parts = audio.relative_to(path).parts
         if fixed:
             if len(parts) < 3:

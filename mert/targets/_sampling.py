@@ -16,17 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["AUDIO_SUFFIXES", "FrameSample", "find_audio", "sample_frames"]
+from mert.audio import find_audio
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
+__all__ = ["FrameSample", "sample_frames"]
+
 # Long files are featurised in pieces so a 10-minute track does not need gigabytes of STFT at once; the
 # pieces' edges change a handful of frames, which does not matter for corpus statistics.
 CHUNK_SECONDS = 30.0
-
-
-def find_audio(folder: Path) -> list[Path]:
-    """Audio files under ``folder`` (recursively), sorted."""
-    return sorted(f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
 
 
 @dataclass

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mert.audio import AUDIO_EXTENSIONS, find_audio
 from mert.fileio import torch_save_atomic
 from mert.models.config import frame_lengths
 from mert.targets._common import check_hop, empty_targets
-from mert.targets._sampling import AUDIO_SUFFIXES, find_audio, sample_frames
+from mert.targets._sampling import sample_frames
 from mert.targets.base import Teacher
 from mert.targets.features import FEATURE_SETS, FrameFeatures, check_feature_sets
 
@@ -424,7 +425,7 @@ def fit_kmeans_cli(argv: list[str] | None = None) -> int:
         return 2
     files = find_audio(folder)
     if not files:
-        print(f"{prog}: no audio files ({', '.join(AUDIO_SUFFIXES)}) under {str(folder)!r}", file=sys.stderr)
+        print(f"{prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {str(folder)!r}", file=sys.stderr)
         return 1
     if args.max_files is not None and args.max_files < len(files):
         files = sorted(random.Random(args.seed).sample(files, args.max_files))  # a spread, not the first N

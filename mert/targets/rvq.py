@@ -40,10 +40,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from mert.audio import AUDIO_EXTENSIONS, find_audio
 from mert.fileio import torch_save_atomic
 from mert.models.config import frame_lengths
 from mert.targets._common import check_hop, empty_targets
-from mert.targets._sampling import AUDIO_SUFFIXES, find_audio, sample_frames
+from mert.targets._sampling import sample_frames
 from mert.targets.base import Teacher
 from mert.targets.kmeans import kmeans
 
@@ -766,7 +767,7 @@ def fit_rvq_cli(argv: list[str] | None = None) -> int:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     if not files:
-        print(f"{prog}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in {str(source)!r}", file=sys.stderr)
+        print(f"{prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {str(source)!r}", file=sys.stderr)
         return 1
     if args.max_files is not None and args.max_files < len(files):
         import random
