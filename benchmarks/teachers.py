@@ -65,7 +65,7 @@ def builders(folder: Path, sample_rate: int, fit_wavs: list[torch.Tensor]) -> di
 
 def shard_seconds(folder: Path, minutes: float, teachers: bool, weights: Path) -> float:
     """Wall time of `mert data shard` over ``minutes`` of 30 s files, with EnCodec + CQT targets or none."""
-    from mert.data.cli import manifest_cli, shard_cli
+    from mert.cli.data import manifest_cli, shard_cli
 
     audio = folder / "audio"
     if not audio.exists():

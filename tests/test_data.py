@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mert.audio import find_audio, load_audio, read_audio
-from mert.data.cli import manifest_cli, shard_cli
+from mert.cli.data import manifest_cli, shard_cli
 from mert.data.datasets import CropDataset, SyntheticDataset, collate_audio
 from mert.data.manifest import ManifestEntry, read_manifest, scan_audio, write_manifest
 from mert.data.shards import ShardDataset, write_shards

@@ -14,11 +14,12 @@ import pytest
 import soundfile as sf
 import torch
 
+from mert.cli.targets import fit_rvq_cli
 from mert.data.manifest import scan_audio, write_manifest
 from mert.data.shards import ShardDataset, write_shards
 from mert.data.synthetic import render_clip
 from mert.models.config import frame_lengths
-from mert.targets import RVQConfig, RVQTargets, build_teacher, fit_rvq, fit_rvq_cli, teacher_from_settings
+from mert.targets import RVQConfig, RVQTargets, build_teacher, fit_rvq, teacher_from_settings
 
 SR = 24000
 TINY = RVQConfig(n_mels=32, n_fft=1024, dim=8, num_codebooks=2, codebook_size=16)

@@ -20,6 +20,7 @@ import soundfile as sf
 import torch
 from torch import nn
 
+from mert.cli.targets import fit_kmeans_cli
 from mert.data.synthetic import render_clip
 from mert.models.config import frame_lengths
 from mert.targets import (
@@ -32,7 +33,6 @@ from mert.targets import (
     RVQTargets,
     Teacher,
     build_teacher,
-    fit_kmeans_cli,
     fit_rvq,
     teacher_from_settings,
 )

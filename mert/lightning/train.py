@@ -22,7 +22,7 @@ import torch
 log = logging.getLogger("mert.pretrain")
 
 __all__ = [
-    "main",
+    "hydra_entry",
     "run",
     "derive_run_dir",
     "check_cached_targets",
@@ -321,7 +321,8 @@ def _spawned(trainer: Any) -> bool:
     return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
 
 
-def _hydra_entry(cfg: Any) -> None:
+def hydra_entry(cfg: Any) -> None:
+    """The Hydra task of ``mert pretrain``: derive the run folder from the overrides if unset, then :func:`run`."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
@@ -332,22 +333,8 @@ def _hydra_entry(cfg: Any) -> None:
     run(cfg)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``mert pretrain [hydra overrides]``: runs through ``hydra.main`` (multirun and launchers included)."""
-    try:
-        import hydra  # noqa: F401
-        import lightning  # noqa: F401
-    except ImportError:
-        print("mert pretrain needs the train extra: pip install 'mert[train]'", file=sys.stderr)
-        return 2
-    from mert._hydra_cli import run_hydra
-
-    torch.set_float32_matmul_precision("high")
-    # argv[0] is this file: Lightning's DDP launcher starts the other ranks by re-running `sys.argv[0]` with
-    # the same overrides, and this file runs `main()` as a script (the `mert` command would need "pretrain").
-    overrides = argv if argv is not None else sys.argv[1:]
-    return run_hydra(_hydra_entry, "train", os.path.abspath(__file__), overrides, "mert pretrain")
-
-
 if __name__ == "__main__":
+    # Lightning's DDP launcher starts the other ranks by re-running this file (see mert.cli.pretrain).
+    from mert.cli.pretrain import main
+
     sys.exit(main())

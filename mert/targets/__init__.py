@@ -11,10 +11,10 @@ from mert.targets.concat import ConcatTargets
 from mert.targets.cqt import CQTTargets
 from mert.targets.encodec import EncodecTargets
 from mert.targets.features import FrameFeatures
-from mert.targets.kmeans import KMeansTargets, fit_kmeans_cli
+from mert.targets.kmeans import KMeansTargets
 from mert.targets.random_projection import RandomProjectionTargets
 from mert.targets.registry import TEACHERS, build_teacher, teacher_from_settings
-from mert.targets.rvq import RVQConfig, RVQTargets, fit_rvq, fit_rvq_cli
+from mert.targets.rvq import RVQConfig, RVQTargets, fit_rvq
 
 __all__ = [
     "CQTTargets",
@@ -28,8 +28,6 @@ __all__ = [
     "TEACHERS",
     "Teacher",
     "build_teacher",
-    "fit_kmeans_cli",
     "fit_rvq",
-    "fit_rvq_cli",
     "teacher_from_settings",
 ]

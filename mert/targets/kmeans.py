@@ -13,11 +13,8 @@ Fitting: ``KMeansTargets.fit(files_or_wavs)`` or the command ``mert targets fit-
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import random
-import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,15 +24,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mert.audio import AUDIO_EXTENSIONS, find_audio
 from mert.fileio import torch_save_atomic
 from mert.models.config import frame_lengths
 from mert.targets._common import check_hop, empty_targets
 from mert.targets._sampling import sample_frames
 from mert.targets.base import Teacher
-from mert.targets.features import FEATURE_SETS, FrameFeatures, check_feature_sets
+from mert.targets.features import FrameFeatures, check_feature_sets
 
-__all__ = ["KMeansTargets", "fit_kmeans_cli", "kmeans"]
+__all__ = ["KMeansTargets", "kmeans"]
 
 FORMAT = "mert.targets.kmeans"
 FORMAT_VERSION = 1
@@ -389,72 +385,3 @@ class KMeansTargets(Teacher):
                 "this KMeansTargets was never saved, so its settings cannot rebuild it: call .save(path) first"
             )
         return {**super().settings(), "path": str(self.path)}
-
-
-# ---------------------------------------------------------------------------------------------- command line
-def fit_kmeans_cli(argv: list[str] | None = None) -> int:
-    """``mert targets fit-kmeans AUDIO_DIR --out km.pt [--clusters N] [--features mfcc,chroma] ...``.
-
-    Returns:
-        0 on success (also when some files were skipped; they are listed on stderr), 1 when no file could be
-        used, 2 on usage errors.
-    """
-    parser = argparse.ArgumentParser(
-        prog="mert targets fit-kmeans",
-        description="Fit a k-means teacher (MERT-v0 style) on a folder of audio and save it for "
-        "build_teacher('kmeans', path=...).",
-    )
-    parser.add_argument("audio_dir", help="folder searched recursively for audio files")
-    parser.add_argument("--out", required=True, help="output file, e.g. km.pt")
-    parser.add_argument("--clusters", type=int, default=100, help="clusters per feature set (default 100)")
-    parser.add_argument(
-        "--features", default="mfcc,chroma", help=f"comma-separated feature sets among {','.join(FEATURE_SETS)}"
-    )
-    parser.add_argument("--max-files", type=int, default=None, help="fit on a random subset of this many files")
-    parser.add_argument("--max-frames", type=int, default=200_000, help="frames sampled for k-means")
-    parser.add_argument("--iters", type=int, default=50, help="maximum k-means iterations")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sample-rate", type=int, default=24000, help="Hz; files are resampled to it")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-
-    prog = parser.prog
-    folder = Path(args.audio_dir).expanduser()
-    if not folder.is_dir():
-        print(f"{prog}: {str(folder)!r} is not a folder", file=sys.stderr)
-        return 2
-    files = find_audio(folder)
-    if not files:
-        print(f"{prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {str(folder)!r}", file=sys.stderr)
-        return 1
-    if args.max_files is not None and args.max_files < len(files):
-        files = sorted(random.Random(args.seed).sample(files, args.max_files))  # a spread, not the first N
-    sets = [s.strip() for s in args.features.split(",") if s.strip()]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # skips are reported below, in full
-            teacher = KMeansTargets.fit(
-                files,
-                feature_sets=sets,
-                num_clusters=args.clusters,
-                max_frames=args.max_frames,
-                iters=args.iters,
-                seed=args.seed,
-                progress=not args.quiet,
-                sample_rate=args.sample_rate,
-            )
-    except ValueError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 1
-    if teacher.skipped_files:
-        print(f"{prog}: skipped {len(teacher.skipped_files)} unreadable file(s):", file=sys.stderr)
-        for name, reason in teacher.skipped_files:
-            print(f"  {name}: {reason}", file=sys.stderr)
-    out = teacher.save(args.out)
-    info = teacher.fit_info
-    print(
-        f"{prog}: {info['num_files']} file(s), {info['num_frames']} frames ({info['num_frames_used']} clustered), "
-        f"{len(teacher.skipped_files)} skipped; {teacher.num_codebooks} codebook(s) "
-        f"({','.join(teacher.feature_sets)}) x {teacher.codebook_size} clusters -> {out}"
-    )
-    return 0

@@ -21,12 +21,10 @@ the weights, which :meth:`RVQTargets.load` verifies.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,7 +38,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from mert.audio import AUDIO_EXTENSIONS, find_audio
 from mert.fileio import torch_save_atomic
 from mert.models.config import frame_lengths
 from mert.targets._common import check_hop, empty_targets
@@ -48,7 +45,7 @@ from mert.targets._sampling import sample_frames
 from mert.targets.base import Teacher
 from mert.targets.kmeans import kmeans
 
-__all__ = ["RVQConfig", "RVQTargets", "ResidualVQ", "fit_rvq", "fit_rvq_cli"]
+__all__ = ["RVQConfig", "RVQTargets", "ResidualVQ", "fit_rvq"]
 
 FORMAT = "mert.targets.rvq"
 FORMAT_VERSION = 1
@@ -708,100 +705,3 @@ def fit_rvq(
     if got.skipped:
         warnings.warn(f"RVQ fit skipped {len(got.skipped)} unusable input(s); see .skipped_files", stacklevel=2)
     return teacher
-
-
-# ---------------------------------------------------------------------------------------------- command line
-def _inputs(source: Path) -> list[Path]:
-    """Audio files of a folder, or the paths of a ``mert data manifest`` file."""
-    if source.is_dir():
-        return find_audio(source)
-    from mert.data.manifest import read_manifest
-
-    return [Path(e.path) for e in read_manifest(source)]
-
-
-def fit_rvq_cli(argv: list[str] | None = None) -> int:
-    """``mert targets fit-rvq AUDIO_DIR_OR_MANIFEST --out rvq.pt [--input logmel|cqt] ...``.
-
-    Returns:
-        0 on success (also when some files were skipped; they are listed on stderr), 1 when nothing could be
-        used or the codebooks collapsed, 2 on usage errors.
-    """
-    d = RVQConfig()
-    parser = argparse.ArgumentParser(
-        prog="mert targets fit-rvq",
-        description="Train a residual-VQ acoustic teacher on log-mel or log-CQT frames of your audio and save it "
-        "for `targets=rvq_cqt targets.code_teacher.path=...`. Rerunning with the same arguments resumes an "
-        "interrupted fit.",
-    )
-    parser.add_argument("source", help="folder searched recursively for audio files, or a `mert data manifest` file")
-    parser.add_argument("--out", required=True, help="output file, e.g. rvq.pt")
-    parser.add_argument("--input", choices=INPUTS, default=d.input, help=f"frame features (default {d.input})")
-    parser.add_argument("--n-mels", type=int, default=d.n_mels, help=f"log-mel bands (default {d.n_mels})")
-    parser.add_argument("--context", type=int, default=d.context, help="frames stacked on each side (default 0)")
-    parser.add_argument("--dim", type=int, default=d.dim, help=f"latent size (default {d.dim})")
-    parser.add_argument("--hidden", type=int, default=d.hidden, help="MLP hidden width; 0 = linear (default)")
-    parser.add_argument("--codebooks", type=int, default=d.num_codebooks, help=f"default {d.num_codebooks}")
-    parser.add_argument("--codebook-size", type=int, default=d.codebook_size, help=f"default {d.codebook_size}")
-    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
-    parser.add_argument("--batch-frames", type=int, default=4096, help="frames per step (default 4096)")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--max-frames", type=int, default=300_000, help="frames sampled from the corpus")
-    parser.add_argument("--max-files", type=int, default=None, help="read a random subset of this many files")
-    parser.add_argument("--min-usage", type=float, default=0.02, help="collapse threshold (perplexity / codes)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sample-rate", type=int, default=d.sample_rate, help="Hz; files are resampled to it")
-    parser.add_argument("--hop-length", type=int, default=d.hop_length, help="samples per frame: the encoder's hop")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-
-    prog = parser.prog
-    source = Path(args.source).expanduser()
-    if not source.exists():
-        print(f"{prog}: {str(source)!r} does not exist", file=sys.stderr)
-        return 2
-    try:
-        files = _inputs(source)
-    except (OSError, ValueError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    if not files:
-        print(f"{prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {str(source)!r}", file=sys.stderr)
-        return 1
-    if args.max_files is not None and args.max_files < len(files):
-        import random
-
-        files = sorted(random.Random(args.seed).sample(files, args.max_files))
-    try:
-        config = RVQConfig(
-            input=args.input, n_mels=args.n_mels, context=args.context, dim=args.dim, hidden=args.hidden,
-            num_codebooks=args.codebooks, codebook_size=args.codebook_size, sample_rate=args.sample_rate,
-            hop_length=args.hop_length,
-        )  # fmt: skip
-        out = Path(args.out).expanduser()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # skips are reported below, in full
-            teacher = fit_rvq(
-                files, config, steps=args.steps, batch_frames=args.batch_frames, lr=args.lr,
-                max_frames=args.max_frames, min_usage=args.min_usage, seed=args.seed,
-                checkpoint=out.with_name(out.name + ".partial"), device=args.device, progress=not args.quiet,
-                conv_kernel=(args.hop_length,), conv_stride=(args.hop_length,),
-            )  # fmt: skip
-    except ValueError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 1
-    if teacher.skipped_files:
-        print(f"{prog}: skipped {len(teacher.skipped_files)} unreadable file(s):", file=sys.stderr)
-        for name, reason in teacher.skipped_files:
-            print(f"  {name}: {reason}", file=sys.stderr)
-    path = teacher.save(out)
-    info = teacher.fit_info
-    print(
-        f"{prog}: {info['num_files']} file(s), {info['num_frames']} frames ({info['num_frames_used']} sampled), "
-        f"{len(teacher.skipped_files)} skipped; {config.num_codebooks} x {config.codebook_size} codes on "
-        f"{config.input}; held-out reconstruction MSE {info['held_out_mse']:.3f} (standardised frames), "
-        f"perplexity per codebook {', '.join(f'{p:.0f}' for p in info['perplexity'])}; "
-        f"{info['seconds']:.0f} s -> {path}"
-    )
-    return 0

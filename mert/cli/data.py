@@ -1,9 +1,11 @@
-"""``mert data manifest`` and ``mert data shard``: prepare a corpus for pretraining.
+"""``mert data manifest``, ``mert data shard`` and ``mert synth``: prepare a corpus for pretraining.
 
     mert data manifest AUDIO_DIR --out train.tsv [--min-seconds 3] [--valid-percent 1 --valid-out valid.tsv]
     mert data shard train.tsv --out shards/ [--code-teacher NAME] [--feature-teacher NAME] [--teacher-arg K=V]
 
-Both return 0 when at least one file was usable (skipped files are listed on stderr) and 1 when none was.
+    mert synth OUT.wav [--seconds 10] [--seed 0]
+
+The first two return 0 when at least one file was usable (skipped files are listed on stderr) and 1 when none was.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["manifest_cli", "shard_cli"]
+__all__ = ["add_synth_parser", "manifest_cli", "shard_cli", "synth"]
 
 ROLES = {"code": "codes", "feature": "features"}  # CLI option prefix -> target role the trainer reads
 
@@ -181,4 +183,29 @@ def shard_cli(argv: list[str] | None = None) -> int:
         f"({result.seconds_written / 3600:.3f} h) in {result.num_shards} shard(s) -> {result.out_dir} "
         f"(targets: {roles})"
     )
+    return 0
+
+
+def add_synth_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``mert synth`` on the top-level parser's subcommands."""
+    p = sub.add_parser("synth", help="write synthetic music clips (chords, melody, drums) as audio files")
+    p.add_argument("out", nargs="+", help="output file(s), e.g. demo.wav")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--sample-rate", type=int, default=24000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=synth)
+
+
+def synth(args: argparse.Namespace) -> int:
+    """`mert synth OUT.wav...`: synthetic clips with their labels printed as JSON."""
+    import soundfile as sf
+
+    from mert.data.synthetic import render_clip
+
+    outs = [Path(p) for p in args.out]
+    for i, path in enumerate(outs):
+        wav, labels = render_clip(args.seconds, args.sample_rate, args.seed + i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), wav, args.sample_rate)
+        print(f"mert synth: {path} ({args.seconds:g} s at {args.sample_rate} Hz) {json.dumps(labels.to_dict())}")
     return 0

@@ -1,0 +1,90 @@
+"""The ``mert`` command: one console entry point, one module per command group.
+
+    mert embed FILES... --model SOURCE [--layers all] [--pool mean] [--out DIR]   (mert.cli.embed)
+    mert export RUN_DIR_OR_CKPT OUT_DIR [--format mert|hf|onnx]                    (mert.cli.export)
+    mert pretrain [hydra overrides]                        (mert.cli.pretrain; needs the train extra)
+    mert probe encoder=... data.manifest=... | compare RUNS... | manifest LAYOUT ROOT   (mert.cli.probe)
+    mert demo [--max-steps N] [--out DIR]                                         (mert.cli.demo)
+    mert data manifest AUDIO_DIR --out train.tsv | shard MANIFEST --out DIR       (mert.cli.data)
+    mert synth OUT.wav [--seconds 10] [--seed 0]                                  (mert.cli.data)
+    mert targets fit-kmeans AUDIO_DIR --out km.pt | fit-rvq SOURCE --out rvq.pt  (mert.cli.targets)
+    mert download NAME_OR_ID_OR_URL                                               (mert.cli.download)
+
+Each module parses its arguments and calls library functions; none holds library logic. Subcommands import
+their heavy dependencies lazily so ``mert --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mert.cli import data, embed, export
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: embed, export and synth parse here; the others are listed for ``--help`` only."""
+    from mert import __version__
+
+    parser = argparse.ArgumentParser(prog="mert", description="MERT-style music audio representations.")
+    parser.add_argument("--version", action="version", version=f"mert {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    embed.add_parser(sub)
+    export.add_parser(sub)
+    # Listed for --help; parsed by their own modules (see _DELEGATED).
+    sub.add_parser("pretrain", help="pretrain an encoder: mert pretrain [hydra overrides] (see docs/pretraining.md)")
+    sub.add_parser("demo", help="synthetic corpus -> pretraining -> export -> probe, on CPU in minutes")
+    sub.add_parser(
+        "probe",
+        help="probe an encoder on a labelled manifest: mert probe encoder=... data.manifest=... [task=...]; "
+        "`mert probe compare RUN_DIRS...`; `mert probe manifest LAYOUT ROOT --out FILE` (see docs/probing.md)",
+    )
+    p = sub.add_parser("data", help="data preparation: `mert data manifest`, `mert data shard`")
+    p.add_argument("action", choices=["manifest", "shard"])
+    p = sub.add_parser("targets", help="teachers: `mert targets fit-kmeans`, `mert targets fit-rvq`")
+    p.add_argument("action", choices=["fit-kmeans", "fit-rvq"])
+    sub.add_parser("download", help="fetch a named checkpoint (MERT-v1-95M...), hub id or URL; print its path")
+    data.add_synth_parser(sub)
+    return parser
+
+
+# Subcommands with their own argument parsing (Hydra overrides, or nested commands).
+_DELEGATED = {
+    "pretrain": ("mert.cli.pretrain", "main"),
+    "demo": ("mert.demo", "main"),
+    "probe": ("mert.probe.run", "main"),
+    ("data", "manifest"): ("mert.cli.data", "manifest_cli"),
+    ("data", "shard"): ("mert.cli.data", "shard_cli"),
+    ("targets", "fit-kmeans"): ("mert.cli.targets", "fit_kmeans_cli"),
+    ("targets", "fit-rvq"): ("mert.cli.targets", "fit_rvq_cli"),
+    "download": ("mert.hub", "download_cli"),
+}
+
+
+def _delegate(argv: list[str]) -> int | None:
+    import importlib
+
+    if any(a.startswith("hydra.job.name=train_ddp_process_") for a in argv):
+        # Lightning re-launching the other DDP ranks of `python -m mert.cli pretrain ...` without "pretrain".
+        argv = ["pretrain", *argv]
+
+    for key, (module, func) in _DELEGATED.items():
+        words = (key,) if isinstance(key, str) else key
+        if tuple(argv[: len(words)]) == words:
+            return int(getattr(importlib.import_module(module), func)(argv[len(words) :]) or 0)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mert`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    delegated = _delegate(argv)
+    if delegated is not None:
+        return delegated
+    args = build_parser().parse_args(argv)
+    if getattr(args, "pool", None) == "none":
+        args.pool = None
+    return int(args.func(args) or 0)

@@ -1,0 +1,34 @@
+"""``mert pretrain [hydra overrides]``: pretraining through ``hydra.main`` (multirun and launchers included).
+
+mert pretrain experiment=tiny_cpu trainer.max_steps=100
+mert pretrain -m hydra/launcher=mert_slurm ...        (docs/pretraining.md)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mert pretrain [hydra overrides]``: runs through ``hydra.main`` (multirun and launchers included)."""
+    try:
+        import hydra  # noqa: F401
+        import lightning  # noqa: F401
+    except ImportError:
+        print("mert pretrain needs the train extra: pip install 'mert[train]'", file=sys.stderr)
+        return 2
+    import torch
+
+    from mert.cli.hydra_app import run_hydra
+    from mert.lightning import train
+
+    torch.set_float32_matmul_precision("high")
+    # argv[0] is mert/lightning/train.py: Lightning's DDP launcher starts the other ranks by re-running
+    # `sys.argv[0]` with the same overrides, and that file runs `main()` as a script (the `mert` command would
+    # need "pretrain"). Not this file: its folder on sys.path would shadow packages with our command names.
+    overrides = argv if argv is not None else sys.argv[1:]
+    return run_hydra(train.hydra_entry, "train", os.path.abspath(train.__file__), overrides, "mert pretrain")

@@ -1,0 +1,194 @@
+"""``mert targets fit-kmeans`` and ``mert targets fit-rvq``: fit a teacher on your audio and save it.
+
+    mert targets fit-kmeans AUDIO_DIR --out km.pt [--clusters 100] [--features mfcc,chroma]
+    mert targets fit-rvq AUDIO_DIR_OR_MANIFEST --out rvq.pt [--input logmel|cqt] [--codebooks 8]
+
+Both return 0 on success (also when some files were skipped; they are listed on stderr), 1 when nothing could
+be used, 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from mert.audio import AUDIO_EXTENSIONS, find_audio
+
+__all__ = ["fit_kmeans_cli", "fit_rvq_cli"]
+
+
+def _subset(files: list[Path], max_files: int | None, seed: int) -> list[Path]:
+    """A seeded random subset of ``max_files`` files, sorted: a spread of the corpus, not its first N."""
+    if max_files is None or max_files >= len(files):
+        return files
+    return sorted(random.Random(seed).sample(files, max_files))
+
+
+def _report_skipped(prog: str, skipped: Sequence[tuple[str, str]]) -> None:
+    if skipped:
+        print(f"{prog}: skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
+        for name, reason in skipped:
+            print(f"  {name}: {reason}", file=sys.stderr)
+
+
+def fit_kmeans_cli(argv: list[str] | None = None) -> int:
+    """``mert targets fit-kmeans AUDIO_DIR --out km.pt [--clusters N] [--features mfcc,chroma] ...``.
+
+    Returns:
+        0 on success (also when some files were skipped; they are listed on stderr), 1 when no file could be
+        used, 2 on usage errors.
+    """
+    from mert.targets.features import FEATURE_SETS
+    from mert.targets.kmeans import KMeansTargets
+
+    parser = argparse.ArgumentParser(
+        prog="mert targets fit-kmeans",
+        description="Fit a k-means teacher (MERT-v0 style) on a folder of audio and save it for "
+        "build_teacher('kmeans', path=...).",
+    )
+    parser.add_argument("audio_dir", help="folder searched recursively for audio files")
+    parser.add_argument("--out", required=True, help="output file, e.g. km.pt")
+    parser.add_argument("--clusters", type=int, default=100, help="clusters per feature set (default 100)")
+    parser.add_argument(
+        "--features", default="mfcc,chroma", help=f"comma-separated feature sets among {','.join(FEATURE_SETS)}"
+    )
+    parser.add_argument("--max-files", type=int, default=None, help="fit on a random subset of this many files")
+    parser.add_argument("--max-frames", type=int, default=200_000, help="frames sampled for k-means")
+    parser.add_argument("--iters", type=int, default=50, help="maximum k-means iterations")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-rate", type=int, default=24000, help="Hz; files are resampled to it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    prog = parser.prog
+    folder = Path(args.audio_dir).expanduser()
+    if not folder.is_dir():
+        print(f"{prog}: {str(folder)!r} is not a folder", file=sys.stderr)
+        return 2
+    files = find_audio(folder)
+    if not files:
+        print(f"{prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {str(folder)!r}", file=sys.stderr)
+        return 1
+    files = _subset(files, args.max_files, args.seed)
+    sets = [s.strip() for s in args.features.split(",") if s.strip()]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # skips are reported below, in full
+            teacher = KMeansTargets.fit(
+                files,
+                feature_sets=sets,
+                num_clusters=args.clusters,
+                max_frames=args.max_frames,
+                iters=args.iters,
+                seed=args.seed,
+                progress=not args.quiet,
+                sample_rate=args.sample_rate,
+            )
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    _report_skipped(prog, teacher.skipped_files)
+    out = teacher.save(args.out)
+    info = teacher.fit_info
+    print(
+        f"{prog}: {info['num_files']} file(s), {info['num_frames']} frames ({info['num_frames_used']} clustered), "
+        f"{len(teacher.skipped_files)} skipped; {teacher.num_codebooks} codebook(s) "
+        f"({','.join(teacher.feature_sets)}) x {teacher.codebook_size} clusters -> {out}"
+    )
+    return 0
+
+
+def _inputs(source: Path) -> list[Path]:
+    """Audio files of a folder, or the paths of a ``mert data manifest`` file."""
+    if source.is_dir():
+        return find_audio(source)
+    from mert.data.manifest import read_manifest
+
+    return [Path(e.path) for e in read_manifest(source)]
+
+
+def fit_rvq_cli(argv: list[str] | None = None) -> int:
+    """``mert targets fit-rvq AUDIO_DIR_OR_MANIFEST --out rvq.pt [--input logmel|cqt] ...``.
+
+    Returns:
+        0 on success (also when some files were skipped; they are listed on stderr), 1 when nothing could be
+        used or the codebooks collapsed, 2 on usage errors.
+    """
+    from mert.targets.rvq import INPUTS, RVQConfig, fit_rvq
+
+    d = RVQConfig()
+    parser = argparse.ArgumentParser(
+        prog="mert targets fit-rvq",
+        description="Train a residual-VQ acoustic teacher on log-mel or log-CQT frames of your audio and save it "
+        "for `targets=rvq_cqt targets.code_teacher.path=...`. Rerunning with the same arguments resumes an "
+        "interrupted fit.",
+    )
+    parser.add_argument("source", help="folder searched recursively for audio files, or a `mert data manifest` file")
+    parser.add_argument("--out", required=True, help="output file, e.g. rvq.pt")
+    parser.add_argument("--input", choices=INPUTS, default=d.input, help=f"frame features (default {d.input})")
+    parser.add_argument("--n-mels", type=int, default=d.n_mels, help=f"log-mel bands (default {d.n_mels})")
+    parser.add_argument("--context", type=int, default=d.context, help="frames stacked on each side (default 0)")
+    parser.add_argument("--dim", type=int, default=d.dim, help=f"latent size (default {d.dim})")
+    parser.add_argument("--hidden", type=int, default=d.hidden, help="MLP hidden width; 0 = linear (default)")
+    parser.add_argument("--codebooks", type=int, default=d.num_codebooks, help=f"default {d.num_codebooks}")
+    parser.add_argument("--codebook-size", type=int, default=d.codebook_size, help=f"default {d.codebook_size}")
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
+    parser.add_argument("--batch-frames", type=int, default=4096, help="frames per step (default 4096)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-frames", type=int, default=300_000, help="frames sampled from the corpus")
+    parser.add_argument("--max-files", type=int, default=None, help="read a random subset of this many files")
+    parser.add_argument("--min-usage", type=float, default=0.02, help="collapse threshold (perplexity / codes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-rate", type=int, default=d.sample_rate, help="Hz; files are resampled to it")
+    parser.add_argument("--hop-length", type=int, default=d.hop_length, help="samples per frame: the encoder's hop")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    prog = parser.prog
+    source = Path(args.source).expanduser()
+    if not source.exists():
+        print(f"{prog}: {str(source)!r} does not exist", file=sys.stderr)
+        return 2
+    try:
+        files = _inputs(source)
+    except (OSError, ValueError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    if not files:
+        print(f"{prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {str(source)!r}", file=sys.stderr)
+        return 1
+    files = _subset(files, args.max_files, args.seed)
+    try:
+        config = RVQConfig(
+            input=args.input, n_mels=args.n_mels, context=args.context, dim=args.dim, hidden=args.hidden,
+            num_codebooks=args.codebooks, codebook_size=args.codebook_size, sample_rate=args.sample_rate,
+            hop_length=args.hop_length,
+        )  # fmt: skip
+        out = Path(args.out).expanduser()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # skips are reported below, in full
+            teacher = fit_rvq(
+                files, config, steps=args.steps, batch_frames=args.batch_frames, lr=args.lr,
+                max_frames=args.max_frames, min_usage=args.min_usage, seed=args.seed,
+                checkpoint=out.with_name(out.name + ".partial"), device=args.device, progress=not args.quiet,
+                conv_kernel=(args.hop_length,), conv_stride=(args.hop_length,),
+            )  # fmt: skip
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    _report_skipped(prog, teacher.skipped_files)
+    path = teacher.save(out)
+    info = teacher.fit_info
+    print(
+        f"{prog}: {info['num_files']} file(s), {info['num_frames']} frames ({info['num_frames_used']} sampled), "
+        f"{len(teacher.skipped_files)} skipped; {config.num_codebooks} x {config.codebook_size} codes on "
+        f"{config.input}; held-out reconstruction MSE {info['held_out_mse']:.3f} (standardised frames), "
+        f"perplexity per codebook {', '.join(f'{p:.0f}' for p in info['perplexity'])}; "
+        f"{info['seconds']:.0f} s -> {path}"
+    )
+    return 0
