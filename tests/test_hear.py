@@ -229,3 +229,9 @@ def test_bfloat16_model_returns_float32(folder):
     emb, ts = get_timestamp_embeddings(music_like(SR // 2, seed=8), model)
     assert emb.dtype == torch.float32 and ts.dtype == torch.float32
     assert np.isfinite(emb.numpy()).all()
+
+
+def test_unknown_setting_fails_before_loading(tmp_path):
+    """load_model forwards its settings to HearModel; a misspelt one fails before any checkpoint is looked up."""
+    with pytest.raises(TypeError, match="chunk_second"):
+        load_model(str(tmp_path / "missing"), chunk_second=1.0)
