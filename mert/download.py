@@ -9,11 +9,12 @@ members that would land outside it. Nothing here knows about checkpoint names or
 resolution (:mod:`mert.hub`) calls this module, never the other way round.
 
 Why our own code and not a library: ``pooch`` (1.9) downloads to a fresh temporary file that is deleted on any
-failure (no resume of a partial download), unpacks straight into the final folder (a crash leaves a half-unpacked
-checkpoint that later calls take for complete), takes no lock, and would add ``requests``; ``fsspec``'s http
-filesystem (2026.9) needs ``aiohttp``, and its ``get_file`` writes straight to the destination with no resume,
-no digest check and no unpacking. Both would leave resume, verification and atomic unpacking to us, which is
-what this module is; huggingface_hub (already a dependency) does all of it for Hub repos (:mod:`mert.hub`).
+failure (no resume of a partial download), unpacks straight into the final folder and later only checks that
+the members exist (a crash mid-unpack can leave a truncated file that is then used), takes no lock, and would
+add ``requests``; ``fsspec``'s http filesystem (2026.9) needs ``aiohttp``, and its ``get_file`` writes straight
+to the destination with no resume, no digest check and no unpacking. Both would leave resume, verification and
+atomic unpacking to us, which is what this module is; huggingface_hub (already a dependency) does all of it
+for Hub repos (:mod:`mert.hub`).
 """
 
 from __future__ import annotations

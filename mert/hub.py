@@ -79,7 +79,7 @@ def resolve_source(
 
     Tried in order: an existing local path (``~`` expanded) is returned resolved; a registry name (see
     :mod:`mert.registry`: ``MERT-v1-95M``, ``mert-v1-330m``, ``m-a-p/MERT-v1-95M``, or a user entry) is replaced
-    by its source, revision and digest; an ``http(s)://`` URL is downloaded with :func:`download_url` and, if it
+    by its source, revision and digest; an ``http(s)://`` URL is downloaded by :mod:`mert.download` and, if it
     is an archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.zip``...), safely unpacked next to it (a lone top-level
     folder in the archive is returned itself); an ``owner/name`` string is fetched from the Hugging Face Hub
     (``config.json``, the first of ``model.safetensors`` and ``pytorch_model.bin`` the repo has, and
