@@ -25,6 +25,7 @@ Shape legend:
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import warnings
@@ -165,17 +166,12 @@ class HearModel(nn.Module):
 def load_model(
     model_file_path: str = "",
     *,
-    layers: str | int | Sequence[int] | None = None,
-    combine: str = "mean",
-    sample_rate: int | None = None,
-    chunk_seconds: float | None = 5.0,
-    overlap_seconds: float | None = None,
-    batch_size: int = 8,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
+    **settings,
 ) -> HearModel:
     """Load a MERT encoder as a HEAR model.
 
@@ -190,20 +186,23 @@ def load_model(
     Args:
         model_file_path: anything :meth:`mert.Encoder.from_pretrained` accepts (release folder, weights file,
             ``https://`` URL, Hugging Face id); empty = ``m-a-p/MERT-v1-95M``.
-        layers: hidden states to use: ``"7"``, ``"1-12"``, ``[4, 8]``, ``"last"``, ``"all"``; None = ``1..L``.
-        combine: ``"mean"`` or ``"concat"`` over the chosen layers.
-        sample_rate: rate of the audio HEAR will pass; resampled inside. None: the encoder's rate if HEAR
-            accepts it, else the lowest accepted whole multiple of it (48000 for MERT-v1's 24000; see
-            :func:`default_sample_rate`).
-        chunk_seconds: window for long sounds; None encodes each sound in one pass (memory grows with length).
-        overlap_seconds: window overlap (None: 20% of ``chunk_seconds``).
-        batch_size: sounds (and windows) per encoder call.
         device: where to put the model (hear-eval-kit moves it to the GPU itself).
         dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``; embeddings are returned as float32.
         revision, cache_dir, local_files_only: passed to :meth:`mert.Encoder.from_pretrained`.
+        **settings: the embedding settings of :class:`HearModel`, with its defaults: ``layers`` (``"7"``,
+            ``"1-12"``, ``[4, 8]``, ``"last"``, ``"all"``; None = ``1..L``), ``combine`` (``"mean"`` or
+            ``"concat"``), ``sample_rate`` (of the audio HEAR will pass; None: the encoder's rate if HEAR accepts
+            it, else the lowest accepted whole multiple of it, see :func:`default_sample_rate`),
+            ``chunk_seconds`` (5.0; None encodes each sound in one pass, memory growing with length),
+            ``overlap_seconds`` and ``batch_size`` (8 sounds, and windows, per encoder call).
     Returns:
         A :class:`HearModel` in eval mode.
+    Raises:
+        TypeError: a keyword that is not a setting, before anything is loaded.
     """
+    # The settings are HearModel's keywords, declared (with their defaults) only there; an unknown one fails here,
+    # before a checkpoint is downloaded.
+    inspect.signature(HearModel).bind(None, **settings)
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -216,15 +215,7 @@ def load_model(
         device=device,
         dtype=dtype,
     )
-    return HearModel(
-        encoder,
-        layers=layers,
-        combine=combine,
-        sample_rate=sample_rate,
-        chunk_seconds=chunk_seconds,
-        overlap_seconds=overlap_seconds,
-        batch_size=batch_size,
-    )
+    return HearModel(encoder, **settings)
 
 
 def _check(audio: Tensor | np.ndarray, model: nn.Module) -> Tensor:

@@ -1,41 +1,37 @@
-"""Checkpoint sources: a registry name, a local path, an http(s) URL or a Hugging Face repo id, turned into a path.
+"""Checkpoint sources: what a source string names (a registry name, a local path, an http(s) URL or a Hugging Face
+repo id) and the local path that holds it.
 
 Names (``MERT-v1-95M``, ``MERT-v1-330M`` and the user's own, see :mod:`mert.registry`) are looked up first and
-bring their pinned revision and digest. URL downloads live in ``$MERT_CACHE`` (default ``~/.cache/mert``) under
-``urls/<key>/<file name>``, ``key`` being derived from the URL. Each one is written to a partial file and moved
-into place under a file lock, so several processes starting at once (DDP ranks) download once and nobody ever
-sees a partial file; an interrupted download is continued with an HTTP range request. Hub repos go through
-``huggingface_hub``, into ``<cache_dir>/hf``, ``$MERT_CACHE/hf`` when that is set, or huggingface_hub's own cache.
-Offline (``MERT_OFFLINE=1``, ``HF_HUB_OFFLINE=1``, ``local_files_only=True``) only the caches are used. Nothing
-heavy is imported until a download is needed. ``mert download`` is :func:`download_cli`.
+bring their pinned revision and digest. URLs are fetched by :mod:`mert.download` (cache, resume, digests, locks,
+unpacking); this module calls it and never the other way round. Hub repos go through ``huggingface_hub``, into
+``<cache_dir>/hf``, ``$MERT_CACHE/hf`` when that is set, or huggingface_hub's own cache. Offline
+(``MERT_OFFLINE=1``, ``HF_HUB_OFFLINE=1``, ``local_files_only=True``) only the caches are used. Nothing heavy is
+imported until a download is needed. ``mert download`` is :func:`download_cli`.
+
+The download helpers that used to live here (:func:`default_cache_dir`, :func:`download_url`,
+:func:`offline_mode`, :func:`sha256_file`, :func:`url_cache_path`) are still importable from this module.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import gzip
-import hashlib
-import http.client
-import json
 import logging
-import lzma
 import os
-import posixpath
 import re
-import shutil
 import sys
-import tarfile
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
-import warnings
-import zipfile
-import zlib
-from collections.abc import Collection
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from mert.download import (
+    check_sha256,
+    default_cache_dir,
+    download_url,
+    fetch_url,
+    offline_mode,
+    sha256_file,
+    unpack_if_archive,
+    url_cache_path,
+)
 from mert.registry import HUB_ID as _HUB_ID
 from mert.registry import (
     CheckpointEntry,
@@ -46,40 +42,20 @@ from mert.registry import (
     normalise_sha256,
 )
 
+__all__ = [
+    "default_cache_dir",
+    "download_cli",
+    "download_url",
+    "offline_mode",
+    "resolve_source",
+    "sha256_file",
+    "url_cache_path",
+]
+
 log = logging.getLogger(__name__)
 
 _HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # first one the repo has wins
 _HUB_OPTIONAL = ("preprocessor_config.json", "meta.json")
-_ARCHIVES = (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar", ".zip")
-_LOCK_NAME = ".lock"
-_CHUNK_BYTES = 1 << 20
-_PROGRESS_MIN_BYTES = 64 << 20  # outside a terminal, only downloads this large are worth a progress bar
-_TIMEOUT_S = 60.0
-_TRUE = ("1", "true", "yes", "on")
-
-
-def default_cache_dir() -> Path:
-    """The download cache: ``$MERT_CACHE`` if set, else ``~/.cache/mert``."""
-    return Path(os.environ.get("MERT_CACHE") or "~/.cache/mert").expanduser()
-
-
-def offline_mode() -> bool:
-    """True when ``MERT_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to 1 (or true/yes/on): only caches are used."""
-    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in ("MERT_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-def url_cache_path(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where :func:`download_url` keeps the file of ``url``: ``<cache>/urls/<key>/<file name>``.
-
-    ``key`` is the first 16 hex digits of the SHA-256 of the URL without its ``#`` fragment. Putting a file
-    there by hand (e.g. copied from a connected machine) makes it a cache hit, re-verified when a digest is known.
-    """
-    base = url.partition("#")[0]
-    name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(base).path)).name
-    if name in ("", ".", "..", _LOCK_NAME):
-        name = "download"
-    folder = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
-    return folder / "urls" / hashlib.sha256(base.encode()).hexdigest()[:16] / name
 
 
 def _hub_cache_dir(cache_dir: str | os.PathLike | None) -> Path | None:
@@ -87,15 +63,6 @@ def _hub_cache_dir(cache_dir: str | os.PathLike | None) -> Path | None:
     if cache_dir is not None:
         return Path(cache_dir).expanduser() / "hf"
     return default_cache_dir() / "hf" if os.environ.get("MERT_CACHE") else None
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_source(
@@ -112,7 +79,7 @@ def resolve_source(
 
     Tried in order: an existing local path (``~`` expanded) is returned resolved; a registry name (see
     :mod:`mert.registry`: ``MERT-v1-95M``, ``mert-v1-330m``, ``m-a-p/MERT-v1-95M``, or a user entry) is replaced
-    by its source, revision and digest; an ``http(s)://`` URL is downloaded with :func:`download_url` and, if it
+    by its source, revision and digest; an ``http(s)://`` URL is downloaded by :mod:`mert.download` and, if it
     is an archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.zip``...), safely unpacked next to it (a lone top-level
     folder in the archive is returned itself); an ``owner/name`` string is fetched from the Hugging Face Hub
     (``config.json``, the first of ``model.safetensors`` and ``pytorch_model.bin`` the repo has, and
@@ -148,73 +115,32 @@ def resolve_source(
         if sha256 is not None and path.is_dir():
             raise ValueError(f"sha256= checks a single file, but {path} is a folder")
         if sha256 is not None:
-            _check_file(path, sha256, str(path), "check the file and the digest")
+            check_sha256(path, sha256, str(path), "check the file and the digest")
         return path
     if not isinstance(source, str):  # a path object is meant as a path, never as a URL or repo id
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
     local_files_only = local_files_only or offline_mode()
     endpoint = endpoint or os.environ.get("HF_ENDPOINT")
+    # ``label`` is what `mert download` needs on another machine; ``what`` names a registry entry in errors.
+    label, what = source, None
     entry = lookup_checkpoint(source)
     if entry is not None:
-        return _resolve_entry(entry, revision, cache_dir, sha256, local_files_only, token, endpoint)
-    if is_url(source):
-        file = _download(source, cache_dir, sha256, local_files_only, label=source)
-        return _extract(file) if file.name.lower().endswith(_ARCHIVES) else file
-    if _HUB_ID.match(source):
-        return _from_hub(
-            source,
-            revision=revision,
-            cache_dir=cache_dir,
-            sha256=sha256,
-            local_files_only=local_files_only,
-            token=token,
-            endpoint=endpoint,
-            label=source,
+        revision, sha256, label = _apply_entry(entry, revision, sha256)
+        source, what, from_url = entry.source, f"checkpoint {entry.name!r}", entry.is_url
+    elif is_url(source) or _HUB_ID.match(source):
+        from_url = is_url(source)
+    else:
+        raise _unknown_source(source)
+    if from_url:
+        file = fetch_url(
+            source, cache_dir=cache_dir, sha256=sha256, local_files_only=local_files_only, label=label, what=what
         )
-    try:
-        names, unreadable = known_names(), ""
-    except ValueError as err:  # a broken user registry must not hide the real problem
-        names, unreadable = [e.name for e in builtin_checkpoints()], f"; the user registry was not read: {err}"
-    folded = [n.casefold() for n in names]
-    close = difflib.get_close_matches(source.casefold(), folded, n=1, cutoff=0.75)
-    hint = f"; did you mean {names[folded.index(close[0])]!r}?" if close else ""
-    raise FileNotFoundError(
-        f"checkpoint source {source!r} is neither an existing path, nor an http(s) URL, nor a Hugging Face repo id "
-        f"of the form owner/name, nor a registered checkpoint name (known: {', '.join(names)}; `mert download "
-        f"--list` shows them){hint}{unreadable}"
-    )
-
-
-def _resolve_entry(
-    entry: CheckpointEntry,
-    revision: str | None,
-    cache_dir: str | os.PathLike | None,
-    sha256: str | None,
-    local_files_only: bool,
-    token: str | bool | None,
-    endpoint: str | None,
-) -> Path:
-    """Fetch a registry entry: its pinned revision and digest apply unless the caller overrides them."""
-    if sha256 is not None and entry.sha256 is not None and normalise_sha256(sha256, entry.name) != entry.sha256:
-        raise ValueError(
-            f"sha256={sha256} disagrees with the digest registered for checkpoint {entry.name!r} ({entry.sha256})"
-        )
-    digest = sha256 or entry.sha256
-    if revision is not None and entry.revision is not None and revision != entry.revision:
-        log.info("checkpoint %s: using revision %s instead of the registered %s", entry.name, revision, entry.revision)
-    what = f"checkpoint {entry.name!r}"
-    revision = revision or entry.revision
-    if entry.is_url:
-        # A user entry exists only in this machine's registry: the hint names what works anywhere.
-        label = entry.name if entry.builtin else f"'{entry.source}#sha256={digest}'"
-        file = _download(entry.source, cache_dir, digest, local_files_only, label=label, what=what)
-        return _extract(file) if file.name.lower().endswith(_ARCHIVES) else file
-    label = entry.name if entry.builtin and revision == entry.revision else f"{entry.source} --revision {revision}"
+        return unpack_if_archive(file)
     return _from_hub(
-        entry.source,
+        source,
         revision=revision,
         cache_dir=cache_dir,
-        sha256=digest,
+        sha256=sha256,
         local_files_only=local_files_only,
         token=token,
         endpoint=endpoint,
@@ -223,332 +149,44 @@ def _resolve_entry(
     )
 
 
-def download_url(
-    url: str,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    sha256: str | None = None,
-    local_files_only: bool = False,
-) -> Path:
-    """Download ``url`` into the cache once and return the cached file (archives are not unpacked here).
-
-    A cached copy is reused without touching the network, and re-verified when a digest is known (from
-    ``sha256`` or a ``#sha256=<hex>`` URL fragment); a copy that fails verification is deleted and downloaded
-    again. A download goes to ``.<name>.part`` next to the final file and is checked against the announced size
-    and the digest before it is renamed into place. A partial file left by an interrupted download is continued
-    with an HTTP ``Range`` request when the server supports it and the file can be checked (a known digest, or
-    the server's ``ETag``/``Last-Modified`` sent as ``If-Range``); otherwise the download starts over.
-
-    Args:
-        url: ``http(s)://`` address, optionally ending in ``#sha256=<hex>``.
-        cache_dir: download cache (default :func:`default_cache_dir`); see :func:`url_cache_path`.
-        sha256: expected hex digest of the file.
-        local_files_only: raise instead of downloading when the file is not cached.
+def _apply_entry(
+    entry: CheckpointEntry, revision: str | None, sha256: str | None
+) -> tuple[str | None, str | None, str]:
+    """A registry entry's pinned revision and digest, unless the caller overrides them, and its `mert download` label.
 
     Returns:
-        The cached file, named like the URL's last path component.
-
-    Raises:
-        FileNotFoundError: not cached with ``local_files_only``, or the server answers 404/410.
-        ValueError: the file does not match the expected digest (nothing is left in the cache).
-        OSError: the server cannot be reached, answers an error, or sends fewer bytes than announced (the
-            partial file is kept, and the next call continues it).
+        ``(revision, sha256, label)`` to fetch ``entry.source`` with.
     """
-    return _download(url, cache_dir, sha256, local_files_only or offline_mode(), label=url)
-
-
-def _download(
-    url: str,
-    cache_dir: str | os.PathLike | None,
-    sha256: str | None,
-    local_files_only: bool,
-    *,
-    label: str,
-    what: str | None = None,
-) -> Path:
-    """:func:`download_url`; ``label`` is what to pass to ``mert download``, ``what`` names the thing in errors."""
-    base, _, fragment = url.partition("#")
-    expected = _expected_digest(url, fragment, sha256)
-    if expected is None and base.lower().startswith("http://"):
-        warnings.warn(
-            f"{base}: plain http:// with no sha256, so nothing vouches for what arrives (anyone on the path can "
-            "change it); use https://, or pin the file with sha256= or a '#sha256=<hex>' URL fragment",
-            stacklevel=3,
-        )
-    target = url_cache_path(base, cache_dir)
-    folder = target.parent
-
-    # Files only ever appear complete (os.replace), so a cached copy can be trusted without taking the lock.
-    if target.is_file() and (expected is None or sha256_file(target) == expected):
-        return target
-    if local_files_only and not target.is_file():
-        where = f"{what} ({base})" if what else base
-        raise FileNotFoundError(
-            f"{where} is not in the download cache ({target}) and local_files_only=True (offline: --offline, "
-            f"MERT_OFFLINE=1 or HF_HUB_OFFLINE=1). On a machine with internet access run `mert download {label} "
-            f"--cache-dir DIR`, copy DIR here and set MERT_CACHE to it (or pass cache_dir=), or put the file itself "
-            f"at {target}, or pass a local path"
-        )
-
-    from filelock import FileLock
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder / _LOCK_NAME):
-        if target.is_file():  # another process may have finished the download while we waited for the lock
-            actual = sha256_file(target) if expected is not None else None
-            if actual == expected:
-                return target
-            target.unlink()
-            if local_files_only:
-                raise _mismatch(what or base, expected, actual, "the cached copy was deleted; download it again")
-            log.warning("cached %s does not match sha256 %s; downloading it again", target, expected)
-        # Partial files of older layouts and what was unpacked from a stale copy go; a resumable partial stays.
-        _clear(folder, keep={_part_path(target).name, _part_meta_path(target).name})
-        _fetch(base, target, expected)
-    return target
-
-
-def _expected_digest(url: str, fragment: str, sha256: str | None) -> str | None:
-    """The digest to check: from ``sha256=`` and/or the URL's ``#sha256=`` fragment, which must agree."""
-    from_url = fragment[len("sha256=") :] if fragment.startswith("sha256=") else None
-    digests = {normalise_sha256(d, url) for d in (sha256, from_url) if d}
-    if len(digests) > 1:
-        raise ValueError(f"{url}: sha256={sha256} disagrees with the URL's #sha256= fragment")
-    return digests.pop() if digests else None
-
-
-def _mismatch(what: str, expected: str | None, actual: str | None, hint: str) -> ValueError:
-    return ValueError(
-        f"sha256 mismatch for {what}: expected {expected}, got {actual}; the file is corrupt or changed, or the "
-        f"expected digest is wrong ({hint})"
-    )
-
-
-def _check_file(path: Path, sha256: str, what: str, hint: str) -> None:
-    expected = normalise_sha256(sha256, what)
-    if (actual := sha256_file(path)) != expected:
-        raise _mismatch(what, expected, actual, hint)
-
-
-def _clear(folder: Path, keep: Collection[str] = ()) -> None:
-    """Empty a URL's cache folder, except for its lock file and the names in ``keep``."""
-    for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        elif entry.name != _LOCK_NAME and entry.name not in keep:
-            entry.unlink()
-
-
-def _part_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.part")
-
-
-def _part_meta_path(target: Path) -> Path:
-    """What the server said about the file when the partial download began: URL, validator, size."""
-    return target.with_name(f".{target.name}.part.json")
-
-
-def _fetch(url: str, target: Path, expected: str | None) -> None:
-    """Download (or continue downloading) ``url`` into a partial file, check it, and move it into place."""
-    part, meta = _part_path(target), _part_meta_path(target)
-    for attempt in (1, 2):
-        digest, resumed_from = _stream(url, part, meta, expected)
-        if expected is not None and digest != expected:
-            part.unlink(missing_ok=True)
-            meta.unlink(missing_ok=True)
-            if resumed_from and attempt == 1:
-                # The old partial bytes may be the bad ones (e.g. written by another version of the file).
-                log.warning("%s: resumed download does not match sha256 %s; downloading it again whole", url, expected)
-                continue
-            raise _mismatch(url, expected, digest, "nothing was kept in the cache")
-        break
-    os.replace(part, target)
-    meta.unlink(missing_ok=True)
-
-
-def _stream(url: str, part: Path, meta: Path, expected: str | None) -> tuple[str, int]:
-    """Fill ``part`` with the whole file (appending to what it holds when the server allows it).
-
-    Returns:
-        ``(hex digest of the whole file, byte offset the download continued from)``.
-
-    Raises:
-        OSError: the server is unreachable or answers an error, or the transfer ended early (``part`` is kept so
-            the next call continues it).
-        FileNotFoundError: HTTP 404/410.
-    """
-    from mert.progress import is_terminal, progress_bar
-
-    offset = part.stat().st_size if part.is_file() else 0
-    validator = _read_validator(meta, url) if offset else None
-    if offset and validator is None and expected is None:
-        offset = 0  # nothing could tell a stale partial file from a good one: start over
-    headers = {"User-Agent": "mert"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-        if validator is not None:  # the server sends the whole file instead if it changed since the partial one
-            headers["If-Range"] = validator
-    try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT_S)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and offset:  # the partial file is not a prefix of this file: start over
-            part.unlink()
-            meta.unlink(missing_ok=True)
-            return _stream(url, part, meta, expected)
-        kind = FileNotFoundError if err.code in (404, 410) else OSError
-        raise kind(f"could not download {url}: HTTP {err.code} {err.reason}") from err
-    except urllib.error.URLError as err:
-        raise OSError(f"could not reach {url}: {err.reason}; check the address and the network") from err
-    except OSError as err:  # e.g. a timeout before the headers arrived
-        raise OSError(f"could not download {url}: {err}; check the address and the network") from err
-
-    if response.status == 206 and _range_start(response) != offset:
-        response.close()  # a range other than the one asked for: unusable
-        if not offset:
-            raise OSError(f"could not download {url}: the server sent part of the file without being asked to")
-        part.unlink(missing_ok=True)
-        meta.unlink(missing_ok=True)
-        return _stream(url, part, meta, expected)
-    with response:
-        length = response.headers.get("Content-Length")
-        remaining = int(length) if length else None
-        if offset and response.status != 206:  # no range support, or If-Range saw a changed file
-            log.info("%s: the server sent the whole file (HTTP %d); downloading from the start", url, response.status)
-            offset = 0
-        elif offset:
-            log.info("%s: continuing a partial download at byte %d", url, offset)
-        total = _range_total(response) if offset else None
-        if total is None and remaining is not None:
-            total = offset + remaining
-        _write_meta(meta, url, response.headers, total)
-        digest = hashlib.sha256()
-        if offset:
-            with open(part, "rb") as f:  # the digest covers the whole file, old bytes included
-                for block in iter(lambda: f.read(_CHUNK_BYTES), b""):
-                    digest.update(block)
-        received, cut_short, error = offset, False, None
-        show = is_terminal(sys.stderr) or (total or 0) >= _PROGRESS_MIN_BYTES
-        name = part.name[1 : -len(".part")]
-        with (
-            open(part, "ab" if offset else "wb") as out,
-            progress_bar(total=total, initial=offset, desc=name, unit="B", unit_scale=True, disable=not show) as bar,
-        ):
-            try:
-                # read(n) returns b"" when the connection closes early: the byte count is compared below.
-                while block := response.read(_CHUNK_BYTES):
-                    out.write(block)
-                    digest.update(block)
-                    received += len(block)
-                    bar.update(len(block))
-            except http.client.IncompleteRead as err:  # chunked responses (and newer Pythons) report it this way
-                out.write(err.partial)
-                digest.update(err.partial)
-                received, cut_short = received + len(err.partial), True
-            except OSError as err:  # connection reset, timeout: what arrived is kept for the next call
-                cut_short, error = True, err
-            out.flush()
-            os.fsync(out.fileno())
-    if cut_short or (total is not None and received != total):
-        why = f" ({error})" if error is not None else ""
-        raise OSError(
-            f"download of {url} is truncated: received {received} of {total or '?'} bytes{why}; run the same call "
-            "again to continue it"
-        )
-    return digest.hexdigest(), offset
-
-
-def _range_start(response) -> int | None:
-    match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range") or "")
-    return int(match.group(1)) if match else None
-
-
-def _range_total(response) -> int | None:
-    match = re.match(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range") or "")
-    return int(match.group(1)) if match else None
-
-
-def _read_validator(meta: Path, url: str) -> str | None:
-    """The ``ETag`` (strong only) or ``Last-Modified`` recorded when the partial download of ``url`` began."""
-    try:
-        info = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or info.get("url") != url:
-        return None
-    return info.get("validator") or None
-
-
-def _write_meta(meta: Path, url: str, headers, total: int | None) -> None:
-    etag = headers.get("ETag")
-    validator = etag if etag and not etag.startswith("W/") else headers.get("Last-Modified")  # If-Range needs strong
-    meta.write_text(json.dumps({"url": url, "validator": validator, "total": total}))
-
-
-def _extract(archive: Path) -> Path:
-    """Unpack ``archive`` once into a sibling folder; return it, or the lone top-level folder inside it."""
-    suffix = next(s for s in _ARCHIVES if archive.name.lower().endswith(s))
-    dest = archive.with_name(archive.name[: -len(suffix)] or "extracted")
-    from filelock import FileLock
-
-    if not dest.is_dir():
-        with FileLock(archive.parent / _LOCK_NAME):
-            if not dest.is_dir():  # another process may have unpacked it while we waited for the lock
-                # Unpack into a temporary folder and rename it, so a crash never leaves a half-extracted checkpoint.
-                tmp = Path(tempfile.mkdtemp(dir=archive.parent, prefix=".extract-"))
-                try:
-                    _unpack(archive, tmp)
-                    os.rename(tmp, dest)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)  # no-op after the rename
-    entries = list(dest.iterdir())
-    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
-        return entries[0]
-    return dest
-
-
-def _unpack(archive: Path, dest: Path) -> None:
-    """Extract a zip or tar archive, refusing members (and link targets) that would land outside ``dest``.
-
-    Raises:
-        ValueError: a damaged or truncated archive (naming it: tarfile and gzip raise a bare ``EOFError`` or
-            ``ReadError``), or a member that would land outside ``dest``.
-    """
-    try:
-        _unpack_checked(archive, dest)
-    except (EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError) as e:
-        if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile) and e.errno is not None:
-            raise  # a real I/O error (disk full, permissions): not the archive's fault
+    if sha256 is not None and entry.sha256 is not None and normalise_sha256(sha256, entry.name) != entry.sha256:
         raise ValueError(
-            f"{str(archive)!r} is damaged or truncated ({type(e).__name__}: {e or 'unexpected end of data'}); "
-            f"delete it and download it again"
-        ) from None
+            f"sha256={sha256} disagrees with the digest registered for checkpoint {entry.name!r} ({entry.sha256})"
+        )
+    digest = sha256 or entry.sha256
+    if revision is not None and entry.revision is not None and revision != entry.revision:
+        log.info("checkpoint %s: using revision %s instead of the registered %s", entry.name, revision, entry.revision)
+    revision = revision or entry.revision
+    if entry.is_url:
+        # A user entry exists only in this machine's registry: the hint names what works anywhere.
+        label = entry.name if entry.builtin else f"'{entry.source}#sha256={digest}'"
+    else:
+        label = entry.name if entry.builtin and revision == entry.revision else f"{entry.source} --revision {revision}"
+    return revision, digest, label
 
 
-def _unpack_checked(archive: Path, dest: Path) -> None:
-    if archive.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                _check_inside(name, archive, name)
-            zf.extractall(dest)  # zipfile writes links as plain files, so names are all there is to check
-        return
-    with tarfile.open(archive) as tf:
-        members = tf.getmembers()
-        for member in members:
-            _check_inside(member.name, archive, member.name)
-            if member.issym():  # relative to the link's own folder
-                _check_inside(posixpath.join(posixpath.dirname(member.name), member.linkname), archive, member.name)
-            elif member.islnk():  # relative to the archive root
-                _check_inside(member.linkname, archive, member.name)
-            elif not (member.isfile() or member.isdir()):
-                raise ValueError(f"refusing to extract {archive}: {member.name!r} is a device or fifo")
-        # Python versions with extraction filters get the "data" filter as a second line of defence.
-        tf.extractall(dest, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-
-
-def _check_inside(name: str, archive: Path, member: str) -> None:
-    path = posixpath.normpath(name.replace("\\", "/"))
-    if path.startswith("/") or path == ".." or path.startswith("../") or re.match(r"^[A-Za-z]:", path):
-        raise ValueError(f"refusing to extract {archive}: member {member!r} points outside the extraction folder")
+def _unknown_source(source: str) -> FileNotFoundError:
+    """The error for a string that is no path, URL, hub id or name; it lists the names and suggests a close one."""
+    try:
+        names, unreadable = known_names(), ""
+    except ValueError as err:  # a broken user registry must not hide the real problem
+        names, unreadable = [e.name for e in builtin_checkpoints()], f"; the user registry was not read: {err}"
+    folded = [n.casefold() for n in names]
+    close = difflib.get_close_matches(source.casefold(), folded, n=1, cutoff=0.75)
+    hint = f"; did you mean {names[folded.index(close[0])]!r}?" if close else ""
+    return FileNotFoundError(
+        f"checkpoint source {source!r} is neither an existing path, nor an http(s) URL, nor a Hugging Face repo id "
+        f"of the form owner/name, nor a registered checkpoint name (known: {', '.join(names)}; `mert download "
+        f"--list` shows them){hint}{unreadable}"
+    )
 
 
 def _from_hub(
@@ -629,7 +267,7 @@ def _from_hub(
             problem = "has no config.json, so it is not a checkpoint this library can load"
         raise FileNotFoundError(f"{where} {problem} (tried {', '.join(tried)})") from err
     if sha256 is not None:
-        _check_file(weights, sha256, f"{repo_id}/{weights.name}", "pin revision= to the commit you checked")
+        check_sha256(weights, sha256, f"{repo_id}/{weights.name}", "pin revision= to the commit you checked")
     return folder
 
 
@@ -639,31 +277,11 @@ def download_cli(argv: list[str]) -> int:
 
     ``mert download NAME_OR_SOURCE`` prints only the path on stdout (so ``$(mert download MERT-v1-95M)`` works);
     progress and the licence go to stderr. Returns 0 on success, 1 with a one-line error on stderr otherwise.
+    Only argument parsing and printing live here; the work is :func:`resolve_source` and :mod:`mert.registry`'s.
     """
-    import argparse
-
     from mert.registry import list_checkpoints, register_checkpoint, registry_path, unregister_checkpoint
 
-    parser = argparse.ArgumentParser(
-        prog="mert download",
-        description="Download a checkpoint into the cache and print its local path, or list/add/remove named "
-        "checkpoints (see docs/checkpoints.md).",
-    )
-    parser.add_argument("source", nargs="?", help="registry name (see --list), Hugging Face repo id, URL or path")
-    parser.add_argument("--revision", help="branch, tag or commit of a hub repo (default: the registry's pin)")
-    parser.add_argument("--sha256", help="expected digest of the file (URL entries: required with --add)")
-    parser.add_argument(
-        "--cache-dir",
-        help="download cache (default $MERT_CACHE; unset: ~/.cache/mert for URLs, the Hugging Face cache for repos)",
-    )
-    parser.add_argument("--offline", action="store_true", help="use the cache only; fail if the files are missing")
-    action = parser.add_mutually_exclusive_group()
-    action.add_argument("--list", action="store_true", help="show the named checkpoints")
-    action.add_argument("--add", nargs=2, metavar=("NAME", "SOURCE"), help="register a URL or hub id under NAME")
-    action.add_argument("--remove", metavar="NAME", help="remove a user entry")
-    parser.add_argument("--licence", "--license", dest="licence", help="licence of the weights (with --add)")
-    parser.add_argument("--description", help="one line for --list (with --add)")
-    parser.add_argument("--force", action="store_true", help="with --add: replace a user entry of the same name")
+    parser = _download_parser()
     args = parser.parse_args(argv)
     if args.source is not None and (args.list or args.add or args.remove):
         parser.error("give a checkpoint to download, or one of --list/--add/--remove, not both")
@@ -711,3 +329,30 @@ def _print_registry(entries: list[CheckpointEntry], user_file: Path) -> None:
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     print(f"\nuser entries: {user_file}" + ("" if user_file.is_file() else " (none yet)"))
+
+
+def _download_parser():
+    """The argument parser of ``mert download``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="mert download",
+        description="Download a checkpoint into the cache and print its local path, or list/add/remove named "
+        "checkpoints (see docs/checkpoints.md).",
+    )
+    parser.add_argument("source", nargs="?", help="registry name (see --list), Hugging Face repo id, URL or path")
+    parser.add_argument("--revision", help="branch, tag or commit of a hub repo (default: the registry's pin)")
+    parser.add_argument("--sha256", help="expected digest of the file (URL entries: required with --add)")
+    parser.add_argument(
+        "--cache-dir",
+        help="download cache (default $MERT_CACHE; unset: ~/.cache/mert for URLs, the Hugging Face cache for repos)",
+    )
+    parser.add_argument("--offline", action="store_true", help="use the cache only; fail if the files are missing")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--list", action="store_true", help="show the named checkpoints")
+    action.add_argument("--add", nargs=2, metavar=("NAME", "SOURCE"), help="register a URL or hub id under NAME")
+    action.add_argument("--remove", metavar="NAME", help="remove a user entry")
+    parser.add_argument("--licence", "--license", dest="licence", help="licence of the weights (with --add)")
+    parser.add_argument("--description", help="one line for --list (with --add)")
+    parser.add_argument("--force", action="store_true", help="with --add: replace a user entry of the same name")
+    return parser

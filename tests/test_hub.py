@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import gzip
 import hashlib
 import io
@@ -15,12 +14,13 @@ import threading
 import time
 import urllib.parse
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from mert.hub import default_cache_dir, download_url, resolve_source, sha256_file
+from tests.helpers import HubHandler, Quiet, cached_files, serving
 
 # The loopback servers speak plain http://: the warning about unpinned plain-http downloads is tested once below.
 pytestmark = pytest.mark.filterwarnings("ignore:.*plain http.// with no sha256:UserWarning")
@@ -39,24 +39,6 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
-
-
-@contextlib.contextmanager
-def serving(handler: type[BaseHTTPRequestHandler]):
-    """Run ``handler`` on an ephemeral loopback port in a daemon thread; yield the base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class Quiet(BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
 
 
 class FileServer:
@@ -102,11 +84,6 @@ def files(tmp_path):
     with serving(state.handler()) as url:
         state.url = url
         yield state
-
-
-def cached_files(cache: Path) -> list[Path]:
-    """Everything in a cache folder except lock files."""
-    return sorted(p for p in cache.rglob("*") if p.is_file() and p.name != ".lock")
 
 
 # --- local paths and unknown sources ----------------------------------------------------------------------------
@@ -335,17 +312,10 @@ class FakeHub:
     def handler(self) -> type[BaseHTTPRequestHandler]:
         hub = self
 
-        class Handler(Quiet):
-            def do_HEAD(self) -> None:
-                self.respond(body=False)
-
-            def do_GET(self) -> None:
-                self.respond(body=True)
-
+        class Handler(HubHandler):
             def respond(self, body: bool) -> None:
                 hub.requests.append((self.command, self.path))
-                match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", urllib.parse.urlsplit(self.path).path)
-                repo, revision, filename = match.groups() if match else ("", "", "")
+                repo, revision, filename = self.resolve_parts() or ("", "", "")
                 files = hub.repos.get(repo)
                 if files is None:  # the Hub answers 401 for both missing and private repos
                     return self.error(401, "RepoNotFound")

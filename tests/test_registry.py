@@ -26,7 +26,7 @@ from mert.registry import (
     registry_path,
     unregister_checkpoint,
 )
-from tests.test_hub import Quiet, cached_files, serving
+from tests.helpers import HubHandler, Quiet, cached_files, serving
 
 PIN_95M = lookup_checkpoint("MERT-v1-95M").revision
 MAIN_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
@@ -139,17 +139,10 @@ class PinnedHub:
     def handler(self) -> type[BaseHTTPRequestHandler]:
         hub = self
 
-        class Handler(Quiet):
-            def do_HEAD(self) -> None:
-                self.respond(body=False)
-
-            def do_GET(self) -> None:
-                self.respond(body=True)
-
+        class Handler(HubHandler):
             def respond(self, body: bool) -> None:
-                path = urllib.parse.urlsplit(self.path).path
-                hub.paths.append(path)
-                repo, revision, filename = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path).groups()
+                hub.paths.append(urllib.parse.urlsplit(self.path).path)
+                repo, revision, filename = self.resolve_parts()
                 commit = {"main": MAIN_COMMIT, MAIN_COMMIT: MAIN_COMMIT, PIN_95M: PIN_95M}.get(revision)
                 files = hub.repos.get(repo, {})
                 status, data = (200, files[filename]) if commit and filename in files else (404, b"")
