@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from mert.hub import default_cache_dir, download_url, resolve_source, sha256_file
+from mert.download import default_cache_dir, download_url, sha256_file
+from mert.hub import resolve_source
 from tests.helpers import HubHandler, Quiet, cached_files, serving
 
 # The loopback servers speak plain http://: the warning about unpinned plain-http downloads is tested once below.

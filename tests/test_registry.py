@@ -17,7 +17,8 @@ import torch
 
 from mert import Encoder
 from mert.cli import build_parser, main
-from mert.hub import download_url, resolve_source, url_cache_path
+from mert.download import download_url, url_cache_path
+from mert.hub import resolve_source
 from mert.registry import (
     builtin_checkpoints,
     list_checkpoints,

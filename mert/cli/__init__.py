@@ -60,7 +60,7 @@ _DELEGATED = {
     ("data", "shard"): ("mert.cli.data", "shard_cli"),
     ("targets", "fit-kmeans"): ("mert.cli.targets", "fit_kmeans_cli"),
     ("targets", "fit-rvq"): ("mert.cli.targets", "fit_rvq_cli"),
-    "download": ("mert.hub", "download_cli"),
+    "download": ("mert.cli.download", "download_cli"),
 }
 
 

@@ -254,7 +254,7 @@ def _plot(summary: dict, path: Path) -> bool:
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Probe as configured (a plain mapping shaped like ``conf/probe.yaml``); returns the results summary."""
-    from mert.hub import default_cache_dir
+    from mert.download import default_cache_dir
     from mert.probe.cache import FeatureCache, FeatureSpec
     from mert.probe.probes import ProbeConfig, run_probes
 
