@@ -26,7 +26,7 @@ from torch import Tensor
 
 from mert.fileio import torch_save_atomic
 from mert.models.config import frame_lengths
-from mert.targets._common import check_hop, empty_targets
+from mert.targets._common import check_hop, empty_targets, load_teacher_file, restore_fit_info, saved_front_end
 from mert.targets._sampling import sample_frames
 from mert.targets.base import Teacher
 from mert.targets.features import FrameFeatures, check_feature_sets
@@ -331,29 +331,13 @@ class KMeansTargets(Teacher):
             FileNotFoundError: no such file.
             ValueError: not a k-means teacher file, or a different sample rate.
         """
-        path = Path(path).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"k-means teacher file {str(path)!r} does not exist; fit one with `mert targets fit-kmeans`"
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # not a torch file, or a pickle carrying code
-            raise ValueError(f"could not read k-means teacher {str(path)!r}: {e}") from None
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise ValueError(f"{str(path)!r} is not a k-means teacher file (written by KMeansTargets.save)")
-        if state["format_version"] > FORMAT_VERSION:
-            raise ValueError(f"{str(path)!r} has format version {state['format_version']}; upgrade mert to read it")
+        path, state = load_teacher_file(
+            path, FORMAT, FORMAT_VERSION, "k-means", "mert targets fit-kmeans", "KMeansTargets.save"
+        )
         if sample_rate is not None and int(sample_rate) != int(state["sample_rate"]):
             raise ValueError(f"{str(path)!r} was fitted at {state['sample_rate']} Hz, not {sample_rate} Hz")
         centroids = {n: state["centroids"][n] for n in state["feature_sets"]}
-        kernel = tuple(int(k) for k in (state["conv_kernel"] if conv_kernel is None else conv_kernel))
-        stride = tuple(int(k) for k in (state["conv_stride"] if conv_stride is None else conv_stride))
-        if math.prod(stride) != math.prod(state["conv_stride"]):
-            raise ValueError(
-                f"{str(path)!r} was fitted on a {math.prod(state['conv_stride'])}-sample hop; an encoder with strides "
-                f"{list(stride)} (hop {math.prod(stride)}) cannot use its codes"
-            )
+        kernel, stride = saved_front_end(path, state, math.prod(state["conv_stride"]), conv_kernel, conv_stride)
         teacher = cls(
             centroids=centroids,
             mean=state["mean"],
@@ -363,9 +347,7 @@ class KMeansTargets(Teacher):
             conv_kernel=kernel,
             conv_stride=stride,
         )
-        teacher.path = path
-        teacher.fit_info = dict(state.get("fit_info", {}))
-        teacher.skipped_files = [tuple(x) for x in teacher.fit_info.get("skipped_files", [])]
+        restore_fit_info(teacher, path, state)
         return teacher
 
     def extra_repr(self) -> str:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from mert.fileio import torch_save_atomic
 from mert.models.config import frame_lengths
-from mert.targets._common import check_hop, empty_targets
+from mert.targets._common import check_hop, empty_targets, load_teacher_file, restore_fit_info, saved_front_end
 from mert.targets._sampling import sample_frames
 from mert.targets.base import Teacher
 from mert.targets.kmeans import kmeans
@@ -408,19 +408,7 @@ class RVQTargets(Teacher):
             FileNotFoundError: no such file.
             ValueError: not an RVQ teacher file, damaged weights, another checksum, rate or hop.
         """
-        path = Path(path).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"RVQ teacher file {str(path)!r} does not exist; fit one with `mert targets fit-rvq`"
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # not a torch file, truncated, or a pickle carrying code
-            raise ValueError(f"could not read RVQ teacher {str(path)!r}: {e}") from None
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise ValueError(f"{str(path)!r} is not an RVQ teacher file (written by RVQTargets.save)")
-        if state["format_version"] > FORMAT_VERSION:
-            raise ValueError(f"{str(path)!r} has format version {state['format_version']}; upgrade mert to read it")
+        path, state = load_teacher_file(path, FORMAT, FORMAT_VERSION, "RVQ", "mert targets fit-rvq", "RVQTargets.save")
         actual = weights_sha256(state["weights"])
         if actual != state.get("sha256"):
             raise ValueError(
@@ -434,17 +422,10 @@ class RVQTargets(Teacher):
         config = RVQConfig.from_dict(state["config"])
         if sample_rate is not None and int(sample_rate) != config.sample_rate:
             raise ValueError(f"{str(path)!r} was fitted at {config.sample_rate} Hz, not {sample_rate} Hz")
-        kernel = tuple(int(k) for k in (state["conv_kernel"] if conv_kernel is None else conv_kernel))
-        stride = tuple(int(k) for k in (state["conv_stride"] if conv_stride is None else conv_stride))
-        if math.prod(stride) != config.hop_length:
-            raise ValueError(
-                f"{str(path)!r} was fitted on a {config.hop_length}-sample hop; an encoder with strides "
-                f"{list(stride)} (hop {math.prod(stride)}) cannot use its codes"
-            )
+        kernel, stride = saved_front_end(path, state, config.hop_length, conv_kernel, conv_stride)
         teacher = cls(config=config, state=state["weights"], conv_kernel=kernel, conv_stride=stride)
-        teacher.path, teacher.sha256 = path, actual
-        teacher.fit_info = dict(state.get("fit_info", {}))
-        teacher.skipped_files = [tuple(x) for x in teacher.fit_info.get("skipped_files", [])]
+        restore_fit_info(teacher, path, state)
+        teacher.sha256 = actual
         return teacher
 
     def extra_repr(self) -> str:
