@@ -21,6 +21,16 @@ __all__ = ["add_synth_parser", "manifest_cli", "shard_cli", "synth"]
 ROLES = {"code": "codes", "feature": "features"}  # CLI option prefix -> target role the trainer reads
 
 
+def _parser(prog: str, description: str, source: tuple[str, str], out_help: str) -> argparse.ArgumentParser:
+    """A parser with what both data commands take: an input, ``--out``, ``--report`` and ``--quiet``."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument(source[0], help=source[1])
+    ap.add_argument("--out", required=True, help=out_help)
+    ap.add_argument("--report", help="also write the skipped files (path, reason) to this TSV file")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
 def _report_skipped(prog: str, skipped: list[tuple[str, str]], report: str | None) -> None:
     """List skipped files on stderr and, if asked, in a ``path<TAB>reason`` TSV file."""
     if skipped:
@@ -40,18 +50,16 @@ def manifest_cli(argv: list[str] | None = None) -> int:
     Returns:
         0 if at least one file is usable, 1 if none is (or the folder does not exist).
     """
-    ap = argparse.ArgumentParser(
-        prog="mert data manifest",
-        description="Scan a folder for audio files (headers only) and write a TSV manifest for training.",
+    ap = _parser(
+        "mert data manifest",
+        "Scan a folder for audio files (headers only) and write a TSV manifest for training.",
+        ("audio_dir", "folder searched recursively for audio files"),
+        "manifest to write, e.g. train.tsv",
     )
-    ap.add_argument("audio_dir", help="folder searched recursively for audio files")
-    ap.add_argument("--out", required=True, help="manifest to write, e.g. train.tsv")
     ap.add_argument("--min-seconds", type=float, default=3.0, help="skip shorter files (default 3, spec 4)")
     ap.add_argument("--valid-percent", type=float, default=0.0, help="percent of files held out (default 0)")
     ap.add_argument("--valid-out", help="manifest of the held-out files (needed with --valid-percent)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the validation split")
-    ap.add_argument("--report", help="also write the skipped files (path, reason) to this TSV file")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if not 0.0 <= args.valid_percent < 100.0:
         ap.error("--valid-percent must be in [0, 100)")
@@ -120,12 +128,12 @@ def shard_cli(argv: list[str] | None = None) -> int:
     Returns:
         0 if at least one segment was written, 1 if none (or the manifest or a teacher could not be loaded).
     """
-    ap = argparse.ArgumentParser(
-        prog="mert data shard",
-        description="Write WebDataset-format tar shards of fixed audio segments, optionally with teacher targets.",
+    ap = _parser(
+        "mert data shard",
+        "Write WebDataset-format tar shards of fixed audio segments, optionally with teacher targets.",
+        ("manifest", "manifest TSV (from `mert data manifest`)"),
+        "output folder for shard-NNNNNN.tar and index.json",
     )
-    ap.add_argument("manifest", help="manifest TSV (from `mert data manifest`)")
-    ap.add_argument("--out", required=True, help="output folder for shard-NNNNNN.tar and index.json")
     ap.add_argument("--sample-rate", type=int, default=24000, help="audio rate of the shards (default 24000)")
     ap.add_argument("--segment-seconds", type=float, default=5.0, help="segment length (default 5, spec 4)")
     ap.add_argument("--min-seconds", type=float, default=3.0, help="shortest segment kept (default 3)")
@@ -142,8 +150,6 @@ def shard_cli(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--device", default="cpu", help="where teachers run (cpu, cuda)")
     ap.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
-    ap.add_argument("--report", help="also write the skipped files (path, reason) to this TSV file")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
 
     from mert.data.manifest import read_manifest

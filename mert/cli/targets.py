@@ -21,8 +21,35 @@ from mert.audio import AUDIO_EXTENSIONS, find_audio
 __all__ = ["fit_kmeans_cli", "fit_rvq_cli"]
 
 
-def _subset(files: list[Path], max_files: int | None, seed: int) -> list[Path]:
-    """A seeded random subset of ``max_files`` files, sorted: a spread of the corpus, not its first N."""
+def _fit_parser(
+    prog: str,
+    description: str,
+    *,
+    source: tuple[str, str],
+    out_example: str,
+    max_frames: tuple[int, str],
+    sample_rate: int,
+) -> argparse.ArgumentParser:
+    """The options every teacher fit takes: where the audio is, where the teacher goes, how much is read."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("source", metavar=source[0], help=source[1])
+    parser.add_argument("--out", required=True, help=f"output file, e.g. {out_example}")
+    parser.add_argument("--max-files", type=int, default=None, help="read a random subset of this many files")
+    parser.add_argument("--max-frames", type=int, default=max_frames[0], help=max_frames[1])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-rate", type=int, default=sample_rate, help="Hz; files are resampled to it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _subset(prog: str, files: list[Path], source: Path, max_files: int | None, seed: int) -> list[Path]:
+    """A seeded random subset of ``max_files`` files, sorted: a spread of the corpus, not its first N.
+
+    An empty list (after saying on stderr that ``source`` holds no audio) when there are no files.
+    """
+    if not files:
+        print(f"{prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {str(source)!r}", file=sys.stderr)
+        return []
     if max_files is None or max_files >= len(files):
         return files
     return sorted(random.Random(seed).sample(files, max_files))
@@ -45,35 +72,29 @@ def fit_kmeans_cli(argv: list[str] | None = None) -> int:
     from mert.targets.features import FEATURE_SETS
     from mert.targets.kmeans import KMeansTargets
 
-    parser = argparse.ArgumentParser(
-        prog="mert targets fit-kmeans",
-        description="Fit a k-means teacher (MERT-v0 style) on a folder of audio and save it for "
-        "build_teacher('kmeans', path=...).",
+    parser = _fit_parser(
+        "mert targets fit-kmeans",
+        "Fit a k-means teacher (MERT-v0 style) on a folder of audio and save it for build_teacher('kmeans', path=...).",
+        source=("audio_dir", "folder searched recursively for audio files"),
+        out_example="km.pt",
+        max_frames=(200_000, "frames sampled for k-means"),
+        sample_rate=24000,
     )
-    parser.add_argument("audio_dir", help="folder searched recursively for audio files")
-    parser.add_argument("--out", required=True, help="output file, e.g. km.pt")
     parser.add_argument("--clusters", type=int, default=100, help="clusters per feature set (default 100)")
     parser.add_argument(
         "--features", default="mfcc,chroma", help=f"comma-separated feature sets among {','.join(FEATURE_SETS)}"
     )
-    parser.add_argument("--max-files", type=int, default=None, help="fit on a random subset of this many files")
-    parser.add_argument("--max-frames", type=int, default=200_000, help="frames sampled for k-means")
     parser.add_argument("--iters", type=int, default=50, help="maximum k-means iterations")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sample-rate", type=int, default=24000, help="Hz; files are resampled to it")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     prog = parser.prog
-    folder = Path(args.audio_dir).expanduser()
+    folder = Path(args.source).expanduser()
     if not folder.is_dir():
         print(f"{prog}: {str(folder)!r} is not a folder", file=sys.stderr)
         return 2
-    files = find_audio(folder)
+    files = _subset(prog, find_audio(folder), folder, args.max_files, args.seed)
     if not files:
-        print(f"{prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {str(folder)!r}", file=sys.stderr)
         return 1
-    files = _subset(files, args.max_files, args.seed)
     sets = [s.strip() for s in args.features.split(",") if s.strip()]
     try:
         with warnings.catch_warnings():
@@ -121,14 +142,16 @@ def fit_rvq_cli(argv: list[str] | None = None) -> int:
     from mert.targets.rvq import INPUTS, RVQConfig, fit_rvq
 
     d = RVQConfig()
-    parser = argparse.ArgumentParser(
-        prog="mert targets fit-rvq",
-        description="Train a residual-VQ acoustic teacher on log-mel or log-CQT frames of your audio and save it "
-        "for `targets=rvq_cqt targets.code_teacher.path=...`. Rerunning with the same arguments resumes an "
+    parser = _fit_parser(
+        "mert targets fit-rvq",
+        "Train a residual-VQ acoustic teacher on log-mel or log-CQT frames of your audio and save it for "
+        "`targets=rvq_cqt targets.code_teacher.path=...`. Rerunning with the same arguments resumes an "
         "interrupted fit.",
+        source=("source", "folder searched recursively for audio files, or a `mert data manifest` file"),
+        out_example="rvq.pt",
+        max_frames=(300_000, "frames sampled from the corpus"),
+        sample_rate=d.sample_rate,
     )
-    parser.add_argument("source", help="folder searched recursively for audio files, or a `mert data manifest` file")
-    parser.add_argument("--out", required=True, help="output file, e.g. rvq.pt")
     parser.add_argument("--input", choices=INPUTS, default=d.input, help=f"frame features (default {d.input})")
     parser.add_argument("--n-mels", type=int, default=d.n_mels, help=f"log-mel bands (default {d.n_mels})")
     parser.add_argument("--context", type=int, default=d.context, help="frames stacked on each side (default 0)")
@@ -139,14 +162,9 @@ def fit_rvq_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
     parser.add_argument("--batch-frames", type=int, default=4096, help="frames per step (default 4096)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--max-frames", type=int, default=300_000, help="frames sampled from the corpus")
-    parser.add_argument("--max-files", type=int, default=None, help="read a random subset of this many files")
     parser.add_argument("--min-usage", type=float, default=0.02, help="collapse threshold (perplexity / codes)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sample-rate", type=int, default=d.sample_rate, help="Hz; files are resampled to it")
     parser.add_argument("--hop-length", type=int, default=d.hop_length, help="samples per frame: the encoder's hop")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     prog = parser.prog
@@ -155,14 +173,12 @@ def fit_rvq_cli(argv: list[str] | None = None) -> int:
         print(f"{prog}: {str(source)!r} does not exist", file=sys.stderr)
         return 2
     try:
-        files = _inputs(source)
+        files = _subset(prog, _inputs(source), source, args.max_files, args.seed)
     except (OSError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     if not files:
-        print(f"{prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {str(source)!r}", file=sys.stderr)
         return 1
-    files = _subset(files, args.max_files, args.seed)
     try:
         config = RVQConfig(
             input=args.input, n_mels=args.n_mels, context=args.context, dim=args.dim, hidden=args.hidden,
