@@ -193,10 +193,10 @@ class HeldOutSet:
         (``label`` and any others). At most ``clips`` rows (a seeded subset) and ``seconds`` from each clip's
         middle are read; unreadable files are skipped with a warning."""
         from mert.probe.cache import read_example
-        from mert.probe.tasks import load_manifest
+        from mert.probe.manifest import read_manifest
 
         path = Path(manifest).expanduser()
-        examples = load_manifest(path, root)
+        examples = read_manifest(path, root)
         columns = _manifest_columns(path, [t for t in tasks if t.lower() != "label"])
         if len(examples) > clips:
             keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[:clips])
@@ -237,7 +237,7 @@ class HeldOutSet:
         repeats: int = 1,
         strata: np.ndarray | None = None,
     ) -> HeldOutSet:
-        from mert.probe.tasks import seeded_split
+        from mert.data.splits import seeded_split
 
         labels, classes = {}, {}
         for t, values in raw.items():
@@ -272,7 +272,7 @@ class HeldOutSet:
 
 
 def _manifest_columns(path: Path, columns: Sequence[str]) -> dict[int, dict[str, str]]:
-    """Extra label columns of a manifest by row number (numbered as :func:`mert.probe.tasks.load_manifest`)."""
+    """Extra label columns of a manifest by row number (numbered as :func:`mert.probe.manifest.read_manifest`)."""
     if not columns:
         return {}
     delimiter = "," if path.suffix.lower() == ".csv" else "\t"
