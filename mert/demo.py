@@ -12,10 +12,11 @@
    log-mel, MFCC+chroma+CQT; the best on validation) on held-out clips rendered from seeds the corpus never
    uses: key (12 tonics, music), instrument (10 families, single notes), tempo (5 classes, music with drums),
    pitch (12 pitch classes, single notes of octaves 2-6) and chord quality (6, chords). Each task has its own
-   class-balanced clips (music ``--seconds`` long, notes and chords ``--note-seconds``), split 60/20/20 within
-   each class; one linear probe per layer, the layer chosen on validation. Every clip's features are computed
-   once per encoder. The table, ``results.json`` (every number, per layer), ``results.md`` and a per-layer
-   plot are written.
+   class-balanced clips (music ``--seconds`` long, notes and chords ``--note-seconds``), a seeded split 60/20/20
+   within each class (:func:`mert.data.splits.seeded_split`); one linear probe per layer, trained as ``mert
+   probe`` trains it (:mod:`mert.probe.probes`), the learning rate and the layer chosen on validation. Every
+   clip's features are computed once per encoder. The table, ``results.json`` (every number, per layer),
+   ``results.md`` and a per-layer plot are written.
 
 Exit status 0 only if the pretrained encoder beats the random one on every task and beats the hand-crafted
 column on the mean; otherwise 1, after saying which condition failed.
@@ -166,14 +167,31 @@ def _plot(results: dict, path: Path) -> bool:
     return True
 
 
+# The demo's probe: a linear head per layer, trained as `mert probe` trains it (Adam, early stopping on
+# validation accuracy), the learning rate and layer chosen on validation; one seed, the clips are few.
+DEMO_PROBE = {"head": "linear", "layers": "sweep", "lrs": (1e-3, 5e-3, 1e-2), "seeds": (0,)}
+
+
+def _linear_probes(x: dict[str, Any], y: dict[str, Any], num_classes: int) -> list[dict[str, float]]:
+    """Validation and test accuracy per layer of ``x`` (split -> ``(N, n, d)``), ``y`` split -> ``(N,)`` classes."""
+    from mert.probe.probes import ProbeConfig, ProbeData, run_probes, scorer, standardize
+
+    truth = {s: v.numpy() for s, v in y.items()}
+    data = ProbeData(
+        standardize(x), y, "multiclass", num_classes, ("accuracy",), scorer("multiclass", truth, ["accuracy"])
+    )
+    res = run_probes(data, x["train"].shape[1], ProbeConfig(**DEMO_PROBE))
+    return [{"val": c.val[0], "test": c.test[0]["accuracy"]} for _, c in sorted(res.candidates.items())]
+
+
 def _probe_all(
     encoders: dict[str, Any], task_splits: dict[str, dict], sample_rate: int, stage: Callable[[str], None]
 ) -> dict:
     """Features of every probe clip once per encoder, then linear probes per task (and layer); see main()."""
     import torch
 
+    from mert.probe.features import pooled_features
     from mert.probe.handcrafted import HandcraftedEncoder
-    from mert.probe.linear import extract_pooled, linear_probe, probe_layers
 
     # All clips in one list (task by task, split by split) so each encoder sees each clip exactly once.
     order = [(t, s) for t, splits in task_splits.items() for s in ("train", "val", "test")]
@@ -182,28 +200,29 @@ def _probe_all(
     for t, s in order:
         spans[t, s] = slice(a, a + len(task_splits[t][s][0]))
         a = spans[t, s].stop
-    ys = {(t, s): torch.tensor(task_splits[t][s][1]) for t, s in order}
+    # The probe's split names: "val" is "valid" there.
+    names = {"train": "train", "val": "valid", "test": "test"}
+    ys = {t: {names[s]: torch.tensor(task_splits[t][s][1]) for s in names} for t in task_splits}
+    num_classes = {t: len(TASKS[t].classes) for t in task_splits}
     results: dict[str, Any] = {}
     for name, enc in encoders.items():
         stage(f"    {name} encoder: features of {len(clips)} clips")
-        feats = extract_pooled(enc, clips, sample_rate)  # (N, n, d)
+        feats = pooled_features(enc, clips, sample_rate)  # (N, n, d)
         results[name] = {}
         for task in task_splits:
-            x = [feats[spans[task, s]] for s in ("train", "val", "test")]
-            y = [ys[task, s] for s in ("train", "val", "test")]
-            per_layer = probe_layers(x[0], y[0], x[1], y[1], x[2], y[2])
-            best = max(per_layer, key=lambda i: per_layer[i].val_accuracy)
+            per_layer = _linear_probes({names[s]: feats[spans[task, s]] for s in names}, ys[task], num_classes[task])
+            best = max(range(len(per_layer)), key=lambda i: per_layer[i]["val"])  # first on ties
             results[name][task] = {
                 "best_layer": best,
-                "val_accuracy": per_layer[best].val_accuracy,
-                "test_accuracy": per_layer[best].test_accuracy,
-                "per_layer": [{"val": r.val_accuracy, "test": r.test_accuracy} for r in per_layer.values()],
+                "val_accuracy": per_layer[best]["val"],
+                "test_accuracy": per_layer[best]["test"],
+                "per_layer": per_layer,
             }
     # Hand-crafted: one pass of every kind (concatenated along d), then each baseline is a slice of it; the
     # pooled mean of a concatenation is the concatenation of the pooled means.
     stage(f"    hand-crafted features ({', '.join(HANDCRAFTED_KINDS)}): {len(clips)} clips")
     hand = HandcraftedEncoder("mfcc+chroma+cqt+mel", sample_rate=sample_rate)
-    full = extract_pooled(hand, clips, sample_rate)[:, 0]  # (N, d)
+    full = pooled_features(hand, clips, sample_rate)[:, 0]  # (N, d)
     offsets, a = {}, 0
     for kind, d in hand.config.dims.items():
         offsets[kind] = slice(a, a + d)
@@ -213,10 +232,8 @@ def _probe_all(
     for task in task_splits:
         per_kind = {}
         for kind, f in per_kind_feats.items():
-            x = [f[spans[task, s]] for s in ("train", "val", "test")]
-            y = [ys[task, s] for s in ("train", "val", "test")]
-            r = linear_probe(x[0], y[0], x[1], y[1], x[2], y[2])
-            per_kind[kind] = {"val": r.val_accuracy, "test": r.test_accuracy}
+            x = {names[s]: f[spans[task, s], None] for s in names}  # (N, 1, d): one "layer"
+            per_kind[kind] = _linear_probes(x, ys[task], num_classes[task])[0]
         best = _best_by_val(per_kind)
         results["handcrafted"][task] = {
             "best": best,
@@ -463,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, (name, task) in enumerate(TASKS.items())
     }  # fmt: skip
     rendered = iter(render_clips([j for js in jobs.values() for j in js], workers))
-    task_splits = {name: split_clips(TASKS[name], [next(rendered) for _ in js]) for name, js in jobs.items()}
+    task_splits = {name: split_clips(TASKS[name], [next(rendered) for _ in js], args.seed) for name, js in jobs.items()}
     results: dict[str, Any] = {
         "tasks": {
             name: {

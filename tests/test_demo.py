@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from mert.data.splits import seeded_split
 from mert.data.synthetic import ARRANGEMENTS, ClipLabels
 from mert.demo import TASKS, format_table, probe_jobs, progress_lines, split_clips, verdict
 
@@ -78,7 +79,13 @@ def test_split_clips_is_60_20_20_within_each_class():
     assert {s: len(splits[s][0]) for s in splits} == {"train": 36, "val": 12, "test": 12}
     for s, (_, ys) in splits.items():
         assert Counter(ys) == dict.fromkeys(range(6), len(ys) // 6), s
-    assert splits["train"][0][:2] == ["clip0", "clip6"]  # within a class, in rendering order
+    # The package's one seeded split (stratified by class), listed class by class in rendering order.
+    expected = seeded_split([i % 6 for i in range(60)], 0, (0.6, 0.2, 0.2))
+    for s, name in (("train", "train"), ("val", "valid"), ("test", "test")):
+        assert splits[s][0] == sorted(
+            (f"clip{i}" for i in range(60) if expected[i] == name), key=lambda c: int(c[4:]) % 6
+        )
+    assert split_clips(task, rendered, seed=1)["train"][0] != splits["train"][0]
 
 
 def test_progress_lines_print_about_ten_lines(capsys):

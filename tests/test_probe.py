@@ -14,10 +14,12 @@ import torch
 
 from mert import Encoder
 from mert.cli import main as cli
+from mert.data.splits import seeded_split
 from mert.probe import metrics as M
 from mert.probe.cache import FeatureCache, FeatureSpec
+from mert.probe.manifest import read_manifest
 from mert.probe.probes import WEIGHTED, ProbeConfig, ProbeData, run_probes, scorer
-from mert.probe.tasks import ProbeDataset, TaskSpec, infer_task_type, load_manifest, seeded_split
+from mert.probe.tasks import ProbeDataset, TaskSpec, infer_task_type
 
 SR = 16000  # files are written at 16 kHz so every read is resampled to the encoder's 24 kHz
 
@@ -115,10 +117,10 @@ def test_manifest_columns_relative_paths_segments_and_splits(tmp_path):
         ],
         columns=("path", "label", "split", "start", "end"),
     )
-    ex = load_manifest(m)
+    ex = read_manifest(m)
     assert ex[0].path == tmp_path / "a.wav" and (ex[0].start, ex[0].end, ex[0].split) == (1.5, 3.0, "train")
     assert ex[1].path == Path("/abs/b.wav") and ex[1].split == "valid" and ex[1].start is None
-    assert load_manifest(m, root=tmp_path / "r")[0].path == tmp_path / "r" / "a.wav"
+    assert read_manifest(m, root=tmp_path / "r")[0].path == tmp_path / "r" / "a.wav"
 
 
 @pytest.mark.parametrize(
@@ -132,12 +134,12 @@ def test_manifest_columns_relative_paths_segments_and_splits(tmp_path):
 )
 def test_bad_manifests_name_the_problem(tmp_path, rows, columns, message):
     with pytest.raises(ValueError, match=message):
-        load_manifest(_write_manifest(tmp_path / "bad.csv", rows, columns))
+        read_manifest(_write_manifest(tmp_path / "bad.csv", rows, columns))
 
 
 def test_missing_manifest():
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_manifest("/no/such/manifest.csv")
+        read_manifest("/no/such/manifest.csv")
 
 
 def test_task_type_inference_and_label_parsing(corpus):
@@ -210,7 +212,7 @@ def test_non_utf8_manifest_is_named(tmp_path):
     m = tmp_path / "latin1.csv"
     m.write_bytes("path,label\nfl\xfbte.wav,fl\xfbte\n".encode("latin-1"))
     with pytest.raises(ValueError, match="latin1.csv' is not UTF-8"):
-        load_manifest(m)
+        read_manifest(m)
 
 
 def test_frame_targets_for_beats_and_segments(corpus):

@@ -29,6 +29,7 @@ from mert.probe.layouts import (
     mtt,
     normalize_key,
     nsynth,
+    read_manifest,
     vocalset,
     write_manifest,
 )
@@ -294,7 +295,7 @@ def test_mtt_top_k_and_folder_split(tmp_path):
     root = _mtt_tree(tmp_path / "mtt")
     res = mtt(root, top_k=3)
     # counts: guitar 4, classical 2, slow 3, techno 1, piano 1 -> top 3 = guitar, slow, classical
-    got = {r.path.split("/mp3/")[1]: (r.label, r.split) for r in res.rows}
+    got = {r.path.as_posix().split("/mp3/")[1]: (r.label, r.split) for r in res.rows}
     assert got == {
         "0/a-1-0-29.mp3": ("guitar;slow", "train"),
         "0/a-2-0-29.mp3": ("guitar", "train"),
@@ -314,7 +315,7 @@ def test_mtt_won_split_files(tmp_path):
     np.save(split / "valid.npy", np.array(["2\tf/f-1-0-29.mp3"]))
     np.save(split / "test.npy", np.array(["3\tb/b-1-0-29.mp3"]))
     res = mtt(root, top_k=3)
-    got = {r.path.split("/mp3/")[1]: r.split for r in res.rows}
+    got = {r.path.as_posix().split("/mp3/")[1]: r.split for r in res.rows}
     assert got == {
         "c/c-1-0-29.mp3": "train",
         "0/a-1-0-29.mp3": "train",
@@ -420,19 +421,19 @@ def test_write_manifest_relative_paths_and_quoting(tmp_path):
     inside = _audio(tmp_path / "data" / "a, b.wav")
     outside = _audio(tmp_path / "elsewhere" / "c.wav")
     rows = [ManifestRow(str(inside), "C# major", "train"), ManifestRow(str(outside), "x;y", None, 1.5, 4.0)]
-    out = write_manifest(rows, tmp_path / "data" / "m.csv")
+    out = write_manifest(tmp_path / "data" / "m.csv", rows)
     with open(out, newline="", encoding="utf-8") as f:
         back = list(csv.DictReader(f))
     assert list(back[0]) == ["path", "label", "split", "start", "end"]
     assert back[0] == {"path": "a, b.wav", "label": "C# major", "split": "train", "start": "", "end": ""}
     assert back[1]["path"] == str(outside) and back[1]["label"] == "x;y"
     assert (back[1]["split"], back[1]["start"], back[1]["end"]) == ("", "1.5", "4")
-    tsv = write_manifest(rows[:1], tmp_path / "data" / "m.tsv")
+    tsv = write_manifest(tmp_path / "data" / "m.tsv", rows[:1])
     assert tsv.read_text(encoding="utf-8").splitlines() == ["path\tlabel\tsplit", "a, b.wav\tC# major\ttrain"]
     with pytest.raises(ValueError, match=r"\.csv \(comma\) or \.tsv"):
-        write_manifest(rows, tmp_path / "m.json")
+        write_manifest(tmp_path / "m.json", rows)
     with pytest.raises(ValueError, match="no rows"):
-        write_manifest([], tmp_path / "m.csv")
+        write_manifest(tmp_path / "m.csv", [])
 
 
 def test_cli_writes_a_manifest_that_reads_back(tmp_path, capsys):
@@ -480,33 +481,19 @@ def test_layout_task_names_are_the_probe_tasks():
     assert {name for _, tasks, _ in LAYOUTS.values() for name in tasks.values()} == TASKS
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in RECIPES.glob("*.sh")))
-def test_recipe_scripts_parse_and_use_known_layouts(script):
-    path = RECIPES / script
-    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
-    text = path.read_text()
-    layouts = re.findall(r"mert probe manifest (\S+)", text)
-    tasks = re.findall(r"mert probe task=(\S+)", text)
-    assert layouts and set(layouts) <= set(LAYOUTS)
-    assert tasks and set(tasks) <= TASKS
-
-
-def test_every_layout_has_a_recipe():
-    scripts = {p.stem for p in RECIPES.glob("*.sh")}
-    assert {name.replace("-", "_") for name in LAYOUTS} <= scripts
-
-
 # ---------------------------------------------------------------------------------------------- recipes, run
-# A stand-in `mert` on PATH: `probe manifest` runs the real manifest_cli (layouts.py loaded by file, so no torch
-# import per call), `probe task=...` is only logged, since the probing command itself is tested elsewhere.
+# A stand-in `mert` on PATH: `probe manifest` runs the real manifest_cli of this checkout (and logs the layout and
+# the file it writes), every other subcommand is only logged, since probing itself is tested elsewhere.
 STUB = """#!{python}
-import importlib.util, sys
+import sys
+sys.path.insert(0, {repo!r})
 args = sys.argv[1:]
 if args[:2] == ["probe", "manifest"]:
-    spec = importlib.util.spec_from_file_location("layouts", {layouts!r})
-    mod = sys.modules["layouts"] = importlib.util.module_from_spec(spec)  # dataclasses look themselves up
-    spec.loader.exec_module(mod)
-    sys.exit(mod.manifest_cli(args[2:]))
+    out = args[args.index("--out") + 1]
+    with open({manifests!r}, "a") as f:
+        f.write(args[2] + " " + out + "\\n")
+    from mert.probe.layouts import manifest_cli
+    sys.exit(manifest_cli(args[2:]))
 with open({log!r}, "a") as f:
     f.write(" ".join(args) + "\\n")
 """
@@ -527,42 +514,82 @@ def _gtzan_beat_root(root: Path) -> Path:
     return root
 
 
-TREES = {
-    "gtzan.sh": lambda r: _gtzan_tree(r, n=10),
-    "gtzan_beat.sh": _gtzan_beat_root,
-    "nsynth.sh": lambda r: _nsynth_tree(r, per_class=3),
-    "giantsteps.sh": _giantsteps_root,
-    "mtt.sh": _mtt_tree,
-    "emo.sh": _emo_tree,
-    "vocalset.sh": _vocalset_tree,
+def _folders_root(root: Path) -> Path:
+    for label in ("cello", "flute"):
+        for i in range(10):
+            _audio(root / label / f"{label}{i}.wav", seed=i)
+    return root
+
+
+# script -> (fake data set, {manifest written: (layout, probe task, rows per split)}), with the recipes' defaults
+# (MAX_PER_CLASS=2: nsynth keeps 2 train clips per class; vocalset keeps MARBLE's techniques, two of the fake's
+# three, and holds out singers f2 and m3 as test).
+RECIPES_RUN = {
+    "emo.sh": (_emo_tree, {"emo_regression.csv": ("emo", "emo_regression", {"train": 14, "valid": 2, "test": 4})}),
+    "folders.sh": (_folders_root, {"labels.csv": ("folders", "multiclass", {"train": 16, "valid": 2, "test": 2})}),
+    "giantsteps.sh": (
+        _giantsteps_root,
+        {"giantsteps_key.csv": ("giantsteps", "giantsteps_key", {"train": 9, "valid": 1, "test": 2})},
+    ),
+    "gtzan.sh": (
+        lambda r: _gtzan_tree(r, n=10),
+        {"gtzan_genre.csv": ("gtzan", "gtzan_genre", {"train": 24, "valid": 3, "test": 3})},
+    ),
+    "gtzan_beat.sh": (_gtzan_beat_root, {"gtzan_beat.csv": ("gtzan-beat", "gtzan_beat", {"train": 6})}),
+    "mtt.sh": (_mtt_tree, {"mtt_tagging.csv": ("mtt", "mtt_tagging", {"train": 3, "valid": 1, "test": 2})}),
+    "nsynth.sh": (
+        lambda r: _nsynth_tree(r, per_class=3),
+        {
+            "nsynth_instrument.csv": ("nsynth", "nsynth_instrument", {"train": 6, "valid": 6, "test": 5}),
+            "nsynth_pitch.csv": ("nsynth", "nsynth_pitch", {"train": 6, "valid": 6, "test": 5}),
+        },
+    ),
+    "vocalset.sh": (
+        _vocalset_tree,
+        {
+            "vocalset_technique.csv": ("vocalset", "vocalset_technique", {"train": 27, "valid": 3, "test": 30}),
+            "vocalset_singer.csv": ("vocalset", "vocalset_singer", {"train": 64, "valid": 8, "test": 8}),
+        },
+    ),
 }
 
 
-@pytest.mark.parametrize("script", sorted(TREES))
+def test_recipes_cover_every_layout_and_task():
+    """Every recipe script is run below, and between them they run every layout and probe every task."""
+    assert set(RECIPES_RUN) == {p.name for p in RECIPES.glob("*.sh")}
+    expected = [m for _, manifests in RECIPES_RUN.values() for m in manifests.values()]
+    assert {layout for layout, _, _ in expected} == set(LAYOUTS)
+    assert {task for _, task, _ in expected} == TASKS
+
+
+@pytest.mark.parametrize("script", sorted(RECIPES_RUN))
 def test_recipe_scripts_write_manifests(tmp_path, script):
+    """The recipe, run on a fake data set, writes the manifests it probes, with the expected rows per split."""
     import sys
 
-    import mert.probe.layouts as layouts_module
-
-    root = TREES[script](tmp_path / "data")
-    bin_dir, log, out = tmp_path / "bin", tmp_path / "calls.log", tmp_path / "out"
+    make_tree, expected = RECIPES_RUN[script]
+    root = make_tree(tmp_path / "data")
+    bin_dir, log, made, out = tmp_path / "bin", tmp_path / "calls.log", tmp_path / "manifests.log", tmp_path / "out"
     bin_dir.mkdir()
     stub = bin_dir / "mert"
-    stub.write_text(STUB.format(python=sys.executable, layouts=layouts_module.__file__, log=str(log)))
+    repo = str(Path(__file__).resolve().parents[1])
+    stub.write_text(STUB.format(python=sys.executable, repo=repo, log=str(log), manifests=str(made)))
     stub.chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ROOT": str(root), "OUT": str(out), "MAX_PER_CLASS": "2"}
-    proc = subprocess.run(["bash", str(RECIPES / script)], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["bash", str(RECIPES / script)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    calls = log.read_text().splitlines()
-    assert calls and all(c.startswith("probe task=") and " encoder=MERT-v1-95M " in c for c in calls)
-    for call in calls:
-        task = call.split("task=")[1].split()[0]
-        manifest = Path(call.split("data.manifest=")[1])
-        assert task in TASKS and manifest.name == f"{task}.csv"
-        with open(manifest, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        assert rows and {r["split"] for r in rows} <= {"train", "valid", "test"}
-        assert all(Path(r["path"]).is_file() for r in rows)
+    written = {Path(m).name: layout for layout, m in (line.split(" ", 1) for line in made.read_text().splitlines())}
+    assert written == {name: layout for name, (layout, _, _) in expected.items()}
+    probed = {}
+    for call in log.read_text().splitlines():
+        if call.startswith("probe task="):
+            assert re.search(r" encoder=(random:)?MERT-v1-95M( |$)", call), call
+            probed.setdefault(Path(call.split("data.manifest=")[1].split()[0]).name, set()).add(call.split()[1][5:])
+    assert probed == {name: {task} for name, (_, task, _) in expected.items()}
+    for name, (_, _, splits) in expected.items():
+        rows = read_manifest(out / name)
+        assert Counter(r.split for r in rows) == splits, name
+        assert all(r.path.is_file() and r.path.is_relative_to(root) for r in rows)
 
 
 # --- folders (any class-per-folder collection) ------------------------------------------------------------------

@@ -90,19 +90,22 @@ def probe_jobs(
     return jobs
 
 
-def split_clips(task: ProbeTask, rendered: Sequence) -> dict[str, tuple[list, list]]:
-    """Rendered ``(wav, labels)`` of :func:`probe_jobs` split 60/20/20 within each class, in order.
+def split_clips(task: ProbeTask, rendered: Sequence, seed: int = 0) -> dict[str, tuple[list, list]]:
+    """Rendered ``(wav, labels)`` of :func:`probe_jobs` split 60/20/20 within each class.
+
+    The split is :func:`mert.data.splits.seeded_split` stratified by class (the one every probe split uses);
+    each split lists its clips class by class, in rendering order within a class.
 
     Returns:
         ``{"train" | "val" | "test": (clips, class indices)}``.
     """
-    per_class: dict[int, list] = {}
-    for wav, labels in rendered:
-        per_class.setdefault(task.classes.index(getattr(labels, task.field)), []).append(wav)
+    from mert.data.splits import seeded_split
+
+    classes = [task.classes.index(getattr(labels, task.field)) for _, labels in rendered]
+    assignment = seeded_split(classes, seed, (0.6, 0.2, 0.2))
     splits: dict[str, tuple[list, list]] = {"train": ([], []), "val": ([], []), "test": ([], [])}
-    for c, clips in sorted(per_class.items()):
-        a, b = round(0.6 * len(clips)), round(0.8 * len(clips))
-        for name, part in (("train", clips[:a]), ("val", clips[a:b]), ("test", clips[b:])):
-            splits[name][0].extend(part)
-            splits[name][1].extend([c] * len(part))
+    for i in sorted(range(len(rendered)), key=lambda i: classes[i]):  # stable: rendering order within a class
+        clips, ys = splits["val" if assignment[i] == "valid" else assignment[i]]
+        clips.append(rendered[i][0])
+        ys.append(classes[i])
     return splits

@@ -16,14 +16,13 @@ reference rows were computed on, so a resumed run reads them back instead of rec
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from mert.probe.features import pooled_features
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +194,10 @@ class HeldOutSet:
         (``label`` and any others). At most ``clips`` rows (a seeded subset) and ``seconds`` from each clip's
         middle are read; unreadable files are skipped with a warning."""
         from mert.probe.cache import read_example
-        from mert.probe.tasks import load_manifest
+        from mert.probe.manifest import read_manifest
 
         path = Path(manifest).expanduser()
-        examples = load_manifest(path, root)
+        examples = read_manifest(path, root)
         columns = _manifest_columns(path, [t for t in tasks if t.lower() != "label"])
         if len(examples) > clips:
             keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[:clips])
@@ -237,7 +238,7 @@ class HeldOutSet:
         repeats: int = 1,
         strata: np.ndarray | None = None,
     ) -> HeldOutSet:
-        from mert.probe.tasks import seeded_split
+        from mert.data.splits import seeded_split
 
         labels, classes = {}, {}
         for t, values in raw.items():
@@ -272,7 +273,7 @@ class HeldOutSet:
 
 
 def _manifest_columns(path: Path, columns: Sequence[str]) -> dict[int, dict[str, str]]:
-    """Extra label columns of a manifest by row number (numbered as :func:`mert.probe.tasks.load_manifest`)."""
+    """Extra label columns of a manifest by row number (numbered as :func:`mert.probe.manifest.read_manifest`)."""
     if not columns:
         return {}
     delimiter = "," if path.suffix.lower() == ".csv" else "\t"
@@ -305,42 +306,6 @@ def _middle(example: Any, seconds: float) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- features, probes
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode inside, then every submodule's own previous mode (frozen parts stay frozen)."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-def pooled_features(encoder: nn.Module, clips: Sequence[Tensor], sample_rate: int, *, batch_size: int = 16) -> Tensor:
-    """Mean-pooled hidden states of every layer: ``(N, n, d)`` float32 on the CPU.
-
-    ``encoder`` is anything called as ``encoder(wav (b, l), lengths (b,), sample_rate=...)`` that returns an
-    :class:`~mert.models.encoder.EncoderOutput` (the encoder, a hand-crafted feature extractor). It runs in
-    eval mode under ``inference_mode`` on its own device; its previous modes are restored afterwards.
-    """
-    param = next(iter(encoder.parameters()), None)
-    param = param if param is not None else next(iter(encoder.buffers()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    out = []
-    # bf16-true / fp16-true weights: autocast lets the float32 waveform meet them.
-    low_precision = dtype in (torch.bfloat16, torch.float16)
-    with _eval_mode(encoder), torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=low_precision):
-        for i in range(0, len(clips), batch_size):
-            chunk = list(clips[i : i + batch_size])
-            lengths = torch.tensor([len(c) for c in chunk])
-            wav = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True)  # (b, l)
-            res = encoder(wav.to(device), lengths.to(device), sample_rate=sample_rate)
-            out.append(res.pooled().float().cpu())  # (b, n, d)
-    return torch.cat(out)
-
-
 @dataclass(frozen=True)
 class RidgeResult:
     """Accuracies of the ridge probe at the regularisation ``alpha`` chosen on validation."""

@@ -32,7 +32,8 @@ from torch import Tensor
 
 from mert.models.encoder import Encoder
 from mert.models.pooling import mean_pool, parse_layers, pool_frames
-from mert.probe.tasks import Example, ProbeDataset
+from mert.probe.manifest import ManifestRow
+from mert.probe.tasks import ProbeDataset
 
 __all__ = ["FeatureSpec", "FeatureCache", "ExtractReport", "encoder_fingerprint", "read_example"]
 
@@ -89,7 +90,7 @@ def encoder_fingerprint(encoder: Encoder) -> str:
     return h.hexdigest()[:16]
 
 
-def read_example(example: Example, sample_rate: int) -> Tensor:
+def read_example(example: ManifestRow, sample_rate: int) -> Tensor:
     """The example's audio (its ``start``/``end`` segment), mono, at ``sample_rate``: ``(l,)`` float32.
 
     Raises:
@@ -123,7 +124,7 @@ class FeatureCache:
         self.folder = Path(cache_dir).expanduser() / self.fingerprint / spec.variant()
         self.layers = parse_layers(spec.layers, encoder.num_layers + 1)
 
-    def path(self, example: Example) -> Path:
+    def path(self, example: ManifestRow) -> Path:
         return self.folder / "items" / f"{example.key}.npy"
 
     def extract(self, dataset: ProbeDataset, progress: bool = True) -> ExtractReport:
@@ -156,7 +157,7 @@ class FeatureCache:
             log.warning("skipped %d unreadable files (listed in %s)", len(report.skipped), self.folder / "skipped.json")
         return report
 
-    def _read_ahead(self, todo: list[Example]) -> Iterator[tuple[Example, Tensor | Exception]]:
+    def _read_ahead(self, todo: list[ManifestRow]) -> Iterator[tuple[ManifestRow, Tensor | Exception]]:
         """Decode and resample files on a background thread while the encoder runs (soundfile and the
         resampler release the GIL), keeping at most a few files in memory."""
         q: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
@@ -215,15 +216,15 @@ class FeatureCache:
         out = self.encoder(batch, lengths.to(device), sample_rate=self.encoder.sample_rate, layers=self.layers)
         return mean_pool(out.stacked(self.layers), out.lengths).float().cpu()
 
-    def _save(self, example: Example, array: np.ndarray) -> None:
+    def _save(self, example: ManifestRow, array: np.ndarray) -> None:
         final = self.path(example)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             np.save(f, array)
         os.replace(tmp, final)
 
-    def _extract_clips(self, todo: list[Example], report: ExtractReport, bar) -> None:
-        pending: list[tuple[Example, int]] = []  # (example, number of windows) in batch order
+    def _extract_clips(self, todo: list[ManifestRow], report: ExtractReport, bar) -> None:
+        pending: list[tuple[ManifestRow, int]] = []  # (example, number of windows) in batch order
         windows: list[Tensor] = []
 
         def flush() -> None:
@@ -261,7 +262,7 @@ class FeatureCache:
         flush()
 
     @torch.inference_mode()
-    def _extract_frames(self, todo: list[Example], report: ExtractReport, bar) -> None:
+    def _extract_frames(self, todo: list[ManifestRow], report: ExtractReport, bar) -> None:
         device = next(self.encoder.parameters()).device
         for e, wav in self._read_ahead(todo):
             if isinstance(wav, Exception) or wav.shape[0] < 400:
@@ -284,7 +285,7 @@ class FeatureCache:
                 bar.update(1)
 
     @staticmethod
-    def _skip(e: Example, err: Exception, report: ExtractReport, bar) -> None:
+    def _skip(e: ManifestRow, err: Exception, report: ExtractReport, bar) -> None:
         report.skipped[str(e.path) + (f"[{e.start}:{e.end}]" if e.start is not None or e.end is not None else "")] = (
             str(err)
         )

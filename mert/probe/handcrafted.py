@@ -238,29 +238,14 @@ class HandcraftedEncoder(nn.Module):
         self.eval()
 
     # ------------------------------------------------------------------ the Encoder attributes probes read
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def frame_rate(self) -> float:
-        return self.config.frame_rate
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.hop_length
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.num_layers
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def kind(self) -> str:
-        return self.config.kind
+    # Read-only views of the config, as on Encoder: sample_rate, frame_rate, hop_length, num_layers,
+    # hidden_size, and kind.
+    sample_rate = property(lambda self: self.config.sample_rate)
+    frame_rate = property(lambda self: self.config.frame_rate)
+    hop_length = property(lambda self: self.config.hop_length)
+    num_layers = property(lambda self: self.config.num_layers)
+    hidden_size = property(lambda self: self.config.hidden_size)
+    kind = property(lambda self: self.config.kind)
 
     def frame_lengths(self, num_samples: Tensor | int) -> Tensor | int:
         """Frames produced from ``num_samples`` samples at ``self.sample_rate`` (the real encoder's count)."""

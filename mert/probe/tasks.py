@@ -2,8 +2,9 @@
 
 Shape legend: ``N`` examples, ``C`` classes or tags, ``R`` regression outputs, ``t`` label frames.
 
-A manifest is a CSV (``.csv``) or TSV (``.tsv``, or any other extension) with a header row and the columns
-``path,label[,split][,start,end]``. Relative paths are relative to ``root`` (default: the manifest's folder).
+A manifest (read and written by :mod:`mert.probe.manifest`) is a CSV (``.csv``) or TSV (``.tsv``, or any other
+extension) with a header row and the columns ``path,label[,split][,start,end]``. Relative paths are relative to
+``root`` (default: the manifest's folder).
 Label encodings per task type:
 
 * ``multiclass``: the class name;
@@ -15,12 +16,11 @@ Label encodings per task type:
 
 ``auto`` infers the type from the labels (all numeric: regression; any ``;``: multilabel; else multiclass).
 Splits come from the ``split`` column (``train``/``valid``/``test``; ``val``/``validation``/``dev`` accepted)
-or, when it is absent or empty, from a seeded split stratified by class.
+or, when it is absent or empty, from :func:`mert.data.splits.seeded_split`, stratified by class.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -31,14 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mert.data.splits import SPLITS, seeded_split
+from mert.probe.manifest import ManifestRow, read_manifest
+
 log = logging.getLogger(__name__)
 
-__all__ = ["TASK_TYPES", "SPLITS", "Example", "ProbeDataset", "TaskSpec", "load_manifest", "infer_task_type"]
+__all__ = ["TASK_TYPES", "SPLITS", "ProbeDataset", "TaskSpec", "infer_task_type"]
 
 TASK_TYPES = ("multiclass", "multilabel", "regression", "beat", "onset", "frame_multiclass")
-SPLITS = ("train", "valid", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid"}
-_SPLIT_ALIASES |= {"dev": "valid", "test": "test", "eval": "test", "evaluation": "test"}
 _FRAME_TYPES = ("beat", "onset", "frame_multiclass")
 EVENT_TYPES = ("beat", "onset")  # labels are event times; scored by F-measure within a tolerance window
 NONE_CLASS = "none"
@@ -92,93 +92,6 @@ class TaskSpec:
         }[self.type]
 
 
-@dataclass(frozen=True)
-class Example:
-    """One manifest row: an audio file (or a segment of it), its raw label and its split."""
-
-    path: Path
-    label: str
-    split: str | None
-    start: float | None = None
-    end: float | None = None
-    row: int = 0
-
-    @property
-    def key(self) -> str:
-        """Identifies the audio this example reads (path, segment, file size and mtime): the feature cache key."""
-        try:
-            st = self.path.stat()
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        text = f"{self.path.resolve()}|{self.start}|{self.end}|{stamp}"
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _float_or_none(value: str | None, what: str, where: str) -> float | None:
-    if value is None or not value.strip():
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{where}: {what} must be a number of seconds, got {value!r}") from None
-
-
-def load_manifest(path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Example]:
-    """Read a probing manifest (see the module docstring for the format).
-
-    Raises:
-        FileNotFoundError: the manifest does not exist.
-        ValueError: no header, a missing ``path``/``label`` column, an empty path, a bad split name or
-            segment bound; the message names the file and the row.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"probing manifest {str(path)!r} does not exist")
-    base = Path(root).expanduser() if root else path.parent
-    delimiter = "," if path.suffix.lower() == ".csv" else "\t"
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            f.read()
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"manifest {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
-        ) from None
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("path", "label") if c not in columns]
-        if missing:
-            raise ValueError(
-                f"manifest {str(path)!r} has columns {columns or 'none'}; it needs a header row with 'path' and "
-                f"'label' (optional 'split', 'start', 'end'), separated by {'commas' if delimiter == ',' else 'tabs'}"
-            )
-        out = []
-        for i, raw in enumerate(reader, start=2):  # row 1 is the header
-            rec = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
-            where = f"{path.name} row {i}"
-            if not rec.get("path"):
-                if not any(rec.values()):
-                    continue  # blank line
-                raise ValueError(f"{where}: empty 'path'")
-            split = rec.get("split") or None
-            if split is not None:
-                if split.lower() not in _SPLIT_ALIASES:
-                    raise ValueError(f"{where}: unknown split {split!r}; use train, valid or test")
-                split = _SPLIT_ALIASES[split.lower()]
-            start = _float_or_none(rec.get("start"), "start", where)
-            end = _float_or_none(rec.get("end"), "end", where)
-            if start is not None and start < 0 or (end is not None and end <= (start or 0.0)):
-                raise ValueError(f"{where}: segment start={start} end={end} is empty or negative")
-            audio = Path(rec["path"]).expanduser()
-            out.append(
-                Example(audio if audio.is_absolute() else base / audio, rec.get("label", ""), split, start, end, i)
-            )
-    if not out:
-        raise ValueError(f"manifest {str(path)!r} has no rows")
-    return out
-
-
 def _is_number(s: str) -> bool:
     try:
         float(s)
@@ -209,7 +122,7 @@ class ProbeDataset:
         splits: ``(N,)`` array of ``train``/``valid``/``test``.
     """
 
-    examples: list[Example]
+    examples: list[ManifestRow]
     task: TaskSpec
     classes: list[str] = field(default_factory=list)
     targets: np.ndarray | None = None
@@ -228,7 +141,7 @@ class ProbeDataset:
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     ) -> ProbeDataset:
         """Read ``manifest`` and parse its labels for ``task`` (inferring the type when it is ``auto``)."""
-        examples = load_manifest(manifest, root)
+        examples = read_manifest(manifest, root)
         labels = [e.label for e in examples]
         if task.type == "auto":
             task = TaskSpec(**{**task.__dict__, "type": infer_task_type(labels)})
@@ -389,27 +302,3 @@ class ProbeDataset:
             "splits": {s: counts.get(s, 0) for s in SPLITS},
             "classes": len(self.classes) if self.classes else None,
         }
-
-
-def seeded_split(strata: np.ndarray, seed: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> np.ndarray:
-    """Train/valid/test per example, stratified: each stratum is shuffled and cut by ``fractions``.
-
-    A stratum too small to reach every split keeps at least one example in train first, then valid.
-    """
-    fr = np.asarray(fractions, dtype=np.float64)
-    if fr.shape != (3,) or (fr < 0).any() or not np.isclose(fr.sum(), 1.0):
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
-    rng = np.random.default_rng(seed)
-    out = np.empty(len(strata), dtype=object)
-    for s in np.unique(strata):
-        idx = np.flatnonzero(strata == s)
-        rng.shuffle(idx)
-        n = len(idx)
-        n_test = int(round(fr[2] * n))
-        n_valid = int(round(fr[1] * n))
-        if n - n_test - n_valid < 1:  # tiny strata: train first
-            n_test, n_valid = max(0, min(n_test, n - 2)), max(0, min(n_valid, n - 1))
-        out[idx[: n - n_valid - n_test]] = "train"
-        out[idx[n - n_valid - n_test : n - n_test]] = "valid"
-        out[idx[n - n_test :]] = "test"
-    return out
