@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mert.cli.probe import manifest_cli
 from mert.probe.layouts import (
     LAYOUTS,
     MARBLE_VOCALSET_TECHNIQUES,
@@ -25,7 +26,6 @@ from mert.probe.layouts import (
     giantsteps,
     gtzan,
     gtzan_beat,
-    manifest_cli,
     mtt,
     normalize_key,
     nsynth,
@@ -492,7 +492,7 @@ if args[:2] == ["probe", "manifest"]:
     out = args[args.index("--out") + 1]
     with open({manifests!r}, "a") as f:
         f.write(args[2] + " " + out + "\\n")
-    from mert.probe.layouts import manifest_cli
+    from mert.cli.probe import manifest_cli
     sys.exit(manifest_cli(args[2:]))
 with open({log!r}, "a") as f:
     f.write(" ".join(args) + "\\n")

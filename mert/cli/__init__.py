@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 _DELEGATED = {
     "pretrain": ("mert.cli.pretrain", "main"),
     "demo": ("mert.demo", "main"),
-    "probe": ("mert.probe.run", "main"),
+    "probe": ("mert.cli.probe", "main"),
     ("data", "manifest"): ("mert.cli.data", "manifest_cli"),
     ("data", "shard"): ("mert.cli.data", "shard_cli"),
     ("targets", "fit-kmeans"): ("mert.cli.targets", "fit_kmeans_cli"),

@@ -15,13 +15,11 @@ skips extraction.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +33,7 @@ from mert.probe.tasks import ProbeDataset, TaskSpec
 
 log = logging.getLogger("mert.probe")
 
-__all__ = ["main", "run", "load_encoder", "compare_runs", "build_probe_data"]
+__all__ = ["build_probe_data", "compare_runs", "hydra_entry", "load_encoder", "run"]
 
 
 def load_encoder(source: str, *, random_seed: int = 0, device: str = "cpu"):
@@ -403,35 +401,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_cli(argv: Sequence[str]) -> int:
-    ap = argparse.ArgumentParser(prog="mert probe compare", description="side-by-side table of probe runs")
-    ap.add_argument("runs", nargs="+", help="run directories (or results.json files) of `mert probe`")
-    ap.add_argument("--out", help="also write the table to this Markdown file")
-    args = ap.parse_args(list(argv))
-    try:
-        table = compare_runs(args.runs)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"mert probe compare: error: {e}", file=sys.stderr)
-        return 1
-    print(table, end="")
-    if args.out:
-        Path(args.out).write_text(table)
-    return 0
-
-
-# `task=gtzan_genre` and `protocol=quick` are the documented spellings of Hydra's package overrides.
-_ALIASES = {"task": "probe_task@task", "protocol": "probe_protocol@probe"}
-
-
-def _rewrite(argv: Sequence[str]) -> list[str]:
-    out = []
-    for a in argv:
-        key, sep, value = a.partition("=")
-        out.append(f"{_ALIASES[key]}={value}" if sep and key in _ALIASES else a)
-    return out
-
-
-def _hydra_entry(cfg: Any) -> None:
+def hydra_entry(cfg: Any) -> None:
+    """The Hydra task of ``mert probe``: the composed config as plain values, then :func:`run`."""
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue
 
@@ -440,26 +411,3 @@ def _hydra_entry(cfg: Any) -> None:
     except MissingMandatoryValue as e:  # `???` in conf/probe.yaml: encoder= and data.manifest= are required
         raise ValueError(f"missing required setting {e.full_key}=... (docs/probing.md)") from None
     run(plain)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``mert probe [hydra overrides]``, ``mert probe compare RUN_DIRS...``, ``mert probe manifest ...``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["compare"]:
-        return compare_cli(argv[1:])
-    if argv[:1] == ["manifest"]:
-        from mert.probe.layouts import manifest_cli
-
-        return int(manifest_cli(argv[1:]) or 0)
-    try:
-        import hydra  # noqa: F401
-    except ImportError:
-        print("mert probe needs hydra-core: pip install 'mert[train]'", file=sys.stderr)
-        return 2
-    from mert._hydra_cli import run_hydra
-
-    return run_hydra(_hydra_entry, "probe", sys.argv[0], _rewrite(argv), "mert probe")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
