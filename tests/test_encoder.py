@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mert import Encoder, EncoderConfig, frame_lengths
-from tests.conftest import music_like
+from tests.helpers import music_like
 
 LAYOUTS = {
     "post_ln_group": EncoderConfig.preset("tiny"),

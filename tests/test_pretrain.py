@@ -6,55 +6,10 @@ import math
 
 import pytest
 import torch
-from einops import rearrange
 
 from mert import Encoder, EncoderConfig, frame_lengths
 from mert.pretrain import MERTObjective, mix_in_batch, span_mask
-from mert.targets import Teacher
-from tests.conftest import music_like
-
-
-class FrameStatsCodes(Teacher):
-    """A small deterministic code teacher: quantised log-energy and zero-crossing rate per encoder frame."""
-
-    kind = "codes"
-    num_codebooks = 2
-    codebook_size = 16
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[torch.Tensor] = []
-        self.freeze()
-
-    def compute(self, wav):
-        self.calls.append(wav.clone())
-        frames = wav.unfold(-1, 400, 320)  # (b, t, 400): exactly the encoder's receptive fields
-        energy = frames.pow(2).mean(-1).add(1e-8).log10()  # about -8 .. 0
-        zcr = (frames[..., 1:] * frames[..., :-1] < 0).float().mean(-1)
-        c0 = ((energy + 8) * 2).clamp(0, 15).long()
-        c1 = (zcr * 40).clamp(0, 15).long()
-        return torch.stack([c0, c1], dim=-1)
-
-
-class BandEnergies(Teacher):
-    """A small feature teacher: log energy in 8 linear bands per encoder frame."""
-
-    kind = "features"
-    dim = 8
-
-    def __init__(self):
-        super().__init__()
-        self.freeze()
-
-    def compute(self, wav):
-        spec = torch.fft.rfft(wav.unfold(-1, 400, 320), dim=-1).abs()[..., :200]
-        return rearrange(spec, "b t (f w) -> b t f w", f=8).pow(2).mean(-1).add(1e-6).log()
-
-
-def make_objective(**kw) -> MERTObjective:
-    torch.manual_seed(0)
-    enc = Encoder(EncoderConfig.preset("tiny"))
-    return MERTObjective(enc, FrameStatsCodes(), BandEnergies(), final_dim=16, **kw)
+from tests.helpers import BandEnergies, FrameStatsCodes, make_objective, music_like
 
 
 # ----------------------------------------------------------------------------------------------------- masking
