@@ -171,13 +171,42 @@ def test_frame_target_norm_scores_the_spectral_shape_not_its_offset_or_scale():
         make_objective(feature_target_norm="bin")
 
 
-def test_cached_targets_equal_on_the_fly():
+def test_cached_targets_replace_the_teachers_role_by_role():
+    """Cached targets are what the heads are scored against and their teachers do not run: the teachers' own
+    targets give exactly the on-the-fly step; other cached codes (features) change the code (feature) terms and
+    nothing else, while the role left out is computed by its teacher. (Which frames' targets count is
+    test_loss_depends_only_on_masked_frames.)"""
     obj = make_objective().eval()
+    codes_teacher, features_teacher = obj.code_teacher, obj.feature_teacher
     wav = music_like(30000, batch=2, seed=2)
-    with torch.no_grad():
-        a = obj(wav, generator=torch.Generator().manual_seed(1))
-        b = obj(wav, targets=obj.compute_targets(wav), generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a.loss_sum, b.loss_sum)
+    cached = obj.compute_targets(wav)
+    other = {"codes": (cached["codes"] + 5) % 16, "features": cached["features"] + 1.0}
+
+    def step(targets=None):
+        codes_teacher.calls.clear()
+        features_teacher.calls.clear()
+        with torch.no_grad():
+            out = obj(wav, targets=targets, generator=torch.Generator().manual_seed(1))
+        return out, (len(codes_teacher.calls), len(features_teacher.calls))
+
+    fly, ran = step()
+    assert ran == (1, 1)
+    same, ran = step(cached)
+    assert ran == (0, 0)  # both roles cached: no teacher ran
+    assert torch.equal(same.loss_sum, fly.loss_sum) and torch.equal(same.correct, fly.correct)
+    assert same.terms.keys() == fly.terms.keys() and all(torch.equal(same.terms[k], fly.terms[k]) for k in fly.terms)
+    code_terms = ["code_0", "code_1"]
+    for role, changed, unchanged, teacher_ran in (
+        ("codes", code_terms, ["features", "feature_penalty"], (0, 1)),
+        ("features", ["features"], [*code_terms, "feature_penalty"], (1, 0)),
+    ):
+        out, ran = step({role: other[role]})
+        assert ran == teacher_ran, role  # only the role left out is computed
+        assert all(torch.equal(out.terms[k], fly.terms[k]) for k in unchanged), role
+        assert all(not torch.isclose(out.terms[k], fly.terms[k]) for k in changed), role
+        assert not torch.isclose(out.loss_sum, fly.loss_sum)
+        if role == "codes":
+            assert not torch.equal(out.correct, fly.correct)  # accuracy is counted against the cached codes
 
 
 def test_padded_batch_never_predicts_padding():
