@@ -38,8 +38,8 @@ def test_embed_files_and_folders_skips_bad_files(tmp_path, capsys):
     assert (
         main(["synth", str(tmp_path / "in" / "a.wav"), str(tmp_path / "in" / "sub" / "b.flac"), "--seconds", "2"]) == 0
     )
-    # 44.1 kHz stereo file: mixed down and resampled by the command
-    stereo = np.stack([render_clip(1.5, 44100, seed=3)[0]] * 2, axis=1)
+    # 44.1 kHz stereo file with two different channels: mixed down and resampled by the command
+    stereo = np.stack([render_clip(1.5, 44100, seed=3)[0], render_clip(1.5, 44100, seed=4)[0]], axis=1)
     sf.write(tmp_path / "in" / "stereo.wav", stereo, 44100)
     (tmp_path / "in" / "broken.wav").write_bytes(b"RIFF....not audio")
     status = main(
@@ -62,7 +62,13 @@ def test_embed_files_and_folders_skips_bad_files(tmp_path, capsys):
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert sorted(f["output"] for f in index["files"]) == ["a.npy", "b.npy", "stereo.npy"]
     assert index["layers"] == [0, 2] and len(index["failed"]) == 2
-    assert np.load(tmp_path / "out" / "stereo.npy").shape == (2, 32)
+    # The stereo file's embedding is that of its channel mean at 44.1 kHz (the command mixes and resamples).
+    torch.manual_seed(0)  # --preset tiny with the default --seed 0
+    enc = Encoder(EncoderConfig.preset("tiny")).eval()
+    pcm, sr = sf.read(tmp_path / "in" / "stereo.wav", dtype="float32")
+    ref = enc.embed(torch.from_numpy(pcm.mean(axis=1)), sr, layers=[0, 2], pool="mean").numpy()
+    got = np.load(tmp_path / "out" / "stereo.npy")
+    assert got.shape == (2, 32) and np.abs(got - ref).max() < 1e-5
 
 
 def test_embed_matches_python_api_and_writes_safetensors(tmp_path):
