@@ -210,13 +210,22 @@ def test_cached_targets_replace_the_teachers_role_by_role():
 
 
 def test_padded_batch_never_predicts_padding():
+    """No padded frame is masked, and neither the padding's samples nor its targets change the step."""
     obj = make_objective().eval()
     wav = music_like(48000, batch=2)
     lengths = torch.tensor([48000, 20000])
+    t1 = frame_lengths(20000)
+    targets = obj.compute_targets(wav, lengths)
+    junk_wav, junk = wav.clone(), {k: v.clone() for k, v in targets.items()}
+    junk_wav[1, 20000:] = 0.9
+    junk["codes"][1, t1:] = 15
+    junk["features"][1, t1:] = 100.0
     with torch.no_grad():
-        out = obj(wav, lengths, generator=torch.Generator().manual_seed(0))
-    assert not out.pred_mask[1, frame_lengths(20000) :].any()
-    assert out.accuracy.shape == (2,)
+        out = obj(wav, lengths, targets=targets, generator=torch.Generator().manual_seed(0))
+        again = obj(junk_wav, lengths, targets=junk, generator=torch.Generator().manual_seed(0))
+    assert not out.pred_mask[1, t1:].any() and out.pred_mask[1, :t1].any()
+    assert torch.equal(out.loss_sum, again.loss_sum) and torch.equal(out.correct, again.correct)
+    assert out.accuracy.shape == (2,) and torch.equal(out.accuracy, out.correct.float() / int(out.pred_mask.sum()))
 
 
 def test_objective_rejects_bad_setups():
