@@ -1,125 +1,11 @@
-"""Shared fixtures: tiny configs, Hugging Face reference models saved in the layouts users have on disk."""
+"""Shared fixtures: tiny configs and encoders. Plain helper functions live in ``tests/helpers.py``."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from mert import Encoder, EncoderConfig
-
-
-def hf_config(layout: str, size: str = "small", **overrides):
-    """A transformers HubertConfig with MERT-v1's structure: layout "95m" (post-LN, GroupNorm), "330m" (pre-LN,
-    GroupNorm: MERT-v1-330M's config.json has feat_extract_norm "group") or "hubert_layer" (pre-LN with a
-    LayerNorm after every conv: HuBERT-large's layout, valid for transformers but not a MERT-v1 model)."""
-    from transformers import HubertConfig
-
-    if size == "full":
-        dims = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-        if layout in ("330m", "hubert_layer"):
-            dims = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
-        conv, pos_k, pos_g = 512, 128, 16
-    else:  # small but structurally identical: real strides/kernels, 3 layers, even pos-conv kernel
-        dims = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128)
-        conv, pos_k, pos_g = 48, 16, 4
-    kw = dict(
-        conv_dim=[conv] * 7,
-        conv_kernel=[10, 3, 3, 3, 3, 2, 2],
-        conv_stride=[5, 2, 2, 2, 2, 2, 2],
-        conv_bias=False,
-        feat_extract_norm="layer" if layout == "hubert_layer" else "group",
-        do_stable_layer_norm=layout in ("330m", "hubert_layer"),
-        num_conv_pos_embeddings=pos_k,
-        num_conv_pos_embedding_groups=pos_g,
-        layer_norm_eps=1e-5,
-        feat_proj_layer_norm=True,
-        **dims,
-    )
-    kw.update(overrides)
-    return HubertConfig(**kw)
-
-
-def perturb_vectors_(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
-    """Add ``scale * N(0, 1)`` to every 1-D parameter (norm affines, biases) in place, so none is the identity."""
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.dim() == 1:
-                p.add_(scale * torch.randn_like(p))
-    return module
-
-
-def perturbed_encoder(config: EncoderConfig, seed: int = 0) -> Encoder:
-    """``Encoder(config)`` seeded, in eval mode, with its 1-D parameters perturbed (:func:`perturb_vectors_`)."""
-    torch.manual_seed(seed)
-    return perturb_vectors_(Encoder(config).eval())
-
-
-def perturbed_hf_model(config, seed: int = 0):
-    """HubertModel with every parameter randomised, so LayerNorm affines and biases are exercised too."""
-    from transformers import HubertModel
-
-    torch.manual_seed(seed)
-    model = HubertModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "original0" in name or "weight_g" in name:  # weight-norm gain: keep positive and sized like ||v||
-                p.mul_(1.0 + 0.2 * torch.rand_like(p))
-            elif p.dim() == 1 and ("norm" in name):
-                p.add_(0.1 * torch.randn_like(p))
-            elif p.dim() == 1:
-                p.normal_(0, 0.05)
-    return model
-
-
-def save_hf_folder(
-    model,
-    folder: Path,
-    *,
-    fmt: str = "safetensors",
-    naming: str = "new",
-    model_type: str = "hubert",
-    sample_rate: int = 24000,
-) -> Path:
-    """Write ``model`` the way checkpoints appear on disk: config.json + model.safetensors or pytorch_model.bin.
-
-    naming "old" renames the weight-norm tensors to ``weight_g``/``weight_v`` as in the published MERT files.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    if naming == "old":
-        state = {
-            k.replace("parametrizations.weight.original0", "weight_g").replace(
-                "parametrizations.weight.original1", "weight_v"
-            ): v
-            for k, v in state.items()
-        }
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        torch.save(state, folder / "pytorch_model.bin")
-    cfg = model.config.to_dict()
-    cfg["model_type"] = model_type
-    cfg["sample_rate"] = sample_rate
-    (folder / "config.json").write_text(json.dumps(cfg))
-    (folder / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "do_normalize": False,
-                "feature_extractor_type": "Wav2Vec2FeatureExtractor",
-                "feature_size": 1,
-                "padding_side": "right",
-                "padding_value": 0,
-                "return_attention_mask": True,
-                "sampling_rate": sample_rate,
-            }
-        )
-    )
-    return folder
 
 
 @pytest.fixture
@@ -131,15 +17,3 @@ def tiny_config() -> EncoderConfig:
 def tiny_encoder(tiny_config) -> Encoder:
     torch.manual_seed(0)
     return Encoder(tiny_config).eval()
-
-
-def music_like(n: int, sr: int = 24000, seed: int = 0, batch: int = 1) -> torch.Tensor:
-    """A few harmonic tones plus noise: ``(batch, n)``; deterministic."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(n) / sr
-    out = []
-    for _ in range(batch):
-        f = 110 * 2 ** (torch.randint(0, 36, (3,), generator=g) / 12)
-        x = sum(torch.sin(2 * torch.pi * fi * t) * (0.3 / (k + 1)) for k, fi in enumerate(f))
-        out.append(x + 0.02 * torch.randn(n, generator=g))
-    return torch.stack(out).float()

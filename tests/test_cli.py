@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,8 +38,8 @@ def test_embed_files_and_folders_skips_bad_files(tmp_path, capsys):
     assert (
         main(["synth", str(tmp_path / "in" / "a.wav"), str(tmp_path / "in" / "sub" / "b.flac"), "--seconds", "2"]) == 0
     )
-    # 44.1 kHz stereo file: mixed down and resampled by the command
-    stereo = np.stack([render_clip(1.5, 44100, seed=3)[0]] * 2, axis=1)
+    # 44.1 kHz stereo file with two different channels: mixed down and resampled by the command
+    stereo = np.stack([render_clip(1.5, 44100, seed=3)[0], render_clip(1.5, 44100, seed=4)[0]], axis=1)
     sf.write(tmp_path / "in" / "stereo.wav", stereo, 44100)
     (tmp_path / "in" / "broken.wav").write_bytes(b"RIFF....not audio")
     status = main(
@@ -61,7 +62,13 @@ def test_embed_files_and_folders_skips_bad_files(tmp_path, capsys):
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert sorted(f["output"] for f in index["files"]) == ["a.npy", "b.npy", "stereo.npy"]
     assert index["layers"] == [0, 2] and len(index["failed"]) == 2
-    assert np.load(tmp_path / "out" / "stereo.npy").shape == (2, 32)
+    # The stereo file's embedding is that of its channel mean at 44.1 kHz (the command mixes and resamples).
+    torch.manual_seed(0)  # --preset tiny with the default --seed 0
+    enc = Encoder(EncoderConfig.preset("tiny")).eval()
+    pcm, sr = sf.read(tmp_path / "in" / "stereo.wav", dtype="float32")
+    ref = enc.embed(torch.from_numpy(pcm.mean(axis=1)), sr, layers=[0, 2], pool="mean").numpy()
+    got = np.load(tmp_path / "out" / "stereo.npy")
+    assert got.shape == (2, 32) and np.abs(got - ref).max() < 1e-5
 
 
 def test_embed_matches_python_api_and_writes_safetensors(tmp_path):
@@ -106,11 +113,49 @@ def test_duplicate_stems_get_distinct_names(tmp_path):
     assert sorted(p.name for p in (tmp_path / "o").glob("*.npy")) == ["x__song.npy", "y__song.npy"]
 
 
-def test_console_script_help():
-    exe = shutil.which("mert")
-    cmd = [exe] if exe else [sys.executable, "-m", "mert.cli"]
-    out = subprocess.run([*cmd, "embed", "--help"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and "--layers" in out.stdout
+def _console_script() -> list[str]:
+    """The installed ``mert`` console script (beside this interpreter), after checking that its entry point is
+    ``mert.cli:main``; where the script file is missing, that entry point run as the script would run it."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="console_scripts", name="mert")
+    if not found:
+        pytest.skip("the mert package is not installed (pip install -e .): no console script")
+    (entry,) = found
+    assert entry.value == "mert.cli:main"
+    script = Path(sysconfig.get_path("scripts")) / "mert"
+    if script.is_file():
+        return [str(script)]
+    load = "(e,) = entry_points(group='console_scripts', name='mert'); sys.exit(e.load()())"
+    return [sys.executable, "-c", f"import sys; from importlib.metadata import entry_points; {load}"]
+
+
+def test_console_script_embeds_and_exits_with_the_status_of_main(tmp_path):
+    """The `mert` command as its own process (the in-process tests call main()): it embeds with the checkpoint
+    it is given, and its exit status is main()'s: 1 when a file failed, 2 with an argparse error line."""
+    cmd = _console_script()
+    torch.manual_seed(0)
+    enc = Encoder("tiny").eval()
+    enc.save_pretrained(tmp_path / "model")
+    sf.write(tmp_path / "a.wav", render_clip(1.0, 24000, seed=1)[0], 24000, subtype="FLOAT")
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's mert, not another installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+    def run(*args):
+        return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+
+    done = run("embed", "a.wav", "missing.wav", "--model", "model", "--layers", "0,-1", "--out", "o", "--quiet",
+               "--threads", "1")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "missing.wav" in done.stderr and "1 file(s) failed" in done.stderr
+    got = np.load(tmp_path / "o" / "a.npy")
+    ref = enc.embed_file(tmp_path / "a.wav", layers=[0, 2], pool="mean").numpy()
+    assert got.shape == (2, 32) and np.abs(got - ref).max() < 1e-5
+    bad = run("embed", "a.wav", "--model", "model", "--pool", "max")
+    assert bad.returncode == 2 and bad.stdout == ""
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("mert embed: error:") and "--pool: invalid choice: 'max'" in last, bad.stderr
+    assert not (tmp_path / "embeddings").exists()  # refused before doing anything
 
 
 # ------------------------------------------------------------------------------------ mert embed: bad input

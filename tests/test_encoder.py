@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mert import Encoder, EncoderConfig, frame_lengths
-from tests.conftest import music_like
+from tests.helpers import music_like
 
 LAYOUTS = {
     "post_ln_group": EncoderConfig.preset("tiny"),
@@ -96,15 +96,97 @@ def test_strict_compat_is_padding_sensitive_and_default_is_not():
     assert torch.allclose(alone, strict_alone, atol=1e-6)  # unpadded input: both modes agree
 
 
+def _spy_passes(monkeypatch, enc: Encoder) -> list[torch.Tensor]:
+    """Record the waveform batch of every single pass (``Encoder._encode``) ``enc`` runs from now on."""
+    seen: list[torch.Tensor] = []
+    real = enc._encode
+
+    def spy(wav, *args, **kwargs):
+        seen.append(wav.detach().clone())
+        return real(wav, *args, **kwargs)
+
+    monkeypatch.setattr(enc, "_encode", spy)
+    return seen
+
+
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_chunked_equals_single_pass_when_clip_fits(name):
+def test_chunked_equals_single_pass_when_clip_fits(name, monkeypatch):
+    """A batch that fits in one window is ONE pass of the whole (padded) batch: bit-identical to no windowing,
+    also with padding in strict mode, whose numerics depend on the padding (encoding the items one by one, as
+    the windowed path does, would not reproduce them)."""
     enc = _encoder(name)
     wav = music_like(48000, batch=2)
+    lengths = torch.tensor([48000, 30000])
+    seen = _spy_passes(monkeypatch, enc)
+    for strict in (False, True):
+        enc.strict_mert_compat = strict
+        for lens in (None, lengths):
+            seen.clear()
+            with torch.no_grad():
+                one = enc(wav, lens)
+                chunked = enc(wav, lens, chunk_seconds=2.5)  # 60000-sample window > 48000 samples
+            assert [tuple(w.shape) for w in seen] == [(2, 48000), (2, 48000)], (strict, lens)
+            assert torch.equal(one.lengths, chunked.lengths) and torch.equal(one.features, chunked.features)
+            for a, b in zip(one.hidden_states, chunked.hidden_states):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_chunked_frames_come_from_the_window_where_they_sit_most_centrally(name, monkeypatch):
+    """The windowed path on a clip 3.5 windows long: whole windows on the 320-sample grid, the last one ending
+    at the clip's end, and every output frame (each hidden state and the features) is exactly that frame of one
+    window encoded alone, the window in which it has the most context; the overlap gives every frame at least
+    half of it on each side that is not the clip's edge.
+
+    The transformer attends over a whole window, so no frame equals the single pass over the whole clip (see
+    the closeness test below); equality holds against each window encoded on its own, which is what the
+    windowed path promises."""
+    enc = _encoder(name)
+    assert not enc.config.normalize_input  # otherwise a window alone would be normalised with its own statistics
+    hop, window, overlap = 320, 48000, 12000
+    n = 24000 * 7 + 123
+    wav = music_like(n, seed=5)
+    seen = _spy_passes(monkeypatch, enc)
     with torch.no_grad():
-        one = enc(wav)
-        chunked = enc(wav, chunk_seconds=2.5)
-    for a, b in zip(one.hidden_states, chunked.hidden_states):
-        assert torch.equal(a, b)
+        out = enc(wav, chunk_seconds=window / 24000, overlap_seconds=overlap / 24000, chunk_batch_size=1)
+    monkeypatch.undo()
+    t = frame_lengths(n)
+    assert out.lengths.tolist() == [t] and out.last_hidden_state.shape == (1, t, 32) and out.features.shape[1] == t
+
+    # Where each window lies in the clip: found by content, on the hop grid only.
+    spans = []
+    for w in (row for batch in seen for row in batch):
+        found = [s for s in range(0, n - len(w) + 1, hop) if torch.equal(wav[0, s : s + len(w)], w)]
+        assert len(found) == 1, f"a window of {len(w)} samples does not start on the {hop}-sample frame grid"
+        spans.append((found[0], found[0] + len(w)))
+    spans.sort()
+    assert len(spans) >= 4 and spans[0][0] == 0 and spans[-1][1] == n
+    assert all(e - s == window for s, e in spans[:-1]) and window <= spans[-1][1] - spans[-1][0] < window + hop
+    assert all(s2 < e1 for (_, e1), (s2, _) in zip(spans, spans[1:]))  # consecutive windows overlap
+
+    got = [*out.hidden_states, out.features]
+    inside, context, matches = [], [], []  # per window: its frames, their context, whether they are the output's
+    for s, e in spans:
+        first, count = s // hop, frame_lengths(e - s)
+        with torch.no_grad():
+            alone = enc(wav[:, s:e])
+        frames = torch.arange(first, first + count)
+        left = frames - first if s > 0 else torch.full_like(frames, n)  # the clip's edges limit no context
+        right = first + count - 1 - frames if e < n else torch.full_like(frames, n)
+        same = torch.ones(count, dtype=torch.bool)
+        for g, a in zip(got, [*alone.hidden_states, alone.features]):
+            same &= (g[0, first : first + count] == a[0]).all(-1)
+        inside.append(frames)
+        context.append(torch.minimum(left, right))
+        matches.append(same)
+    min_context = (overlap // hop) // 2 - 1
+    for f in range(t):
+        ctx = {j: int(c[f - fr[0]]) for j, (fr, c) in enumerate(zip(inside, context)) if fr[0] <= f <= fr[-1]}
+        source = [j for j in ctx if matches[j][f - inside[j][0]]]
+        # Exactly one window gives this frame (overlapping windows disagree: the test can tell them apart) ...
+        assert len(source) == 1, f"frame {f}: equal to the frame of windows {source} of {sorted(ctx)}"
+        # ... the one where it has the most context, at least half the overlap on each side.
+        assert ctx[source[0]] == max(ctx.values()) >= min_context, f"frame {f} from window {source}, context {ctx}"
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))

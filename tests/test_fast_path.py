@@ -17,7 +17,7 @@ from mert.models.modules import (
     shifted_attention,
     strided_conv,
 )
-from tests.conftest import music_like, perturbed_encoder
+from tests.helpers import music_like, perturbed_encoder
 
 
 def _perturbed(config: EncoderConfig, seed: int = 0) -> Encoder:

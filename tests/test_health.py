@@ -13,6 +13,7 @@ import torch
 
 from mert.pretrain import health
 from mert.pretrain.health import HealthMonitor
+from tests.helpers import make_objective
 
 
 # ------------------------------------------------------------------------------------------------- statistics
@@ -77,8 +78,6 @@ def test_encoder_stats_use_valid_frames_only():
 
 
 def test_objective_stats_on_request_only_and_empty_output_has_the_same_keys():
-    from tests.test_pretrain import make_objective
-
     obj = make_objective()
     wav = torch.randn(2, 12000) * 0.1
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731

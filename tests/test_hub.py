@@ -419,7 +419,7 @@ def test_import_is_light():
 def _hf_mert_folder(tmp_path: Path):
     """A MERT-style HF checkpoint (mert_model, weight_g/weight_v, pytorch_model.bin) and its reference model."""
     pytest.importorskip("transformers")
-    from tests.conftest import hf_config, perturbed_hf_model, save_hf_folder
+    from tests.helpers import hf_config, perturbed_hf_model, save_hf_folder
 
     hf = perturbed_hf_model(hf_config("95m"))
     folder = save_hf_folder(hf, tmp_path / "MERT-v1-small", fmt="bin", naming="old", model_type="mert_model")
@@ -429,7 +429,7 @@ def _hf_mert_folder(tmp_path: Path):
 def _assert_same_as_hf(enc, hf) -> None:
     import torch
 
-    from tests.conftest import music_like
+    from tests.helpers import music_like
 
     wav = music_like(24000)
     with torch.no_grad():

@@ -11,7 +11,7 @@ import torch
 
 from mert import EncoderConfig
 from mert.cli import main
-from tests.conftest import perturbed_encoder
+from tests.helpers import perturbed_encoder
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mert import Encoder
-from tests.conftest import (
+from tests.helpers import (
     hf_config,
     music_like,
     perturb_vectors_,

@@ -6,55 +6,10 @@ import math
 
 import pytest
 import torch
-from einops import rearrange
 
 from mert import Encoder, EncoderConfig, frame_lengths
 from mert.pretrain import MERTObjective, mix_in_batch, span_mask
-from mert.targets import Teacher
-from tests.conftest import music_like
-
-
-class FrameStatsCodes(Teacher):
-    """A small deterministic code teacher: quantised log-energy and zero-crossing rate per encoder frame."""
-
-    kind = "codes"
-    num_codebooks = 2
-    codebook_size = 16
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[torch.Tensor] = []
-        self.freeze()
-
-    def compute(self, wav):
-        self.calls.append(wav.clone())
-        frames = wav.unfold(-1, 400, 320)  # (b, t, 400): exactly the encoder's receptive fields
-        energy = frames.pow(2).mean(-1).add(1e-8).log10()  # about -8 .. 0
-        zcr = (frames[..., 1:] * frames[..., :-1] < 0).float().mean(-1)
-        c0 = ((energy + 8) * 2).clamp(0, 15).long()
-        c1 = (zcr * 40).clamp(0, 15).long()
-        return torch.stack([c0, c1], dim=-1)
-
-
-class BandEnergies(Teacher):
-    """A small feature teacher: log energy in 8 linear bands per encoder frame."""
-
-    kind = "features"
-    dim = 8
-
-    def __init__(self):
-        super().__init__()
-        self.freeze()
-
-    def compute(self, wav):
-        spec = torch.fft.rfft(wav.unfold(-1, 400, 320), dim=-1).abs()[..., :200]
-        return rearrange(spec, "b t (f w) -> b t f w", f=8).pow(2).mean(-1).add(1e-6).log()
-
-
-def make_objective(**kw) -> MERTObjective:
-    torch.manual_seed(0)
-    enc = Encoder(EncoderConfig.preset("tiny"))
-    return MERTObjective(enc, FrameStatsCodes(), BandEnergies(), final_dim=16, **kw)
+from tests.helpers import BandEnergies, FrameStatsCodes, make_objective, music_like
 
 
 # ----------------------------------------------------------------------------------------------------- masking
@@ -216,23 +171,61 @@ def test_frame_target_norm_scores_the_spectral_shape_not_its_offset_or_scale():
         make_objective(feature_target_norm="bin")
 
 
-def test_cached_targets_equal_on_the_fly():
+def test_cached_targets_replace_the_teachers_role_by_role():
+    """Cached targets are what the heads are scored against and their teachers do not run: the teachers' own
+    targets give exactly the on-the-fly step; other cached codes (features) change the code (feature) terms and
+    nothing else, while the role left out is computed by its teacher. (Which frames' targets count is
+    test_loss_depends_only_on_masked_frames.)"""
     obj = make_objective().eval()
+    codes_teacher, features_teacher = obj.code_teacher, obj.feature_teacher
     wav = music_like(30000, batch=2, seed=2)
-    with torch.no_grad():
-        a = obj(wav, generator=torch.Generator().manual_seed(1))
-        b = obj(wav, targets=obj.compute_targets(wav), generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a.loss_sum, b.loss_sum)
+    cached = obj.compute_targets(wav)
+    other = {"codes": (cached["codes"] + 5) % 16, "features": cached["features"] + 1.0}
+
+    def step(targets=None):
+        codes_teacher.calls.clear()
+        features_teacher.calls.clear()
+        with torch.no_grad():
+            out = obj(wav, targets=targets, generator=torch.Generator().manual_seed(1))
+        return out, (len(codes_teacher.calls), len(features_teacher.calls))
+
+    fly, ran = step()
+    assert ran == (1, 1)
+    same, ran = step(cached)
+    assert ran == (0, 0)  # both roles cached: no teacher ran
+    assert torch.equal(same.loss_sum, fly.loss_sum) and torch.equal(same.correct, fly.correct)
+    assert same.terms.keys() == fly.terms.keys() and all(torch.equal(same.terms[k], fly.terms[k]) for k in fly.terms)
+    code_terms = ["code_0", "code_1"]
+    for role, changed, unchanged, teacher_ran in (
+        ("codes", code_terms, ["features", "feature_penalty"], (0, 1)),
+        ("features", ["features"], [*code_terms, "feature_penalty"], (1, 0)),
+    ):
+        out, ran = step({role: other[role]})
+        assert ran == teacher_ran, role  # only the role left out is computed
+        assert all(torch.equal(out.terms[k], fly.terms[k]) for k in unchanged), role
+        assert all(not torch.isclose(out.terms[k], fly.terms[k]) for k in changed), role
+        assert not torch.isclose(out.loss_sum, fly.loss_sum)
+        if role == "codes":
+            assert not torch.equal(out.correct, fly.correct)  # accuracy is counted against the cached codes
 
 
 def test_padded_batch_never_predicts_padding():
+    """No padded frame is masked, and neither the padding's samples nor its targets change the step."""
     obj = make_objective().eval()
     wav = music_like(48000, batch=2)
     lengths = torch.tensor([48000, 20000])
+    t1 = frame_lengths(20000)
+    targets = obj.compute_targets(wav, lengths)
+    junk_wav, junk = wav.clone(), {k: v.clone() for k, v in targets.items()}
+    junk_wav[1, 20000:] = 0.9
+    junk["codes"][1, t1:] = 15
+    junk["features"][1, t1:] = 100.0
     with torch.no_grad():
-        out = obj(wav, lengths, generator=torch.Generator().manual_seed(0))
-    assert not out.pred_mask[1, frame_lengths(20000) :].any()
-    assert out.accuracy.shape == (2,)
+        out = obj(wav, lengths, targets=targets, generator=torch.Generator().manual_seed(0))
+        again = obj(junk_wav, lengths, targets=junk, generator=torch.Generator().manual_seed(0))
+    assert not out.pred_mask[1, t1:].any() and out.pred_mask[1, :t1].any()
+    assert torch.equal(out.loss_sum, again.loss_sum) and torch.equal(out.correct, again.correct)
+    assert out.accuracy.shape == (2,) and torch.equal(out.accuracy, out.correct.float() / int(out.pred_mask.sum()))
 
 
 def test_objective_rejects_bad_setups():
