@@ -24,7 +24,6 @@ column on the mean; otherwise 1, after saying which condition failed.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ from mert.data.probe_tasks import TASKS, probe_jobs, split_clips
 from mert.progress import is_terminal
 
 __all__ = [
-    "main",
+    "DemoOptions",
+    "run_demo",
     "TASKS",
     "HANDCRAFTED_KINDS",
     "format_table",
@@ -318,45 +319,44 @@ def _fit_teacher(name: str, corpus: Path, out: Path, seed: int, stage: Any, *, r
     return ["targets=rp_cqt"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="mert demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--out", default="mert-demo", help="output folder (default ./mert-demo)")
-    ap.add_argument("--max-steps", type=int, default=500, help="pretraining steps, run to the end (default 500)")
-    ap.add_argument("--corpus-clips", type=int, default=960, help="clips in the pretraining corpus (default 960)")
-    ap.add_argument("--probe-clips", type=int, default=240, help="held-out clips per probe task (default 240)")
-    ap.add_argument("--seconds", type=float, default=4.0, help="length of corpus and music probe clips (default 4)")
-    ap.add_argument("--note-seconds", type=float, default=2.0, help="length of note and chord probe clips (default 2)")
-    ap.add_argument("--segment-seconds", type=float, default=2.0, help="length of the pretraining segments")
-    ap.add_argument("--model", default="small", help="model config group (small, tiny)")
-    ap.add_argument(
-        "--teacher",
-        choices=list(DEMO_TEACHERS),
-        default="kmeans",
-        help="acoustic teacher next to the CQT: kmeans (MFCC + chroma, the default), rvq (a residual VQ fitted on "
-        "the corpus's log-mel frames) or random_projection (BEST-RQ); docs/teachers.md compares them",
-    )
-    ap.add_argument(
-        "--rvq-input",
-        choices=["logmel", "cqt"],
-        default="logmel",
-        help="frames the --teacher rvq quantises: 128-band log-mel (default) or 84-bin log-CQT",
-    )
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for the pretraining run, e.g. optim.lr=3e-3")
-    args = ap.parse_args(argv)
-    if args.max_steps < 1 or args.corpus_clips < 1:
-        ap.error("--max-steps and --corpus-clips must be positive")
-    most = max(len(t.classes) for t in TASKS.values())
-    if args.probe_clips < 4 * most:  # four clips per class: at least 2/1/1 in train/validation/test
-        ap.error(f"--probe-clips must be at least {4 * most} (four clips per class of every task)")
-    try:
-        import hydra  # noqa: F401
-        import lightning  # noqa: F401
-    except ImportError:
-        print("mert demo needs the train extra: pip install 'mert[train]'", file=sys.stderr)
-        return 2
+@dataclass
+class DemoOptions:
+    """What ``mert demo`` runs: the defaults are the README's run (``mert demo --help`` explains each)."""
+
+    out: str | os.PathLike = "mert-demo"
+    max_steps: int = 500
+    corpus_clips: int = 960
+    probe_clips: int = 240
+    seconds: float = 4.0
+    note_seconds: float = 2.0
+    segment_seconds: float = 2.0
+    model: str = "small"
+    teacher: str = "kmeans"
+    rvq_input: str = "logmel"
+    seed: int = 0
+    overrides: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.corpus_clips < 1:
+            raise ValueError("--max-steps and --corpus-clips must be positive")
+        most = max(len(t.classes) for t in TASKS.values())
+        if self.probe_clips < 4 * most:  # four clips per class: at least 2/1/1 in train/validation/test
+            raise ValueError(f"--probe-clips must be at least {4 * most} (four clips per class of every task)")
+        if self.teacher not in DEMO_TEACHERS:
+            raise ValueError(f"--teacher must be one of {list(DEMO_TEACHERS)}, not {self.teacher!r}")
+
+
+def run_demo(args: DemoOptions) -> dict[str, Any]:
+    """Corpus -> teacher -> shards -> pretraining -> export -> probes, printing one line per stage.
+
+    Returns:
+        ``results.json``'s content (also written to ``args.out``): per-task splits, the pretraining summary,
+        probe scores of the pretrained, random and hand-crafted encoders, their means, ``passed`` and
+        ``failures`` (:func:`verdict`), ``seconds`` per stage and ``table`` (:func:`format_table`), plus the
+        paths written (``paths``).
+    Raises:
+        ImportError: the train extra (Lightning, Hydra) is not installed.
+    """
     import torch
     from hydra import compose, initialize_config_module
 
@@ -511,17 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "results.md").write_text(table + "\n")
     plotted = _plot(results, out / "probe_layers.png")
     stage("done")
-    print(
-        f"\nPretraining: {summary['steps']} steps, {summary['audio_hours'] * 60:.1f} min of audio, final loss "
-        f"{summary['final_loss']}.\nLinear probes on held-out synthetic clips ({args.probe_clips} per task, split "
-        "60/20/20 within each class; layer and hand-crafted features chosen on validation; test accuracy):"
-        f"\n\n{table}\n\nWritten: {out / 'results.json'}, {out / 'results.md'}"
-        + (f", {out / 'probe_layers.png'}" if plotted else " (pip install matplotlib for the plot)")
-        + f"; encoder: {export_dir}"
-    )
-    if failures:
-        print("\nmert demo: FAILED: " + "; ".join(failures) + ".", file=sys.stderr)
-        return 1
-    print("\nmert demo: passed (the pretrained encoder beats the random one on every task and hand-crafted "
-          "features on the mean).")  # fmt: skip
-    return 0
+    paths = {"results": out / "results.json", "table": out / "results.md", "encoder": export_dir}
+    if plotted:
+        paths["plot"] = out / "probe_layers.png"
+    return {**results, "table": table, "paths": paths}

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands with their own argument parsing (Hydra overrides, or nested commands).
 _DELEGATED = {
     "pretrain": ("mert.cli.pretrain", "main"),
-    "demo": ("mert.demo", "main"),
+    "demo": ("mert.cli.demo", "main"),
     "probe": ("mert.cli.probe", "main"),
     ("data", "manifest"): ("mert.cli.data", "manifest_cli"),
     ("data", "shard"): ("mert.cli.data", "shard_cli"),
