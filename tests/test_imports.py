@@ -1,7 +1,10 @@
 """`import mert` stays light: no Lightning, Hydra, transformers or hub client at import time."""
 
+import ast
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_import_mert_is_light():
@@ -13,3 +16,95 @@ def test_import_mert_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"imported at `import mert`: {out.stdout.strip()}"
+
+
+# ---------------------------------------------------------------------------------------------- import graph
+ROOT = Path(__file__).resolve().parents[1] / "mert"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(modules: dict[str, Path]) -> list[tuple[str, str, str | None]]:
+    """``(importer, imported module, imported name or None)`` for every ``import``/``from`` of a ``mert``
+    module anywhere in a file (function-level imports included: they hide cycles, they do not break them)."""
+    edges = []
+    for mod, path in modules.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                edges += [(mod, a.name, None) for a in node.names if a.name.split(".")[0] == "mert"]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                if base.split(".")[0] != "mert":
+                    continue
+                for a in node.names:  # `from mert.cli import data` imports the module mert.cli.data
+                    sub = f"{base}.{a.name}"
+                    edges.append((mod, sub, None) if sub in modules else (mod, base, a.name))
+    return edges
+
+
+def _area(mod: str) -> str:
+    """The package a module belongs to for the private-import rule: ``mert.probe.layouts._gtzan`` -> ``mert.probe``;
+    a top-level module (``mert.audio``) is its own."""
+    return ".".join(mod.split(".")[:2])
+
+
+def test_import_graph_has_no_cycle():
+    modules = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for src, dst, _ in _imports(modules):
+        if dst in modules and dst != src:
+            graph[src].add(dst)
+    # Depth-first search with colours; report one cycle as a path.
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return stack[stack.index(n) :] + [n]
+            if n not in state and (found := visit(n)):
+                return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            cycle = visit(m)
+            assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_private_imports_across_packages():
+    modules = _modules()
+    bad = []
+    for src, dst, name in _imports(modules):
+        if _area(src) == _area(dst):
+            continue
+        private_module = any(p.startswith("_") and not p.startswith("__") for p in dst.split("."))
+        private_name = name is not None and name.startswith("_") and not name.startswith("__")
+        if private_module or private_name:
+            bad.append(f"{src} imports {dst}{'.' + name if name else ''}")
+    assert not bad, "private names imported from another package:\n" + "\n".join(bad)
+
+
+def test_every_subcommand_lives_in_mert_cli():
+    """Argument parsing only in mert/cli/ (mert/lightning/train.py's __main__ re-enters `mert pretrain` for the
+    ranks Lightning's DDP launcher starts by re-running that file)."""
+    offenders = [
+        str(path.relative_to(ROOT.parent))
+        for mod, path in _modules().items()
+        if _area(mod) != "mert.cli" and re.search(r"\bargparse\b|ArgumentParser", path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []
