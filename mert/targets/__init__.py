@@ -6,7 +6,7 @@ Every teacher maps ``(b, l)`` clean audio to ``(b, t, ...)`` targets with ``t = 
 package is light: nnAudio, EnCodec and torchaudio load when a teacher is built.
 """
 
-from mert.targets.base import Teacher
+from mert.targets.base import FittedTeacher, Teacher
 from mert.targets.concat import ConcatTargets
 from mert.targets.cqt import CQTTargets
 from mert.targets.encodec import EncodecTargets
@@ -26,6 +26,7 @@ __all__ = [
     "RVQTargets",
     "RandomProjectionTargets",
     "TEACHERS",
+    "FittedTeacher",
     "Teacher",
     "build_teacher",
     "fit_rvq",

@@ -13,14 +13,17 @@ objective (they are rebuilt from their own settings, never exported with the enc
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from mert.models.config import frame_lengths, receptive_field
 
-__all__ = ["Teacher"]
+__all__ = ["FittedTeacher", "Teacher"]
 
 
 class Teacher(nn.Module):
@@ -120,3 +123,89 @@ class Teacher(nn.Module):
     def settings(self) -> dict[str, Any]:
         """What rebuilds this teacher (written into checkpoints' meta.json, never its tensors)."""
         return {"class": type(self).__name__, "sample_rate": self.sample_rate}
+
+
+class FittedTeacher(Teacher):
+    """A teacher fitted on a corpus and kept in one file (k-means, RVQ): one save/load protocol for all of them.
+
+    Subclasses set the class constants, implement :meth:`to_dict` (what :meth:`save` writes) and
+    :meth:`from_state` (rebuild from it, with the checks of their own), and set ``self.path = None`` in
+    ``__init__``.
+    """
+
+    FORMAT: ClassVar[str]  # the file's "format" field: what it must say to be read as this class
+    FORMAT_VERSION: ClassVar[int]
+    KIND: ClassVar[str]  # for messages: "k-means", "RVQ"
+    FIT_COMMAND: ClassVar[str]  # the command that makes such a file
+
+    path: Path | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything that rebuilds the teacher, as plain tensors and values (``torch.load(weights_only=True)``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(
+        cls, path: Path, state: dict[str, Any], *, front_end: dict[str, Sequence[int] | None], **checks: Any
+    ) -> FittedTeacher:
+        """Rebuild from :meth:`to_dict`'s ``state`` read from ``path``; ``front_end`` holds the caller's
+        ``conv_kernel``/``conv_stride`` (None: the saved ones) and ``checks`` the class's own (rate, digest)."""
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the teacher with ``torch.save`` (atomically) and remember ``path`` for :meth:`settings`."""
+        from mert.fileio import torch_save_atomic
+
+        path = Path(path).expanduser().resolve()
+        state = self.to_dict()
+        torch_save_atomic(path, state)
+        self.path = path
+        self.saved(state)
+        return path
+
+    def saved(self, state: dict[str, Any]) -> None:
+        """Called by :meth:`save` after writing ``state`` (RVQ remembers its digest)."""
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        conv_kernel: Sequence[int] | None = None,
+        conv_stride: Sequence[int] | None = None,
+        **checks: Any,
+    ) -> FittedTeacher:
+        """Rebuild a teacher written by :meth:`save` (read with ``torch.load(weights_only=True)``).
+
+        Args:
+            path: the file.
+            conv_kernel, conv_stride: the front end of the encoder the codes are for, if not the one the file was
+                fitted for; its hop (the product of the strides) must be the fitted hop.
+            checks: ``sample_rate=`` (the rate the caller will feed; must equal the fitted rate) and the class's
+                own (RVQ: ``sha256=``, the digest the weights must have).
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not this kind of teacher file, a newer format, or a failed check (rate, hop, digest).
+            TypeError: a check this class does not know.
+        """
+        from mert.targets._common import load_teacher_file, restore_fit_info
+
+        path, state = load_teacher_file(
+            path, cls.FORMAT, cls.FORMAT_VERSION, cls.KIND, cls.FIT_COMMAND, f"{cls.__name__}.save"
+        )
+        front_end = {"conv_kernel": conv_kernel, "conv_stride": conv_stride}
+        teacher = cls.from_state(path, state, front_end=front_end, **checks)
+        restore_fit_info(teacher, path, state)
+        return teacher
+
+    def settings(self) -> dict[str, Any]:
+        """``{"class", "sample_rate", "path"}`` (and what subclasses add): the saved file holds everything else.
+
+        Raises:
+            RuntimeError: the teacher was fitted but never saved, so nothing could rebuild it.
+        """
+        if self.path is None:
+            raise RuntimeError(
+                f"this {type(self).__name__} was never saved, so its settings cannot rebuild it: call .save(path) first"
+            )
+        return {**super().settings(), "path": str(self.path)}

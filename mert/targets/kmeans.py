@@ -24,17 +24,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mert.fileio import torch_save_atomic
 from mert.models.config import frame_lengths
-from mert.targets._common import check_hop, empty_targets, load_teacher_file, restore_fit_info, saved_front_end
+from mert.targets._common import check_hop, empty_targets, saved_front_end
 from mert.targets._sampling import sample_frames
-from mert.targets.base import Teacher
+from mert.targets.base import FittedTeacher
 from mert.targets.features import FrameFeatures, check_feature_sets
 
 __all__ = ["KMeansTargets", "kmeans"]
 
-FORMAT = "mert.targets.kmeans"
-FORMAT_VERSION = 1
 _ASSIGN_CHUNK = 65536  # rows per distance matrix in k-means
 
 
@@ -102,7 +99,7 @@ def kmeans(x: Tensor, num_clusters: int, *, iters: int = 50, seed: int = 0) -> t
 
 
 # ---------------------------------------------------------------------------------------------- teacher
-class KMeansTargets(Teacher):
+class KMeansTargets(FittedTeacher):
     """k-means codes of hand-crafted features: ``(b, l) -> (b, t, k)`` int64, ``t = frame_lengths(l)``.
 
     Build it with :meth:`fit` (or ``mert targets fit-kmeans``), keep it with :meth:`save`, rebuild it with
@@ -127,6 +124,10 @@ class KMeansTargets(Teacher):
     """
 
     kind = "codes"
+    FORMAT = "mert.targets.kmeans"
+    FORMAT_VERSION = 1
+    KIND = "k-means"
+    FIT_COMMAND = "mert targets fit-kmeans"
 
     def __init__(
         self,
@@ -290,8 +291,8 @@ class KMeansTargets(Teacher):
     def to_dict(self) -> dict[str, Any]:
         """Everything :meth:`load` needs: plain tensors, strings and numbers (safe for ``weights_only=True``)."""
         return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format": self.FORMAT,
+            "format_version": self.FORMAT_VERSION,
             "feature_sets": list(self.feature_sets),
             "num_clusters": self.codebook_size,
             "sample_rate": self.sample_rate,
@@ -304,42 +305,22 @@ class KMeansTargets(Teacher):
             "fit_info": self.fit_info,
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the teacher with ``torch.save`` (atomically) and remember ``path`` for :meth:`settings`."""
-        path = Path(path).expanduser().resolve()
-        torch_save_atomic(path, self.to_dict())
-        self.path = path
-        return path
-
     @classmethod
-    def load(
+    def from_state(
         cls,
-        path: str | os.PathLike,
+        path: Path,
+        state: dict[str, Any],
         *,
+        front_end: dict[str, Sequence[int] | None],
         sample_rate: int | None = None,
-        conv_kernel: Sequence[int] | None = None,
-        conv_stride: Sequence[int] | None = None,
     ) -> KMeansTargets:
-        """Rebuild a teacher written by :meth:`save` (read with ``torch.load(weights_only=True)``).
-
-        Args:
-            path: the file.
-            sample_rate: if given, the rate the caller will feed; must equal the fitted rate.
-            conv_kernel, conv_stride: the front end of the encoder the codes are for, if not the one the file was
-                fitted for; its hop (the product of the strides) must be the fitted hop, as the features are.
-        Raises:
-            FileNotFoundError: no such file.
-            ValueError: not a k-means teacher file, or a different sample rate.
-        """
-        path, state = load_teacher_file(
-            path, FORMAT, FORMAT_VERSION, "k-means", "mert targets fit-kmeans", "KMeansTargets.save"
-        )
+        """Rebuild from :meth:`to_dict`'s state (what :meth:`FittedTeacher.load` calls)."""
         if sample_rate is not None and int(sample_rate) != int(state["sample_rate"]):
             raise ValueError(f"{str(path)!r} was fitted at {state['sample_rate']} Hz, not {sample_rate} Hz")
-        centroids = {n: state["centroids"][n] for n in state["feature_sets"]}
-        kernel, stride = saved_front_end(path, state, math.prod(state["conv_stride"]), conv_kernel, conv_stride)
-        teacher = cls(
-            centroids=centroids,
+        hop = math.prod(state["conv_stride"])
+        kernel, stride = saved_front_end(path, state, hop, front_end["conv_kernel"], front_end["conv_stride"])
+        return cls(
+            centroids={n: state["centroids"][n] for n in state["feature_sets"]},
             mean=state["mean"],
             std=state["std"],
             features=state["features"],
@@ -347,23 +328,9 @@ class KMeansTargets(Teacher):
             conv_kernel=kernel,
             conv_stride=stride,
         )
-        restore_fit_info(teacher, path, state)
-        return teacher
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, feature_sets={list(self.feature_sets)}, codebook_size={self.codebook_size}, "
             f"path={None if self.path is None else str(self.path)!r}"
         )
-
-    def settings(self) -> dict[str, Any]:
-        """``{"class", "sample_rate", "path"}``: the saved file holds everything else.
-
-        Raises:
-            RuntimeError: the teacher was fitted but never saved, so nothing could rebuild it.
-        """
-        if self.path is None:
-            raise RuntimeError(
-                "this KMeansTargets was never saved, so its settings cannot rebuild it: call .save(path) first"
-            )
-        return {**super().settings(), "path": str(self.path)}

@@ -40,15 +40,13 @@ from torch import Tensor, nn
 
 from mert.fileio import torch_save_atomic
 from mert.models.config import frame_lengths
-from mert.targets._common import check_hop, empty_targets, load_teacher_file, restore_fit_info, saved_front_end
+from mert.targets._common import check_hop, empty_targets, saved_front_end
 from mert.targets._sampling import sample_frames
-from mert.targets.base import Teacher
+from mert.targets.base import FittedTeacher
 from mert.targets.kmeans import kmeans
 
 __all__ = ["RVQConfig", "RVQTargets", "ResidualVQ", "fit_rvq"]
 
-FORMAT = "mert.targets.rvq"
-FORMAT_VERSION = 1
 INPUTS = ("logmel", "cqt")
 STD_FLOOR = 0.1  # nats of log power or magnitude: the smallest per-bin spread standardisation divides by
 
@@ -291,7 +289,7 @@ class RVQModel(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- teacher
-class RVQTargets(Teacher):
+class RVQTargets(FittedTeacher):
     """Learned RVQ codes of log-mel or log-CQT frames: ``(b, l) -> (b, t, k)`` int64, ``t = frame_lengths(l)``.
 
     Build it with :func:`fit_rvq` (or ``mert targets fit-rvq``), keep it with :meth:`save`, rebuild it with
@@ -310,6 +308,10 @@ class RVQTargets(Teacher):
     """
 
     kind = "codes"
+    FORMAT = "mert.targets.rvq"
+    FORMAT_VERSION = 1
+    KIND = "RVQ"
+    FIT_COMMAND = "mert targets fit-rvq"
 
     def __init__(
         self,
@@ -368,8 +370,8 @@ class RVQTargets(Teacher):
         """Everything :meth:`load` needs: plain tensors, strings and numbers (safe for ``weights_only=True``)."""
         weights = self.weights()
         return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format": self.FORMAT,
+            "format_version": self.FORMAT_VERSION,
             "config": self.config.to_dict(),
             "conv_kernel": list(self.conv_kernel),
             "conv_stride": list(self.conv_stride),
@@ -378,37 +380,21 @@ class RVQTargets(Teacher):
             "fit_info": self.fit_info,
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the teacher (atomically) and remember ``path`` and the checksum for :meth:`settings`."""
-        path = Path(path).expanduser().resolve()
-        state = self.to_dict()
-        torch_save_atomic(path, state)
-        self.path, self.sha256 = path, state["sha256"]
-        return path
+    def saved(self, state: dict[str, Any]) -> None:
+        self.sha256 = state["sha256"]
 
     @classmethod
-    def load(
+    def from_state(
         cls,
-        path: str | os.PathLike,
+        path: Path,
+        state: dict[str, Any],
         *,
+        front_end: dict[str, Sequence[int] | None],
         sample_rate: int | None = None,
         sha256: str | None = None,
-        conv_kernel: Sequence[int] | None = None,
-        conv_stride: Sequence[int] | None = None,
     ) -> RVQTargets:
-        """Rebuild a teacher written by :meth:`save` (read with ``torch.load(weights_only=True)``).
-
-        Args:
-            path: the file.
-            sample_rate: if given, the rate the caller will feed; must equal the fitted rate.
-            sha256: if given, the checksum the weights must have (what ``settings()`` recorded).
-            conv_kernel, conv_stride: the front end of the encoder the codes are for, if not the one the file was
-                fitted for; its hop must be the fitted hop.
-        Raises:
-            FileNotFoundError: no such file.
-            ValueError: not an RVQ teacher file, damaged weights, another checksum, rate or hop.
-        """
-        path, state = load_teacher_file(path, FORMAT, FORMAT_VERSION, "RVQ", "mert targets fit-rvq", "RVQTargets.save")
+        """Rebuild from :meth:`to_dict`'s state (what :meth:`FittedTeacher.load` calls); ``sha256``: the digest
+        the weights must have (what ``settings()`` recorded), checked as is the digest the file was saved with."""
         actual = weights_sha256(state["weights"])
         if actual != state.get("sha256"):
             raise ValueError(
@@ -422,9 +408,10 @@ class RVQTargets(Teacher):
         config = RVQConfig.from_dict(state["config"])
         if sample_rate is not None and int(sample_rate) != config.sample_rate:
             raise ValueError(f"{str(path)!r} was fitted at {config.sample_rate} Hz, not {sample_rate} Hz")
-        kernel, stride = saved_front_end(path, state, config.hop_length, conv_kernel, conv_stride)
+        kernel, stride = saved_front_end(
+            path, state, config.hop_length, front_end["conv_kernel"], front_end["conv_stride"]
+        )
         teacher = cls(config=config, state=state["weights"], conv_kernel=kernel, conv_stride=stride)
-        restore_fit_info(teacher, path, state)
         teacher.sha256 = actual
         return teacher
 
@@ -436,15 +423,7 @@ class RVQTargets(Teacher):
         )
 
     def settings(self) -> dict[str, Any]:
-        """``{"class", "sample_rate", "path", "sha256"}``: the saved file holds everything else.
-
-        Raises:
-            RuntimeError: the teacher was fitted but never saved, so nothing could rebuild it.
-        """
-        if self.path is None:
-            raise RuntimeError(
-                "this RVQTargets was never saved, so its settings cannot rebuild it: call .save(path) first"
-            )
+        """``{"class", "sample_rate", "path", "sha256"}``: the saved file holds everything else."""
         return {**super().settings(), "path": str(self.path), "sha256": self.sha256}
 
 
