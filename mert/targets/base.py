@@ -23,7 +23,10 @@ from torch import Tensor, nn
 
 from mert.models.config import frame_lengths, receptive_field
 
-__all__ = ["FittedTeacher", "Teacher"]
+__all__ = ["FittedTeacher", "FrontEnd", "Teacher"]
+
+# The encoder front end a loaded teacher is asked to serve: (conv_kernel, conv_stride), None for the saved one.
+FrontEnd = tuple[Sequence[int] | None, Sequence[int] | None]
 
 
 class Teacher(nn.Module):
@@ -145,11 +148,9 @@ class FittedTeacher(Teacher):
         raise NotImplementedError
 
     @classmethod
-    def from_state(
-        cls, path: Path, state: dict[str, Any], *, front_end: dict[str, Sequence[int] | None], **checks: Any
-    ) -> FittedTeacher:
-        """Rebuild from :meth:`to_dict`'s ``state`` read from ``path``; ``front_end`` holds the caller's
-        ``conv_kernel``/``conv_stride`` (None: the saved ones) and ``checks`` the class's own (rate, digest)."""
+    def from_state(cls, path: Path, state: dict[str, Any], front_end: FrontEnd, **checks: Any) -> FittedTeacher:
+        """Rebuild from :meth:`to_dict`'s ``state`` read from ``path``; ``front_end`` is the caller's
+        ``(conv_kernel, conv_stride)`` (None: the saved ones) and ``checks`` the class's own (a digest)."""
         raise NotImplementedError
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -173,6 +174,7 @@ class FittedTeacher(Teacher):
         *,
         conv_kernel: Sequence[int] | None = None,
         conv_stride: Sequence[int] | None = None,
+        sample_rate: int | None = None,
         **checks: Any,
     ) -> FittedTeacher:
         """Rebuild a teacher written by :meth:`save` (read with ``torch.load(weights_only=True)``).
@@ -181,8 +183,8 @@ class FittedTeacher(Teacher):
             path: the file.
             conv_kernel, conv_stride: the front end of the encoder the codes are for, if not the one the file was
                 fitted for; its hop (the product of the strides) must be the fitted hop.
-            checks: ``sample_rate=`` (the rate the caller will feed; must equal the fitted rate) and the class's
-                own (RVQ: ``sha256=``, the digest the weights must have).
+            sample_rate: if given, the rate the caller will feed; must equal the fitted rate.
+            checks: the class's own (RVQ: ``sha256=``, the digest the weights must have).
         Raises:
             FileNotFoundError: no such file.
             ValueError: not this kind of teacher file, a newer format, or a failed check (rate, hop, digest).
@@ -193,8 +195,9 @@ class FittedTeacher(Teacher):
         path, state = load_teacher_file(
             path, cls.FORMAT, cls.FORMAT_VERSION, cls.KIND, cls.FIT_COMMAND, f"{cls.__name__}.save"
         )
-        front_end = {"conv_kernel": conv_kernel, "conv_stride": conv_stride}
-        teacher = cls.from_state(path, state, front_end=front_end, **checks)
+        teacher = cls.from_state(path, state, (conv_kernel, conv_stride), **checks)
+        if sample_rate is not None and int(sample_rate) != teacher.sample_rate:
+            raise ValueError(f"{str(path)!r} was fitted at {teacher.sample_rate} Hz, not {sample_rate} Hz")
         restore_fit_info(teacher, path, state)
         return teacher
 

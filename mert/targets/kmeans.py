@@ -27,7 +27,7 @@ from torch import Tensor
 from mert.models.config import frame_lengths
 from mert.targets._common import check_hop, empty_targets, saved_front_end
 from mert.targets._sampling import sample_frames
-from mert.targets.base import FittedTeacher
+from mert.targets.base import FittedTeacher, FrontEnd
 from mert.targets.features import FrameFeatures, check_feature_sets
 
 __all__ = ["KMeansTargets", "kmeans"]
@@ -306,19 +306,9 @@ class KMeansTargets(FittedTeacher):
         }
 
     @classmethod
-    def from_state(
-        cls,
-        path: Path,
-        state: dict[str, Any],
-        *,
-        front_end: dict[str, Sequence[int] | None],
-        sample_rate: int | None = None,
-    ) -> KMeansTargets:
+    def from_state(cls, path: Path, state: dict[str, Any], front_end: FrontEnd) -> KMeansTargets:
         """Rebuild from :meth:`to_dict`'s state (what :meth:`FittedTeacher.load` calls)."""
-        if sample_rate is not None and int(sample_rate) != int(state["sample_rate"]):
-            raise ValueError(f"{str(path)!r} was fitted at {state['sample_rate']} Hz, not {sample_rate} Hz")
-        hop = math.prod(state["conv_stride"])
-        kernel, stride = saved_front_end(path, state, hop, front_end["conv_kernel"], front_end["conv_stride"])
+        kernel, stride = saved_front_end(path, state, math.prod(state["conv_stride"]), *front_end)
         return cls(
             centroids={n: state["centroids"][n] for n in state["feature_sets"]},
             mean=state["mean"],

@@ -27,7 +27,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from mert.fileio import torch_save_atomic
 from mert.models.config import frame_lengths
 from mert.targets._common import check_hop, empty_targets, saved_front_end
 from mert.targets._sampling import sample_frames
-from mert.targets.base import FittedTeacher
+from mert.targets.base import FittedTeacher, FrontEnd
 from mert.targets.kmeans import kmeans
 
 __all__ = ["RVQConfig", "RVQTargets", "ResidualVQ", "fit_rvq"]
@@ -385,13 +385,7 @@ class RVQTargets(FittedTeacher):
 
     @classmethod
     def from_state(
-        cls,
-        path: Path,
-        state: dict[str, Any],
-        *,
-        front_end: dict[str, Sequence[int] | None],
-        sample_rate: int | None = None,
-        sha256: str | None = None,
+        cls, path: Path, state: dict[str, Any], front_end: FrontEnd, sha256: str | None = None
     ) -> RVQTargets:
         """Rebuild from :meth:`to_dict`'s state (what :meth:`FittedTeacher.load` calls); ``sha256``: the digest
         the weights must have (what ``settings()`` recorded), checked as is the digest the file was saved with."""
@@ -406,11 +400,7 @@ class RVQTargets(FittedTeacher):
                 "cached targets were made with: it was refitted or replaced"
             )
         config = RVQConfig.from_dict(state["config"])
-        if sample_rate is not None and int(sample_rate) != config.sample_rate:
-            raise ValueError(f"{str(path)!r} was fitted at {config.sample_rate} Hz, not {sample_rate} Hz")
-        kernel, stride = saved_front_end(
-            path, state, config.hop_length, front_end["conv_kernel"], front_end["conv_stride"]
-        )
+        kernel, stride = saved_front_end(path, state, config.hop_length, *front_end)
         teacher = cls(config=config, state=state["weights"], conv_kernel=kernel, conv_stride=stride)
         teacher.sha256 = actual
         return teacher
