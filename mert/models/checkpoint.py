@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mert._version import __version__
 from mert.models.config import CONFIG_FORMAT, EncoderConfig
+from mert.models.modules import EncoderNetwork
 
 __all__ = [
     "load_checkpoint",
@@ -37,6 +39,7 @@ __all__ = [
     "encoder_config_to_hf_config",
     "convert_hf_state_dict",
     "to_hf_state_dict",
+    "check_keys",
 ]
 
 HF_MODEL_TYPES = ("mert_model", "hubert", "data2vec-audio")
@@ -75,7 +78,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
         config = EncoderConfig.from_dict(json.loads(file_meta[METADATA_CONFIG_KEY]))
         if config_file.is_file():
             _warn_if_config_json_differs(config_file, config, weights)
-        return config, _check_keys(state, config, weights), meta
+        return config, check_keys(state, config, weights), meta
     if not config_file.is_file():
         raise FileNotFoundError(
             f"{str(weights)!r} carries no config and there is no config.json beside it; "
@@ -85,7 +88,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
     model_type = raw.get("model_type")
     if model_type == CONFIG_FORMAT:
         config = EncoderConfig.from_dict(raw)
-        return config, _check_keys(state, config, weights), meta
+        return config, check_keys(state, config, weights), meta
     if model_type in HF_MODEL_TYPES:
         pre_file = folder / "preprocessor_config.json"
         pre = _read_json(pre_file) if pre_file.is_file() else None
@@ -98,7 +101,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
                     "beside it (edited by hand?); fix or remove one of them"
                 )
             config = ours
-        return config, _check_keys(convert_hf_state_dict(state, config), config, weights), meta
+        return config, check_keys(convert_hf_state_dict(state, config), config, weights), meta
     raise ValueError(
         f"{str(config_file)!r} has model_type {model_type!r}; expected {CONFIG_FORMAT!r} (a mert export) or "
         f"one of {list(HF_MODEL_TYPES)} (a Hugging Face MERT/HuBERT checkpoint)"
@@ -283,12 +286,14 @@ def convert_hf_state_dict(state: dict[str, Tensor], config: EncoderConfig) -> di
     return out
 
 
-def _check_keys(state: dict[str, Tensor], config: EncoderConfig, source: Path) -> dict[str, Tensor]:
-    """Fail with the names of missing / unexpected / mis-shaped weights instead of a generic load error."""
-    from mert.models.encoder import Encoder
+def check_keys(state: dict[str, Tensor], config: EncoderConfig, source: Path) -> dict[str, Tensor]:
+    """Fail with the names of missing / unexpected / mis-shaped weights instead of a generic load error.
 
+    Returns ``state``. Raises ``ValueError`` naming ``source`` if ``state`` does not hold exactly the weights of
+    the network ``config`` describes (built on the meta device, so nothing is allocated).
+    """
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in Encoder(config).state_dict().items()}
+        expected = {k: v.shape for k, v in EncoderNetwork(config).state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [
@@ -408,7 +413,6 @@ def save_checkpoint(
     """Write ``config.json``, ``model.safetensors`` (config repeated in its metadata) and ``meta.json``."""
     from safetensors.torch import save_file
 
-    from mert import __version__
     from mert.fileio import make_shareable
 
     folder = Path(folder).expanduser()
@@ -435,7 +439,6 @@ def save_hf_checkpoint(
     """
     from safetensors.torch import save_file
 
-    from mert import __version__
     from mert.fileio import make_shareable
 
     hf_config = encoder_config_to_hf_config(config)  # refuses layouts HubertModel cannot hold, before writing
