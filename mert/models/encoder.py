@@ -127,25 +127,12 @@ class Encoder(EncoderNetwork):
         self._warned_bf16 = False
 
     # ------------------------------------------------------------------ properties
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def frame_rate(self) -> float:
-        return self.config.frame_rate
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.hop_length
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.num_layers
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
+    # Read-only views of the config (which travels inside every checkpoint), named as users know them.
+    sample_rate = property(lambda self: self.config.sample_rate, doc="Input rate in Hz (int; 24000 for MERT-v1).")
+    frame_rate = property(lambda self: self.config.frame_rate, doc="Output frames per second (float; 75.0).")
+    hop_length = property(lambda self: self.config.hop_length, doc="Samples per output frame (int; 320).")
+    num_layers = property(lambda self: self.config.num_layers, doc="Transformer layers (int).")
+    hidden_size = property(lambda self: self.config.hidden_size, doc="Model width d (int).")
 
     def frame_lengths(self, num_samples: Tensor | int) -> Tensor | int:
         """Frames produced from ``num_samples`` samples at ``self.sample_rate``."""
