@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+import mert.models.fast_path as fast_path
 from mert.audio import load_audio, resample, resampled_length
-from mert.models import fast_path
 from mert.models.checkpoint import load_checkpoint, save_checkpoint, save_hf_checkpoint
 from mert.models.config import EncoderConfig
 from mert.models.fast_path import cpu_has_native_bf16  # part of this module's API (__all__)
@@ -518,6 +518,7 @@ class Encoder(EncoderNetwork):
         Raises:
             RuntimeError: this CPU or torch build has no int8 kernels (the message says why).
         """
+        # Looked up in fast_path at call time, where the CPU probes live (and where tests replace this one).
         if enabled and (why := fast_path.int8_supported()) is not None:
             raise RuntimeError(f"int8 inference is not available: {why}; use float32 (or enc.fast())")
         linears = [self.proj.linear]

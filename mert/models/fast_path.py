@@ -395,9 +395,10 @@ def conv_frontend(frontend: nn.Module, wav: Tensor, lengths: Tensor | None) -> T
     statistics computed once over the whole clip (:func:`fold_group_norm`, valid frames only with ``lengths``),
     and the stack runs in tiles of ``frontend.tile_frames`` output frames, each reading its receptive field of
     samples, so the 512-channel maps of the first layers never exist for the whole clip (0.3 GB for 30 s).
-    Measured on 30 s (``docs/benchmarks.md``, profiles of ``benchmarks/encoder_vs_hf.py`` passes): oneDNN's
-    direct conv 1.63 s vs 1.0-1.2 s as GEMMs for the 5 strided 512-channel layers; conv 0 + GroupNorm + GELU
-    717 ms -> ~210 ms folded; the front end 1.87 -> 1.72 s in tiles. A frame's numbers do not depend on the
+    Measured in ``torch.profiler`` profiles of 30 s passes, the pass that ``benchmarks/encoder_vs_hf.py`` times
+    (``docs/benchmarks.md``, "What the speed-up is made of"): oneDNN's direct conv 1.63 s vs 1.0-1.2 s as GEMMs
+    for the 5 strided 512-channel layers; conv 0 + GroupNorm + GELU 717 ms -> ~210 ms folded; the front end
+    1.87 -> 1.72 s in tiles. A frame's numbers do not depend on the
     tiling. Any layer the GEMM form does not fit (see ``_gemm_form_fits``) takes ``frontend.reference``.
 
     The first conv runs in the waveform's precision (float32 for a bf16 model: it is cheap, and bf16 samples
