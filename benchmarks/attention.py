@@ -8,7 +8,7 @@ the repeats), effective GFLOP/s (4 t^2 d per head), and the error to a float64 r
 difference and the smallest cosine similarity of an output row. Kernels:
 
 * flash fp32 / flash bf16: `F.scaled_dot_product_attention` (the flash kernel on CPU);
-* shifted bf16: `mert.models.modules.shifted_attention`, what bf16 inference uses;
+* shifted bf16: `mert.models.fast_path.shifted_attention`, what bf16 inference uses;
 * plain bf16: per-head GEMMs with the scores rounded to bf16 before the softmax (no shift), for contrast;
 * plain fp32: the same in float32.
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine_line  # noqa: E402
-from mert.models.modules import shifted_attention  # noqa: E402
+from mert.models.fast_path import shifted_attention  # noqa: E402
 
 
 def plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

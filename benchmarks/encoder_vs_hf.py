@@ -12,7 +12,7 @@ all equally; each figure is the best of the repeats. Prints, as Markdown:
   the largest absolute difference to HubertModel fp32, and for reduced precision the smallest per-layer
   cosine similarity (mean over frames) to mert fp32.
 
-Systems: `fp32` (both models), `packed` (mert fp32 with `mert.models.modules.PACK_WEIGHTS`: faster, 4 bytes
+Systems: `fp32` (both models), `packed` (mert fp32 with `mert.models.fast_path.PACK_WEIGHTS`: faster, 4 bytes
 per parameter more memory), `autocast` (both under bf16 autocast), `bf16` (mert with bf16 weights, the
 documented fast path: `Encoder.from_pretrained(..., dtype=torch.bfloat16)`), `early` (mert fp32 and bf16 asked
 for one hidden state, `--layer`, default 7: `enc(wav, layers=7)` stops the transformer there; its FLOPs, speed-up
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import mert.models.modules as modules  # noqa: E402
+import mert.models.fast_path as fast_path  # noqa: E402
 from benchmarks.common import encoder_flops, gemm_peaks, interleaved, machine_line  # noqa: E402
 from mert import Encoder  # noqa: E402
 from tests.conftest import hf_config, music_like, perturbed_hf_model, save_hf_folder  # noqa: E402
@@ -93,11 +93,11 @@ def main() -> None:
         enc_packed = copy.deepcopy(enc)
 
         def packed():
-            modules.PACK_WEIGHTS = True
+            fast_path.PACK_WEIGHTS = True
             try:
                 return mert_states(enc_packed, torch.no_grad)
             finally:
-                modules.PACK_WEIGHTS = False
+                fast_path.PACK_WEIGHTS = False
 
         fns["mert fp32 packed weights"] = packed
     if "autocast" in systems:

@@ -9,14 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mert import Encoder, EncoderConfig
-from mert.models.modules import (
+from mert.models.fast_path import (
     _INFERENCE_CACHE,
     folded_group_norm_conv,
     linear,
-    masked_group_norm,
     shifted_attention,
     strided_conv,
 )
+from mert.models.modules import masked_group_norm
 from tests.helpers import music_like, perturbed_encoder
 
 
@@ -158,7 +158,7 @@ def test_shifted_attention_is_as_accurate_as_flash_attention_in_bf16(peak):
 
 
 def test_shifted_attention_edge_cases(monkeypatch):
-    import mert.models.modules as modules
+    import mert.models.fast_path as fast_path
 
     torch.manual_seed(1)
     q, k, v = (torch.randn(2, 2, 40, 8).bfloat16() for _ in range(3))
@@ -173,7 +173,7 @@ def test_shifted_attention_edge_cases(monkeypatch):
     ref = F.scaled_dot_product_attention(q * 30000, k, v).transpose(1, 2)
     assert torch.isfinite(big).all()
     assert (big.float() - ref.float()).abs().max() <= 0.05  # keys scaled before vs inside the kernel
-    monkeypatch.setattr(modules, "_SHIFT_LIMIT", float("inf"))  # without the fallback these rows overflow
+    monkeypatch.setattr(fast_path, "_SHIFT_LIMIT", float("inf"))  # without the fallback these rows overflow
     assert not torch.isfinite(shifted_attention(q * 30000, k, v)).all()
 
 
@@ -210,11 +210,29 @@ def test_front_end_tiles_do_not_change_frames(layout):
     assert (tiled - whole).abs().max() <= 1e-5  # GEMM blocking differs with the row count: rounding only
 
 
+@pytest.mark.parametrize("layout", ["95m", "330m"])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_reference_front_end_matches_the_gemm_form(layout, with_lengths):
+    """``ConvFrontEnd.reference`` (F.conv1d over the whole clip, masked_group_norm) is what the dispatched GEMM
+    form computes, and a layer the GEMM form does not fit falls back to it."""
+    enc = _layout_encoder(layout)
+    wav = music_like(40000, batch=2, seed=3)
+    lengths = torch.tensor([40000, 17001]) if with_lengths else None
+    with torch.inference_mode():
+        gemm = enc.frontend(wav, lengths)
+        ref = enc.frontend.reference(wav, lengths)
+    assert ref.shape == gemm.shape == (2, 124, 32)
+    assert (gemm - ref).abs().max() <= 1e-4
+    enc.frontend.convs[1].conv.padding = (1,)  # a padded conv: not an unpadded GEMM on views
+    with torch.inference_mode():
+        assert torch.equal(enc.frontend(wav, lengths), enc.frontend.reference(wav, lengths))
+
+
 @pytest.mark.parametrize("pack", [False, True])
 def test_packed_weights_follow_updates_and_stay_out_of_pickles(tmp_path, monkeypatch, pack):
-    import mert.models.modules as modules
+    import mert.models.fast_path as fast_path
 
-    monkeypatch.setattr(modules, "PACK_WEIGHTS", pack)
+    monkeypatch.setattr(fast_path, "PACK_WEIGHTS", pack)
 
     def packed_entries(model: nn.Module) -> list[str]:
         caches = [_INFERENCE_CACHE.get(m, {}) for m in model.modules()]
@@ -244,7 +262,7 @@ def test_packed_weights_follow_updates_and_stay_out_of_pickles(tmp_path, monkeyp
         assert torch.equal(again(music_like(8000), sample_rate=24000).last_hidden_state, ref)
     # Packed copies exist only while the flag is on: switching it off frees them at the next call.
     assert bool(packed_entries(enc)) == pack
-    monkeypatch.setattr(modules, "PACK_WEIGHTS", False)
+    monkeypatch.setattr(fast_path, "PACK_WEIGHTS", False)
     with torch.inference_mode():
         assert (enc(music_like(8000), sample_rate=24000).last_hidden_state - ref).abs().max() <= 1e-5
     assert not packed_entries(enc)
@@ -252,7 +270,7 @@ def test_packed_weights_follow_updates_and_stay_out_of_pickles(tmp_path, monkeyp
 
 @pytest.mark.parametrize("layout", ["95m", "330m"])
 def test_int8_inference_keeps_every_layer_close_and_is_opt_in(layout):
-    from mert.models.modules import int8_supported
+    from mert.models.fast_path import int8_supported
 
     if int8_supported() is not None:
         pytest.skip(int8_supported())
@@ -290,8 +308,8 @@ def test_int8_inference_keeps_every_layer_close_and_is_opt_in(layout):
 
 
 def test_int8_refuses_clearly_where_there_are_no_kernels(monkeypatch):
-    import mert.models.modules as modules
+    import mert.models.fast_path as fast_path
 
-    monkeypatch.setattr(modules, "int8_supported", lambda: "this CPU reports DEFAULT")
+    monkeypatch.setattr(fast_path, "int8_supported", lambda: "this CPU reports DEFAULT")
     with pytest.raises(RuntimeError, match="int8 inference is not available: this CPU reports DEFAULT"):
         Encoder("tiny").quantize_int8()

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mert._version import __version__
 from mert.models.config import CONFIG_FORMAT, EncoderConfig
+from mert.models.modules import EncoderNetwork
 
 __all__ = [
     "load_checkpoint",
@@ -37,6 +39,7 @@ __all__ = [
     "encoder_config_to_hf_config",
     "convert_hf_state_dict",
     "to_hf_state_dict",
+    "check_keys",
 ]
 
 HF_MODEL_TYPES = ("mert_model", "hubert", "data2vec-audio")
@@ -75,7 +78,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
         config = EncoderConfig.from_dict(json.loads(file_meta[METADATA_CONFIG_KEY]))
         if config_file.is_file():
             _warn_if_config_json_differs(config_file, config, weights)
-        return config, _check_keys(state, config, weights), meta
+        return config, check_keys(state, config, weights), meta
     if not config_file.is_file():
         raise FileNotFoundError(
             f"{str(weights)!r} carries no config and there is no config.json beside it; "
@@ -85,7 +88,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
     model_type = raw.get("model_type")
     if model_type == CONFIG_FORMAT:
         config = EncoderConfig.from_dict(raw)
-        return config, _check_keys(state, config, weights), meta
+        return config, check_keys(state, config, weights), meta
     if model_type in HF_MODEL_TYPES:
         pre_file = folder / "preprocessor_config.json"
         pre = _read_json(pre_file) if pre_file.is_file() else None
@@ -98,7 +101,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
                     "beside it (edited by hand?); fix or remove one of them"
                 )
             config = ours
-        return config, _check_keys(convert_hf_state_dict(state, config), config, weights), meta
+        return config, check_keys(convert_hf_state_dict(state, config), config, weights), meta
     raise ValueError(
         f"{str(config_file)!r} has model_type {model_type!r}; expected {CONFIG_FORMAT!r} (a mert export) or "
         f"one of {list(HF_MODEL_TYPES)} (a Hugging Face MERT/HuBERT checkpoint)"
@@ -220,29 +223,52 @@ def hf_config_to_encoder_config(
     )
 
 
-_HF_RENAMES = [
-    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"frontend.convs.\1.conv."),
-    (r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.", r"frontend.convs.\1.norm."),
-    (r"feature_projection\.layer_norm\.", "proj.norm."),
-    (r"feature_projection\.projection\.", "proj.linear."),
-    (
-        r"encoder\.pos_conv_embed\.conv\.(weight_g|parametrizations\.weight\.original0)$",
-        "transformer.pos_conv.weight_g",
-    ),
-    (
-        r"encoder\.pos_conv_embed\.conv\.(weight_v|parametrizations\.weight\.original1)$",
-        "transformer.pos_conv.weight_v",
-    ),
-    (r"encoder\.pos_conv_embed\.conv\.bias$", "transformer.pos_conv.bias"),
-    (r"encoder\.pos_conv_embed\.layers\.(\d+)\.conv\.", r"transformer.pos_conv.convs.\1."),  # data2vec-audio
-    (r"encoder\.layer_norm\.", "transformer.norm."),
-    (r"encoder\.layers\.(\d+)\.attention\.out_proj\.", r"transformer.layers.\1.attn.out."),
-    (r"encoder\.layers\.(\d+)\.layer_norm\.", r"transformer.layers.\1.attn_norm."),
-    (r"encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"transformer.layers.\1.ffn.fc1."),
-    (r"encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"transformer.layers.\1.ffn.fc2."),
-    (r"encoder\.layers\.(\d+)\.final_layer_norm\.", r"transformer.layers.\1.ffn_norm."),
-    (r"masked_spec_embed$", "mask_emb"),
+# Every weight group once, as (transformers' HubertModel key, ours): both directions are built from this table,
+# so they stay inverses. "{i}" stands for a layer index; a name ending in "." is a prefix, any other a whole key.
+# Rows marked read-only are understood when loading but never written: the older weight-norm names
+# (torch.nn.utils.weight_norm) and data2vec-audio's stacked positional convs, which HubertModel cannot hold.
+_KEY_MAP: list[tuple[str, str, bool]] = [  # (hf, ours, read_only)
+    ("feature_extractor.conv_layers.{i}.conv.", "frontend.convs.{i}.conv.", False),
+    ("feature_extractor.conv_layers.{i}.layer_norm.", "frontend.convs.{i}.norm.", False),
+    ("feature_projection.layer_norm.", "proj.norm.", False),
+    ("feature_projection.projection.", "proj.linear.", False),
+    ("encoder.pos_conv_embed.conv.parametrizations.weight.original0", "transformer.pos_conv.weight_g", False),
+    ("encoder.pos_conv_embed.conv.weight_g", "transformer.pos_conv.weight_g", True),
+    ("encoder.pos_conv_embed.conv.parametrizations.weight.original1", "transformer.pos_conv.weight_v", False),
+    ("encoder.pos_conv_embed.conv.weight_v", "transformer.pos_conv.weight_v", True),
+    ("encoder.pos_conv_embed.conv.bias", "transformer.pos_conv.bias", False),
+    ("encoder.pos_conv_embed.layers.{i}.conv.", "transformer.pos_conv.convs.{i}.", True),
+    ("encoder.layer_norm.", "transformer.norm.", False),
+    ("encoder.layers.{i}.attention.out_proj.", "transformer.layers.{i}.attn.out.", False),
+    ("encoder.layers.{i}.layer_norm.", "transformer.layers.{i}.attn_norm.", False),
+    ("encoder.layers.{i}.feed_forward.intermediate_dense.", "transformer.layers.{i}.ffn.fc1.", False),
+    ("encoder.layers.{i}.feed_forward.output_dense.", "transformer.layers.{i}.ffn.fc2.", False),
+    ("encoder.layers.{i}.final_layer_norm.", "transformer.layers.{i}.ffn_norm.", False),
+    ("masked_spec_embed", "mask_emb", False),
 ]
+
+
+def _key_pattern(name: str) -> str:
+    """A ``_KEY_MAP`` name as a regex: literal dots, ``{i}`` a captured index, whole keys anchored at the end."""
+    pattern = re.escape(name).replace(re.escape("{i}"), r"(\d+)")
+    return pattern if name.endswith(".") else pattern + "$"
+
+
+def _key_replacement(name: str) -> str:
+    return name.replace("{i}", r"\1")
+
+
+def _rename(key: str, table: list[tuple[str, str]]) -> str | None:
+    """``key`` renamed by the first ``(pattern, replacement)`` row of ``table`` that matches it, or None."""
+    for pattern, repl in table:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return None
+
+
+# HF -> ours matches anywhere in the key (after a wrapper prefix is stripped); ours -> HF from the start.
+_HF_RENAMES = [(_key_pattern(hf), _key_replacement(ours)) for hf, ours, _ in _KEY_MAP]
 _QKV = re.compile(r"encoder\.layers\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$")
 
 
@@ -265,13 +291,10 @@ def convert_hf_state_dict(state: dict[str, Tensor], config: EncoderConfig) -> di
             out["transformer.pos_conv.weight_v"] = value
             out["transformer.pos_conv.weight_g"] = value.norm(dim=(0, 1), keepdim=True)
             continue
-        for pattern, repl in _HF_RENAMES:
-            new, n = re.subn(pattern, repl, key)
-            if n:
-                out[new] = value
-                break
-        else:
+        if (new := _rename(key, _HF_RENAMES)) is None:
             dropped.append(key)
+        else:
+            out[new] = value
     for (layer, kind), parts in sorted(qkv.items()):
         if set(parts) != {"q", "k", "v"}:
             raise ValueError(f"layer {layer}: attention {kind} has only {sorted(parts)} of q/k/v projections")
@@ -283,12 +306,14 @@ def convert_hf_state_dict(state: dict[str, Tensor], config: EncoderConfig) -> di
     return out
 
 
-def _check_keys(state: dict[str, Tensor], config: EncoderConfig, source: Path) -> dict[str, Tensor]:
-    """Fail with the names of missing / unexpected / mis-shaped weights instead of a generic load error."""
-    from mert.models.encoder import Encoder
+def check_keys(state: dict[str, Tensor], config: EncoderConfig, source: Path) -> dict[str, Tensor]:
+    """Fail with the names of missing / unexpected / mis-shaped weights instead of a generic load error.
 
+    Returns ``state``. Raises ``ValueError`` naming ``source`` if ``state`` does not hold exactly the weights of
+    the network ``config`` describes (built on the meta device, so nothing is allocated).
+    """
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in Encoder(config).state_dict().items()}
+        expected = {k: v.shape for k, v in EncoderNetwork(config).state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [
@@ -357,22 +382,7 @@ def encoder_config_to_hf_config(config: EncoderConfig) -> dict[str, Any]:
     }
 
 
-_TO_HF = [
-    (r"^frontend\.convs\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.conv."),
-    (r"^frontend\.convs\.(\d+)\.norm\.", r"feature_extractor.conv_layers.\1.layer_norm."),
-    (r"^proj\.norm\.", "feature_projection.layer_norm."),
-    (r"^proj\.linear\.", "feature_projection.projection."),
-    (r"^transformer\.pos_conv\.weight_g$", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
-    (r"^transformer\.pos_conv\.weight_v$", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
-    (r"^transformer\.pos_conv\.bias$", "encoder.pos_conv_embed.conv.bias"),
-    (r"^transformer\.norm\.", "encoder.layer_norm."),
-    (r"^transformer\.layers\.(\d+)\.attn\.out\.", r"encoder.layers.\1.attention.out_proj."),
-    (r"^transformer\.layers\.(\d+)\.attn_norm\.", r"encoder.layers.\1.layer_norm."),
-    (r"^transformer\.layers\.(\d+)\.ffn\.fc1\.", r"encoder.layers.\1.feed_forward.intermediate_dense."),
-    (r"^transformer\.layers\.(\d+)\.ffn\.fc2\.", r"encoder.layers.\1.feed_forward.output_dense."),
-    (r"^transformer\.layers\.(\d+)\.ffn_norm\.", r"encoder.layers.\1.final_layer_norm."),
-    (r"^mask_emb$", "masked_spec_embed"),
-]
+_TO_HF = [("^" + _key_pattern(ours), _key_replacement(hf)) for hf, ours, read_only in _KEY_MAP if not read_only]
 _OUR_QKV = re.compile(r"^transformer\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
 
 
@@ -389,13 +399,10 @@ def to_hf_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
             for name, part in zip("qkv", value.chunk(3, dim=0)):
                 out[f"encoder.layers.{m.group(1)}.attention.{name}_proj.{m.group(2)}"] = part
             continue
-        for pattern, repl in _TO_HF:
-            new, n = re.subn(pattern, repl, key)
-            if n:
-                out[new] = value
-                break
-        else:
+        if (new := _rename(key, _TO_HF)) is None:
             unknown.append(key)
+        else:
+            out[new] = value
     if unknown:
         raise ValueError(f"no transformers HubertModel counterpart for {unknown[:8]}")
     return out
@@ -408,7 +415,6 @@ def save_checkpoint(
     """Write ``config.json``, ``model.safetensors`` (config repeated in its metadata) and ``meta.json``."""
     from safetensors.torch import save_file
 
-    from mert import __version__
     from mert.fileio import make_shareable
 
     folder = Path(folder).expanduser()
@@ -435,7 +441,6 @@ def save_hf_checkpoint(
     """
     from safetensors.torch import save_file
 
-    from mert import __version__
     from mert.fileio import make_shareable
 
     hf_config = encoder_config_to_hf_config(config)  # refuses layouts HubertModel cannot hold, before writing

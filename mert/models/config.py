@@ -232,6 +232,11 @@ def frame_lengths(
     return max(n, 0)
 
 
+# The 330M and tiny presets train without any dropout or LayerDrop.
+_NO_DROPOUT = dict(
+    hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0
+)
+
 PRESETS: dict[str, EncoderConfig] = {
     # Spec 1, MERT-v1-95M: post-LN, GroupNorm front end, dropouts on, LayerDrop 0.05, grad mult 0.1.
     "95m": EncoderConfig(name="95m"),
@@ -244,11 +249,7 @@ PRESETS: dict[str, EncoderConfig] = {
         num_heads=16,
         ffn_size=4096,
         pre_ln=True,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        feat_proj_dropout=0.0,
-        layerdrop=0.0,
+        **_NO_DROPOUT,
         frontend_grad_mult=1.0,
     ),
     # Tests and CPU demos: real 320x hop (so frame arithmetic is the spec's), width 32, 2 layers.
@@ -261,11 +262,7 @@ PRESETS: dict[str, EncoderConfig] = {
         ffn_size=64,
         pos_conv_kernel=16,
         pos_conv_groups=4,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        feat_proj_dropout=0.0,
-        layerdrop=0.0,
+        **_NO_DROPOUT,
         frontend_grad_mult=1.0,
     ),
 }

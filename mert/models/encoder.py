@@ -28,30 +28,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+import mert.models.fast_path as fast_path
 from mert.audio import load_audio, resample, resampled_length
 from mert.models.checkpoint import load_checkpoint, save_checkpoint, save_hf_checkpoint
 from mert.models.config import EncoderConfig
-from mert.models.modules import ConvFrontEnd, FeatureProjection, Transformer, _valid_mask, gabor_filterbank
-from mert.models.pooling import mean_pool, parse_layers, weighted_layer_sum
+from mert.models.fast_path import cpu_has_native_bf16  # part of this module's API (__all__)
+from mert.models.modules import INITIALIZER_RANGE, EncoderNetwork
+from mert.models.pooling import mean_pool, parse_layers, valid_mask, weighted_layer_sum
 
 __all__ = ["Encoder", "EncoderOutput", "INITIALIZER_RANGE", "cpu_has_native_bf16"]
-
-# Standard deviation of every Linear weight at initialisation (BERT / fairseq / transformers' initializer_range).
-INITIALIZER_RANGE = 0.02
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 GEMM instructions (AVX512-BF16 or AMX) that oneDNN uses.
-
-    Without them oneDNN emulates bf16: on an AVX2-only AMD EPYC the 95M model in bf16 ran 10x slower than in
-    float32 (``benchmarks/encoder_vs_hf.py``, 5 s clip, one core), so bf16 is a speed-up only where this is True.
-    """
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # a torch without these probes: assume the worst, float32 is always correct
-        return False
 
 
 @dataclass
@@ -77,7 +64,7 @@ class EncoderOutput:
     @property
     def padding_mask(self) -> Tensor:
         """``(b, t)`` True at padded frames."""
-        return ~_valid_mask(self.lengths, self.last_hidden_state.shape[1])
+        return ~valid_mask(self.lengths, self.last_hidden_state.shape[1])
 
     def stacked(self, layers: str | int | Sequence[int] | None = None) -> Tensor:
         """Chosen hidden states stacked: ``(b, n', t, d)`` (default all)."""
@@ -116,8 +103,11 @@ class _GradScale(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-class Encoder(nn.Module):
+class Encoder(EncoderNetwork):
     """MERT-style music encoder (conv front end + transformer), plain PyTorch.
+
+    The network and its initialisation are :class:`~mert.models.modules.EncoderNetwork`; this class adds the
+    input contract (checks, resampling, padding, long-audio windows), precision helpers and loading.
 
     Args:
         config: an :class:`EncoderConfig` or a preset name (``"tiny"``, ``"95m"``, ``"330m"``).
@@ -131,71 +121,18 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, config: EncoderConfig | str = "95m", *, strict_mert_compat: bool = False):
-        super().__init__()
-        if isinstance(config, str):
-            config = EncoderConfig.preset(config)
-        self.config = config
+        super().__init__(config)
         self.strict_mert_compat = strict_mert_compat
-        self.frontend = ConvFrontEnd(config)
-        self.proj = FeatureProjection(config)
-        self.transformer = Transformer(config)
-        # Replaces masked frames during pretraining (HF key `masked_spec_embed`).
-        self.mask_emb = nn.Parameter(torch.empty(config.hidden_size).uniform_())
         self._warned_sample_rate = False
         self._warned_bf16 = False
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """The original's initialisation (fairseq wav2vec 2.0 / HuBERT, = transformers' ``_init_weights``).
-
-        Front-end convs: Kaiming-normal (fan-in, ReLU gain), so every conv + GELU keeps the signal's scale;
-        PyTorch's default (Kaiming-uniform with a = sqrt(5)) shrinks it about 2.5x per layer, leaving the
-        front end of a fresh 95M model ~600x quieter than the original's (RMS 4e-4 vs 0.25 on input of std
-        0.1), below the feature LayerNorm's eps: pretraining then starts from a nearly silent front end.
-        Linears: N(0, 0.02) with zero bias (BERT's ``init_bert_params``); norms: weight 1, bias 0. The
-        positional conv keeps its own fairseq initialisation (:class:`~mert.models.modules.PositionalConv`)
-        and ``mask_emb`` is uniform in [0, 1) as in fairseq. With ``config.frontend_init == "gabor"`` the first
-        conv then becomes a constant-Q filterbank (:func:`~mert.models.modules.gabor_filterbank`).
-        """
-        for module in self.modules():
-            if isinstance(module, nn.Conv1d):
-                nn.init.kaiming_normal_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=INITIALIZER_RANGE)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and module.weight is not None:
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        first = self.frontend.convs[0].conv
-        if self.config.frontend_init == "gabor" and not first.weight.is_meta:  # meta: weights are loaded next
-            with torch.no_grad(), torch.device("cpu"):
-                bank = gabor_filterbank(first.out_channels, first.kernel_size[0], self.config.sample_rate)
-                first.weight.copy_(bank[:, None, :].to(first.weight.dtype))
 
     # ------------------------------------------------------------------ properties
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def frame_rate(self) -> float:
-        return self.config.frame_rate
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.hop_length
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.num_layers
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
+    # Read-only views of the config (which travels inside every checkpoint), named as users know them.
+    sample_rate = property(lambda self: self.config.sample_rate, doc="Input rate in Hz (int; 24000 for MERT-v1).")
+    frame_rate = property(lambda self: self.config.frame_rate, doc="Output frames per second (float; 75.0).")
+    hop_length = property(lambda self: self.config.hop_length, doc="Samples per output frame (int; 320).")
+    num_layers = property(lambda self: self.config.num_layers, doc="Transformer layers (int).")
+    hidden_size = property(lambda self: self.config.hidden_size, doc="Model width d (int).")
 
     def frame_lengths(self, num_samples: Tensor | int) -> Tensor | int:
         """Frames produced from ``num_samples`` samples at ``self.sample_rate``."""
@@ -273,7 +210,7 @@ class Encoder(nn.Module):
                 lengths = None
         finite = torch.isfinite(wav)
         if lengths is not None:
-            finite |= ~_valid_mask(lengths.to(wav.device), l)  # padding may hold anything
+            finite |= ~valid_mask(lengths.to(wav.device), l)  # padding may hold anything
         if not bool(finite.all()):
             bad = sorted({int(i) for i in (~finite).nonzero()[:, 0].tolist()})
             raise ValueError(f"wav contains NaN or inf samples in batch item(s) {bad[:10]}; clean or drop them first")
@@ -318,7 +255,7 @@ class Encoder(nn.Module):
         wav = wav.to(device=param.device, dtype=dtype)
         if lengths is not None:
             # Padding is zero, whatever the caller put there (as the HF feature extractor pads).
-            wav = wav.masked_fill(~_valid_mask(lengths.to(wav.device), wav.shape[1]), 0.0)
+            wav = wav.masked_fill(~valid_mask(lengths.to(wav.device), wav.shape[1]), 0.0)
         if self.config.normalize_input:
             wav = self._normalize(wav, lengths)
         return wav, lengths
@@ -339,7 +276,7 @@ class Encoder(nn.Module):
         """Zero mean, unit variance per item over valid samples (Wav2Vec2FeatureExtractor's do_normalize)."""
         if lengths is None:
             return (wav - wav.mean(1, keepdim=True)) / torch.sqrt(wav.var(1, unbiased=False, keepdim=True) + 1e-7)
-        valid = _valid_mask(lengths.to(wav.device), wav.shape[1]).to(wav.dtype)
+        valid = valid_mask(lengths.to(wav.device), wav.shape[1]).to(wav.dtype)
         n = valid.sum(1, keepdim=True)
         mean = (wav * valid).sum(1, keepdim=True) / n
         var = (((wav - mean) * valid) ** 2).sum(1, keepdim=True) / n
@@ -367,7 +304,7 @@ class Encoder(nn.Module):
             if pred_mask.shape != (b, t):
                 raise ValueError(f"pred_mask must have shape ({b}, {t}) (frames), got {tuple(pred_mask.shape)}")
             x = torch.where(pred_mask.to(x.device)[..., None], self.mask_emb.to(x.dtype), x)
-        valid = _valid_mask(frame_lens, t) if lengths is not None else None
+        valid = valid_mask(frame_lens, t) if lengths is not None else None
         states = self.transformer(x, valid, depth)
         if aware:
             keep = valid[..., None]
@@ -581,9 +518,8 @@ class Encoder(nn.Module):
         Raises:
             RuntimeError: this CPU or torch build has no int8 kernels (the message says why).
         """
-        from mert.models.modules import int8_supported
-
-        if enabled and (why := int8_supported()) is not None:
+        # Looked up in fast_path at call time, where the CPU probes live (and where tests replace this one).
+        if enabled and (why := fast_path.int8_supported()) is not None:
             raise RuntimeError(f"int8 inference is not available: {why}; use float32 (or enc.fast())")
         linears = [self.proj.linear]
         for layer in self.transformer.layers:

@@ -14,7 +14,21 @@ import torch
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
-__all__ = ["parse_layers", "select_layers", "weighted_layer_sum", "LayerWeights", "mean_pool", "pool_frames"]
+__all__ = [
+    "parse_layers",
+    "select_layers",
+    "weighted_layer_sum",
+    "LayerWeights",
+    "mean_pool",
+    "pool_frames",
+    "valid_mask",
+]
+
+
+def valid_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """``lengths (b,)`` -> ``(b, t)`` boolean with ``t = max_len``, True where the frame (or sample) index is inside
+    the item's length; on ``lengths``' device."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def parse_layers(spec: str | int | Sequence[int] | None, num_states: int) -> list[int]:
@@ -97,7 +111,7 @@ def mean_pool(x: Tensor, lengths: Tensor | None = None) -> Tensor:
     if lengths is None:
         return x.mean(dim=-2)
     t = x.shape[-2]
-    valid = (torch.arange(t, device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(x.dtype)  # (b, t)
+    valid = valid_mask(lengths.to(x.device), t).to(x.dtype)  # (b, t)
     valid = valid.reshape(valid.shape[0], *([1] * (x.dim() - 3)), t, 1)
     return (x * valid).sum(dim=-2) / valid.sum(dim=-2).clamp(min=1)
 

@@ -107,7 +107,7 @@ def export_run(
         **(meta or {}),
     }
     # Validate before writing: the weights must build the model they claim to be.
-    from mert.models.checkpoint import _check_keys
+    from mert.models.checkpoint import check_keys
 
-    _check_keys(state, config, ckpt_path)
+    check_keys(state, config, ckpt_path)
     return save(out_dir, config, state, full_meta)
