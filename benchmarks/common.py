@@ -48,9 +48,9 @@ def machine_line() -> str:
 def gemm_peaks(n: int = 2048, repeats: int = 10) -> dict[str, float]:
     """Achieved GFLOP/s of an ``n^3`` GEMM: fp32 through torch.mm (MKL on x86), fp32 and bf16 through oneDNN.
 
-    The oneDNN figures use the same fused linear op as the encoder (``mert.models.modules.linear``).
+    The oneDNN figures use the same fused linear op as the encoder (``mert.models.fast_path.linear``).
     """
-    from mert.models.modules import linear
+    from mert.models.fast_path import linear
 
     flops = 2 * n**3
     a, b = torch.randn(n, n), torch.randn(n, n)

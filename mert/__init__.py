@@ -4,10 +4,10 @@
 imported when a training or probing command starts.
 """
 
-from mert._version import __version__
 from mert.models.config import EncoderConfig, frame_lengths
 from mert.models.encoder import Encoder, EncoderOutput
 from mert.models.pooling import LayerWeights, mean_pool, parse_layers, pool_frames, select_layers, weighted_layer_sum
+from mert.version import __version__
 
 __all__ = [
     "Encoder",

@@ -27,7 +27,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: embed, export and synth parse here; the others are listed for ``--help`` only."""
-    from mert import __version__
+    from mert.version import __version__
 
     parser = argparse.ArgumentParser(prog="mert", description="MERT-style music audio representations.")
     parser.add_argument("--version", action="version", version=f"mert {__version__}")

@@ -277,7 +277,7 @@ class PretrainModule(pl.LightningModule):
         self._final = {"steps": int(checkpoint.get("global_step", 0)), "final_loss": state.get("last_loss")}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from mert import __version__
+        from mert.version import __version__
 
         checkpoint["mert"] = {
             "version": __version__,

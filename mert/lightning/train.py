@@ -331,10 +331,3 @@ def hydra_entry(cfg: Any) -> None:
         with open_dict(cfg):
             cfg.run_dir = str(derive_run_dir(cfg.runs_root, cfg.name, overrides))
     run(cfg)
-
-
-if __name__ == "__main__":
-    # Lightning's DDP launcher starts the other ranks by re-running this file (see mert.cli.pretrain).
-    from mert.cli.pretrain import main
-
-    sys.exit(main())

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mert._version import __version__
 from mert.models.config import CONFIG_FORMAT, EncoderConfig
 from mert.models.modules import EncoderNetwork
+from mert.version import __version__
 
 __all__ = [
     "load_checkpoint",

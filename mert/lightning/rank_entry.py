@@ -1,0 +1,14 @@
+"""The file Lightning's DDP launcher re-runs to start the other ranks of ``mert pretrain`` on a node.
+
+Lightning starts rank 1.. by running ``sys.argv[0]`` again with the same overrides; ``mert pretrain`` sets
+``sys.argv[0]`` to this file (:mod:`mert.cli.pretrain`), which runs the same command without the ``pretrain``
+word. It lives here, not in ``mert/cli/``, because the folder of a re-run file goes first on ``sys.path``: this
+folder's module names were already there before, ``mert/cli/``'s (``data``, ``export``, ...) would be new.
+"""
+
+import sys
+
+from mert.cli.pretrain import main
+
+if __name__ == "__main__":
+    sys.exit(main())
