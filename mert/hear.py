@@ -178,8 +178,8 @@ def load_model(
     Every keyword is JSON-friendly so hear-eval-kit can pass it with ``--model-options``.
 
     Default embedding: the mean over the transformer layers ``1..L``. The best single layer depends on the task
-    (spec 5 for MERT-v1-95M: pitch 1, singer 2, emotion 5, instrument 6, genre 7, key 8, technique 9) while HEAR
-    asks for one embedding for every task, so the mean keeps low- and mid-layer information at width ``d``
+    (MERT-v1 probing results for MERT-v1-95M: pitch 1, singer 2, emotion 5, instrument 6, genre 7, key 8, technique 9)
+    while HEAR asks for one embedding for every task, so the mean keeps low- and mid-layer information at width ``d``
     (768 for 95M) instead of ``L * d`` for a concatenation. For MERT-v1-330M (pre-LN) the residual
     streams grow with depth, so its mean leans towards the deep layers; pass ``layers`` to pick others.
 

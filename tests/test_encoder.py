@@ -77,7 +77,8 @@ def test_padding_invariance(name):
 
 
 def test_strict_compat_is_padding_sensitive_and_default_is_not():
-    """The original numerics change with padding (spec 6.3); ours do not. Guards the invariance test itself."""
+    """The original numerics change with padding (known problems of the original, no. 3); ours do not. Guards the
+    invariance test itself."""
     enc = _encoder("post_ln_group")
     clip = music_like(30000, seed=1)[0]
     batch = torch.zeros(2, 72000)
@@ -417,8 +418,8 @@ def test_frontend_grad_mult_scales_only_gradients():
 
 
 def test_presets_and_config_validation():
-    # Spec 1: parameters and tensors. The tensor count tells a GroupNorm front end (one norm after conv 0)
-    # from a LayerNorm after every conv, which the parameter count (6144 apart at 330M) does not. The spec counts
+    # MERT-v1 architecture: parameters and tensors. The tensor count tells a GroupNorm front end (one norm after conv 0)
+    # from a LayerNorm after every conv, which the parameter count (6144 apart at 330M) does not. MERT-v1 counts
     # the HF layout, with q, k and v apart: our fused qkv holds 2 tensors per layer where HF has 6.
     for name, params, tensors, grad_mult in (("95m", 94.37, 211, 0.1), ("330m", 315.43, 403, 1.0)):
         with torch.device("meta"):

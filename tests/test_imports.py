@@ -108,3 +108,44 @@ def test_every_subcommand_lives_in_mert_cli():
         if _area(mod) != "mert.cli" and re.search(r"\bargparse\b|ArgumentParser", path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+def test_cli_module_names_shadow_no_top_level_module():
+    """Lightning's DDP launcher re-runs mert/cli/rank_entry.py as a script, which puts mert/cli/ first on sys.path:
+    a module there named like an installed top-level module (``hydra``, ``data``...) would replace it in every rank."""
+    names = [p.stem for p in (ROOT / "cli").glob("*.py") if not p.stem.startswith("__")]
+    code = (
+        "import importlib.util, json, sys; "
+        f"print(json.dumps([n for n in {names!r} if importlib.util.find_spec(n) is not None]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"mert/cli modules shadow installed modules: {out.stdout.strip()}"
+
+
+# docs/architecture.md draws these layers: a package imports only packages of a lower layer.
+LAYERS = [
+    ["mert.audio", "mert.fileio", "mert.progress", "mert.version"],
+    ["mert.registry"],
+    ["mert.download"],
+    ["mert.hub"],
+    ["mert.models"],
+    ["mert"],
+    ["mert.targets", "mert.data", "mert.hear"],
+    ["mert.pretrain", "mert.probe"],
+    ["mert.lightning"],
+    ["mert.demo"],
+    ["mert.cli"],
+]
+
+
+def test_packages_import_only_lower_layers():
+    modules = _modules()
+    rank = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+    areas = {_area(m) for m in modules}
+    assert areas <= set(rank), f"packages missing from LAYERS: {sorted(areas - set(rank))}"
+    bad = sorted(
+        {f"{src} -> {dst}" for src, dst, _ in _imports(modules) if rank[_area(src)] <= rank[_area(dst)]}
+        - {f"{src} -> {dst}" for src, dst, _ in _imports(modules) if _area(src) == _area(dst)}
+    )
+    assert not bad, "imports that point up or sideways:\n" + "\n".join(bad)

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 
 
 def _hf_states(model, wav, attention_mask=None):
-    """HF hidden states with MERT-v1's semantics (spec 1): the last entry is ``last_hidden_state``.
+    """HF hidden states with MERT-v1's semantics (MERT-v1 architecture): the last entry is ``last_hidden_state``.
 
     transformers >= 5 returns the pre-LayerNorm output of the last layer as ``hidden_states[-1]`` for pre-LN
     (330M-style) models; transformers 4.x, which MERT was released with, returned the normalised one.
@@ -123,7 +123,7 @@ def test_hf_export_loads_in_transformers_and_back(tmp_path, preset, kw):
         ours = enc(wav, sample_rate=enc.sample_rate).hidden_states
         hf_out = hf(hf_in, output_hidden_states=True)
         auto_out = auto(hf_in, output_hidden_states=True)
-    ref = (*hf_out.hidden_states[:-1], hf_out.last_hidden_state)  # spec 1 semantics, see _hf_states
+    ref = (*hf_out.hidden_states[:-1], hf_out.last_hidden_state)  # MERT-v1 architecture semantics, see _hf_states
     for i, (a, b) in enumerate(zip(ours, ref)):
         assert (a - b).abs().max() <= 1e-4, f"hidden state {i}: {(a - b).abs().max():.2e}"
     assert torch.equal(auto_out.last_hidden_state, hf_out.last_hidden_state)

@@ -274,8 +274,8 @@ def test_cqt_log_compression(cqt_teacher):
 
 
 def test_cqt_matches_nnaudio_center_true():
-    """Zeros at the edges by default, as MERT's teacher (nnAudio center=True, pad_mode="constant", spec 2);
-    pad_mode="reflect" is nnAudio's default, and differs over the first and last half-kernel of frames."""
+    """Zeros at the edges by default, as MERT's teacher (nnAudio center=True, pad_mode="constant", MERT-v1 targets and
+    loss); pad_mode="reflect" is nnAudio's default, and differs over the first and last half-kernel of frames."""
     from nnAudio.features.cqt import CQT1992v2
 
     kw = dict(sr=SR, hop_length=320, fmin=261.6, n_bins=96, bins_per_octave=24, window="hann")

@@ -59,7 +59,7 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
     assert model.name in {"tiny", "small", "95m", "330m"}
     if experiment.startswith("mert_"):
         preset = EncoderConfig.preset(experiment.split("_")[1])
-        assert model.replace(name=preset.name) == preset  # the YAML repeats the spec preset exactly
+        assert model.replace(name=preset.name) == preset  # the YAML repeats the Python preset exactly
         assert cfg.optim.lr == {"mert_95m": 5e-4, "mert_330m": 1.5e-3}[experiment]
         assert cfg.trainer.gradient_clip_val == {"mert_95m": 10.0, "mert_330m": 1.0}[experiment]
         assert (cfg.scheduler.warmup_steps, cfg.scheduler.total_steps) == (32000, 400000)

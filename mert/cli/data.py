@@ -56,7 +56,7 @@ def manifest_cli(argv: list[str] | None = None) -> int:
         ("audio_dir", "folder searched recursively for audio files"),
         "manifest to write, e.g. train.tsv",
     )
-    ap.add_argument("--min-seconds", type=float, default=3.0, help="skip shorter files (default 3, spec 4)")
+    ap.add_argument("--min-seconds", type=float, default=3.0, help="skip shorter files (default 3, as MERT-v1)")
     ap.add_argument("--valid-percent", type=float, default=0.0, help="percent of files held out (default 0)")
     ap.add_argument("--valid-out", help="manifest of the held-out files (needed with --valid-percent)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the validation split")
@@ -135,7 +135,7 @@ def shard_cli(argv: list[str] | None = None) -> int:
         "output folder for shard-NNNNNN.tar and index.json",
     )
     ap.add_argument("--sample-rate", type=int, default=24000, help="audio rate of the shards (default 24000)")
-    ap.add_argument("--segment-seconds", type=float, default=5.0, help="segment length (default 5, spec 4)")
+    ap.add_argument("--segment-seconds", type=float, default=5.0, help="segment length (default 5, as MERT-v1)")
     ap.add_argument("--min-seconds", type=float, default=3.0, help="shortest segment kept (default 3)")
     ap.add_argument("--shard-size", type=int, default=256, help="segments per tar file (default 256)")
     ap.add_argument("--batch-size", type=int, default=8, help="segments per teacher call (default 8)")

@@ -27,9 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mert.lightning import train
 
     torch.set_float32_matmul_precision("high")
-    # argv[0] is mert/lightning/rank_entry.py: Lightning's DDP launcher starts the other ranks by re-running
-    # `sys.argv[0]` with the same overrides, and that file runs `main()` as a script.
-    # Found by path, not imported: rank_entry imports this module.
-    rerun = os.path.join(os.path.dirname(os.path.abspath(train.__file__)), "rank_entry.py")
+    # argv[0] is mert/cli/rank_entry.py: Lightning's DDP launcher starts the other ranks by re-running
+    # `sys.argv[0]` with the same overrides, and that file runs `main()` as a script. Found by path, not
+    # imported: rank_entry imports this module.
+    rerun = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rank_entry.py")
     overrides = argv if argv is not None else sys.argv[1:]
     return run_hydra(train.hydra_entry, "train", rerun, overrides, "mert pretrain")

@@ -57,7 +57,8 @@ class _SkipCounter:
 
 
 class CropDataset(Dataset, _SkipCounter):
-    """Random fixed-length crops of the files in a manifest (spec 4: 5 s crops, clips under 3 s skipped).
+    """Random fixed-length crops of the files in a manifest (MERT-v1 training hyper-parameters: 5 s crops, clips under
+    3 s skipped).
 
     The crop offset of item ``index`` depends only on ``(seed, epoch, index)``, never on worker count, process or
     global RNG state, so a run is reproducible and resumable; :meth:`set_epoch` gives new crops.

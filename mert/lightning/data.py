@@ -108,7 +108,7 @@ class AudioDataModule(pl.LightningDataModule):
     Args:
         dataset: a map-style dataset yielding mert item dicts (``CropDataset``, ``ShardDataset``,
             ``SyntheticDataset``).
-        global_batch_size: clips per optimiser step over all ranks (spec 4: 1024 for 95M).
+        global_batch_size: clips per optimiser step over all ranks (MERT-v1 training hyper-parameters: 1024 for 95M).
         micro_batch_size: clips per forward pass on one rank; accumulation is derived.
         num_workers: DataLoader worker processes per rank.
         seed: drives the order of samples (and, through positions, crops, masks and mixing).

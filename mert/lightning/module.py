@@ -31,7 +31,7 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LR
 
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int):
     """LR multiplier rising linearly from 0 to 1 over ``warmup_steps``, then falling linearly to 0 at
-    ``total_steps`` (spec 4: 32k warm-up, 0 at 400k)."""
+    ``total_steps`` (MERT-v1 training hyper-parameters: 32k warm-up, 0 at 400k)."""
     if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
         raise ValueError(
             f"need 0 <= warmup_steps <= total_steps and total_steps > 0, got {warmup_steps}, {total_steps}"
@@ -128,7 +128,8 @@ class PretrainModule(pl.LightningModule):
         strategy = self.trainer.strategy
         n_global = strategy.reduce(out.n_masked.float(), reduce_op="sum")
         # DDP averages gradients over ranks, so scaling by world / N_global makes the update the gradient of
-        # (sum of all ranks' loss sums) / (all masked frames): every masked frame weighs the same (spec 2).
+        # (sum of all ranks' loss sums) / (all masked frames): every masked frame weighs the same (MERT-v1 targets and
+        # loss).
         loss = out.loss_sum * world / n_global.clamp(min=1.0)
 
         self.micro_batches_seen += 1

@@ -204,8 +204,8 @@ def hf_config_to_encoder_config(
         conv_bias=bool(hf.get("conv_bias", False)),
         frontend_norm=norm,
         feat_proj_layer_norm=bool(hf.get("feat_proj_layer_norm", True)),
-        # Not in HF configs; spec 4: 0.1 for the post-LN 95M recipe, 1.0 for the pre-LN 330M one. Both use a
-        # GroupNorm front end, so the layout that tells them apart is the LayerNorm placement.
+        # Not in HF configs; MERT-v1 training hyper-parameters: 0.1 for the post-LN 95M recipe, 1.0 for the pre-LN 330M
+        # one. Both use a GroupNorm front end, so the layout that tells them apart is the LayerNorm placement.
         frontend_grad_mult=1.0 if hf.get("do_stable_layer_norm", False) else 0.1,
         hidden_size=int(hf.get("hidden_size", 768)),
         num_layers=int(hf.get("num_hidden_layers", 12)),

@@ -32,7 +32,7 @@ class EncoderConfig:
     sample_rate: int = 24000  # Hz; audio at any other rate is resampled to this before the front end
     normalize_input: bool = False  # zero-mean/unit-variance per clip before the front end (MERT-v1: off)
 
-    # --- convolutional front end (spec 1: 7 layers, 512 channels, 320-sample hop) ---
+    # --- convolutional front end (MERT-v1 architecture: 7 layers, 512 channels, 320-sample hop) ---
     conv_dim: tuple[int, ...] = (512,) * 7  # channels per conv layer
     conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)  # samples (layer 0) / frames (others)
     conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
@@ -166,7 +166,8 @@ class EncoderConfig:
     def frame_lengths(self, num_samples: torch.Tensor | int) -> torch.Tensor | int:
         """Frames produced from ``num_samples`` samples, applying each conv's length formula in turn.
 
-        For MERT-v1 this equals ``floor((N - 400) / 320) + 1`` for ``N >= 400`` (spec 1); shorter inputs give 0.
+        For MERT-v1 this equals ``floor((N - 400) / 320) + 1`` for ``N >= 400`` (MERT-v1 architecture); shorter inputs
+        give 0.
         """
         return frame_lengths(num_samples, self.conv_kernel, self.conv_stride)
 
@@ -252,7 +253,7 @@ PRESETS: dict[str, EncoderConfig] = {
         **_NO_DROPOUT,
         frontend_grad_mult=1.0,
     ),
-    # Tests and CPU demos: real 320x hop (so frame arithmetic is the spec's), width 32, 2 layers.
+    # Tests and CPU demos: real 320x hop (so frame arithmetic is MERT-v1's), width 32, 2 layers.
     "tiny": EncoderConfig(
         name="tiny",
         conv_dim=(32,) * 7,

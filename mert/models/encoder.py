@@ -48,7 +48,8 @@ class EncoderOutput:
     Attributes:
         last_hidden_state: ``(b, t, d)``, equal to ``hidden_states[-1]``; with ``layers=`` the deepest state
             computed.
-        hidden_states: ``n`` tensors ``(b, t, d)``: the transformer input, then one per layer (spec 1 semantics).
+        hidden_states: ``n`` tensors ``(b, t, d)``: the transformer input, then one per layer (MERT-v1 architecture
+        semantics).
             With ``layers=`` the layers past the deepest one asked for are not computed and their slots are None.
         lengths: ``(b,)`` valid frames per item; frames beyond are padding (zeros unless strict_mert_compat).
         frame_rate: frames per second (75.0 for MERT-v1).
@@ -87,7 +88,7 @@ class EncoderOutput:
 
 
 class _GradScale(torch.autograd.Function):
-    """Identity forward, gradient times ``scale`` backward: the front-end gradient multiplier (spec 1).
+    """Identity forward, gradient times ``scale`` backward: the front-end gradient multiplier (MERT-v1 architecture).
 
     ``x * m + x.detach() * (1 - m)`` would do the same in exact arithmetic but perturbs the forward value by
     rounding, which the following LayerNorm can amplify.

@@ -19,8 +19,9 @@ long-audio windows and loading). Three ops reach their fast formulations through
 as ``nn.Conv1d`` does.
 
 Padding: every module takes per-item valid lengths so that a clip gives the same numbers alone and inside a
-right-padded batch. Three places would otherwise leak padding into valid frames (spec 6.3): the first
-GroupNorm's statistics (:func:`masked_group_norm`), the positional conv's receptive field, and attention.
+right-padded batch. Three places would otherwise leak padding into valid frames (known problems of the
+original, no. 3): the first GroupNorm's statistics (:func:`masked_group_norm`), the positional conv's receptive
+field, and attention.
 ``strict`` reproduces the original's GroupNorm over the padded length for bit-for-bit compatibility with
 transformers' HubertModel.
 """
@@ -153,8 +154,8 @@ class ConvLayer(nn.Module):
 
 
 class ConvFrontEnd(nn.Module):
-    """Waveform -> 75 Hz features: seven strided convs (spec 1), the first followed by a GroupNorm (or each by a
-    LayerNorm, ``frontend_norm="layer"``), each by a GELU.
+    """Waveform -> 75 Hz features: seven strided convs (MERT-v1 architecture), the first followed by a GroupNorm (or
+    each by a LayerNorm, ``frontend_norm="layer"``), each by a GELU.
 
     :meth:`forward` runs the GEMM form (:func:`mert.models.fast_path.conv_frontend`: tiles of ``tile_frames``
     output frames, the first GroupNorm folded into conv 0); :meth:`reference` is the same network as plain
@@ -205,7 +206,7 @@ class ConvFrontEnd(nn.Module):
 
 
 class FeatureProjection(nn.Module):
-    """LayerNorm(c) -> Linear(c -> d) -> dropout (spec 1)."""
+    """LayerNorm(c) -> Linear(c -> d) -> dropout (MERT-v1 architecture)."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -222,7 +223,7 @@ class FeatureProjection(nn.Module):
 
 
 class PositionalConv(nn.Module):
-    """Grouped, weight-normalised Conv1d over time; the model's only position signal (spec 1).
+    """Grouped, weight-normalised Conv1d over time; the model's only position signal (MERT-v1 architecture).
 
     The weight is ``g * v / ||v||`` with the norm taken over (out, in) for each of the K taps, exactly as
     ``torch.nn.utils.weight_norm(conv, dim=2)``; ``g`` and ``v`` are stored as in the HF checkpoints.
@@ -337,7 +338,7 @@ class TransformerLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Positional conv + layer stack; returns every hidden state with the spec's semantics (spec 1):
+    """Positional conv + layer stack; returns every hidden state with MERT-v1's semantics (MERT-v1 architecture):
 
     post-LN (95M): ``[LN(x + pos(x)), layer_1, ..., layer_L]``;
     pre-LN (330M): ``[x + pos(x), layer_1, ..., layer_{L-1}, LN(layer_L)]``.

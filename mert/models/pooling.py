@@ -2,8 +2,8 @@
 
 Shape legend: ``b`` batch, ``t`` frames, ``d`` width, ``n`` hidden-state layers.
 
-Which layer is best depends on the task (spec 5: key at layer 8, genre at 7, pitch at 1 for MERT-v1-95M), so
-the helpers make "one layer", "several layers" and "a learned softmax-weighted sum" equally easy.
+Which layer is best depends on the task (MERT-v1 probing results: key at layer 8, genre at 7, pitch at 1 for
+MERT-v1-95M), so the helpers make "one layer", "several layers" and "a learned softmax-weighted sum" equally easy.
 """
 
 from __future__ import annotations

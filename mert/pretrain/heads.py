@@ -1,4 +1,4 @@
-"""Prediction heads of the MERT objective (spec 2).
+"""Prediction heads of the MERT objective (MERT-v1 targets and loss).
 
 Shape legend: ``n`` masked frames, ``d`` model width, ``k`` codebooks, ``v`` codebook size, ``e`` final_dim,
 ``f`` feature bins.
@@ -22,8 +22,8 @@ class CodeHead(nn.Module):
         width: encoder width ``d``.
         num_codebooks: ``k`` (8 EnCodec codebooks at 6 kbps).
         codebook_size: ``v`` (1024).
-        final_dim: ``e`` (spec 2: 64 for 95M, 128 for 330M).
-        temperature: logit temperature (spec 2: 0.1).
+        final_dim: ``e`` (MERT-v1 targets and loss: 64 for 95M, 128 for 330M).
+        temperature: logit temperature (MERT-v1 targets and loss: 0.1).
     """
 
     def __init__(
@@ -43,7 +43,7 @@ class CodeHead(nn.Module):
 
 
 class FeatureHead(nn.Module):
-    """Linear regression of continuous targets (the CQT, spec 2): ``(n, d) -> (n, f)``."""
+    """Linear regression of continuous targets (the CQT, MERT-v1 targets and loss): ``(n, d) -> (n, f)``."""
 
     def __init__(self, width: int, dim: int):
         super().__init__()

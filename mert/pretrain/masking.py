@@ -1,4 +1,4 @@
-"""Span masking for masked prediction (spec 2: mask_prob 0.8, spans of 5 frames, at least 2 spans).
+"""Span masking for masked prediction (MERT-v1 targets and loss: mask_prob 0.8, spans of 5 frames, at least 2 spans).
 
 Shape legend: ``b`` batch, ``t`` frames.
 

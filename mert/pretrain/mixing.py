@@ -1,4 +1,5 @@
-"""In-batch noise mixing (spec 3): other clips of the batch are added to the model input as interference.
+"""In-batch noise mixing (MERT-v1 in-batch mixing): other clips of the batch are added to the model input as
+interference.
 
 Shape legend: ``b`` batch, ``l`` samples.
 

@@ -1,4 +1,5 @@
-"""`MERTObjective`: masked prediction of teacher targets from a noise-mixed input (spec 2 and 3).
+"""`MERTObjective`: masked prediction of teacher targets from a noise-mixed input (MERT-v1 targets and loss; MERT-v1
+in-batch mixing).
 
 Shape legend:
     b  batch
@@ -14,8 +15,8 @@ Shape legend:
 One step: teachers read the CLEAN audio -> span mask on the frame grid -> in-batch noise mixing of the input
 (training only) -> encoder with masked frames replaced by ``mask_emb`` -> heads on the masked frames only ->
 per-term loss SUMS and the masked-frame count. The trainer divides by the masked-frame count summed over all
-ranks, so every masked frame weighs the same whatever its rank (spec 2); ``PretrainOutput.loss`` is the
-single-process value of that.
+ranks, so every masked frame weighs the same whatever its rank (MERT-v1 targets and loss); ``PretrainOutput.loss`` is
+the single-process value of that.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class MERTObjective(nn.Module):
         encoder: the model being trained.
         code_teacher: a teacher with ``kind == "codes"`` (EnCodec RVQ, random projection, k-means), or None.
         feature_teacher: a teacher with ``kind == "features"`` (the CQT), or None.
-        final_dim: code-head projection size per codebook (spec 2: 64 for 95M, 128 for 330M).
+        final_dim: code-head projection size per codebook (MERT-v1 targets and loss: 64 for 95M, 128 for 330M).
         logit_temperature: cosine-logit temperature (0.1).
         mask_prob, mask_span_frames, min_spans: span masking (0.8, 5, 2).
         mix_prob, mix_max_segments, mix_min_seconds, mix_max_seconds: in-batch noise mixing (0.5, 3, 0.5, 1.0);
@@ -90,7 +91,7 @@ class MERTObjective(nn.Module):
         feature_weight: weight of the feature-teacher MSE (1.0).
         feature_penalty_weight: weight of the mean squared front-end feature (10).
         unmasked_weight: weight of the same code and feature losses on the valid frames that were NOT masked
-            (HuBERT's ``pred_nomask_weight``; 0 in MERT and the spec). Summed over those frames and normalised
+            (HuBERT's ``pred_nomask_weight``; 0 in MERT). Summed over those frames and normalised
             by the masked-frame count like the rest, so 0.5 with ~60 % of frames masked adds about a third.
         feature_target_norm: "none" (regress the teacher's values, as MERT does) or "frame": each target frame is
             standardised across its bins first (zero mean, unit variance; MAE's normalised-pixel loss). A

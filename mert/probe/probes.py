@@ -3,11 +3,11 @@
 Shape legend: ``N`` examples (clips, or frames for frame-level tasks), ``n`` layers, ``d`` width, ``C`` outputs
 (classes, tags or regression targets), ``P`` probes trained side by side, ``B`` batch, ``H`` hidden units.
 
-Protocol (spec 5, MARBLE): for every candidate (a layer, or the softmax-weighted sum of the transformer layers)
-and every learning rate of the grid, a head is trained with Adam on mini-batches of 64, ReduceLROnPlateau and
-early stopping on the validation score; the best validation state is scored on test. The learning rate is
-chosen on validation per (candidate, seed); the best layer is chosen on mean validation score over seeds, so
-the test split never takes part in a choice. Results are mean +- std over seeds.
+Protocol (MERT-v1 probing results, MARBLE): for every candidate (a layer, or the softmax-weighted sum of the
+transformer layers) and every learning rate of the grid, a head is trained with Adam on mini-batches of 64,
+ReduceLROnPlateau and early stopping on the validation score; the best validation state is scored on test. The
+learning rate is chosen on validation per (candidate, seed); the best layer is chosen on mean validation score over
+seeds, so the test split never takes part in a choice. Results are mean +- std over seeds.
 
 All candidates and learning rates of one seed train together as one batched model (``P`` heads in one
 ``baddbmm``), with a per-probe Adam step size, so a per-layer sweep costs about one big model's time instead of
@@ -35,13 +35,14 @@ WEIGHTED = -1  # candidate id of the learned softmax-weighted sum over layers
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Probe training settings (defaults: spec 5).
+    """Probe training settings (defaults: MERT-v1 probing results).
 
     Attributes:
         head: ``mlp`` (hidden layer of ``hidden`` units, ReLU, dropout) or ``linear``.
         layers: candidates: ``all`` (every layer, plus the weighted sum), ``weighted`` (only the weighted sum),
             ``sweep`` (every layer, no weighted sum), or a list of layer indices.
-        weighted_layers: layers mixed by the weighted sum; ``transformer`` excludes ``hidden_states[0]`` (spec 5).
+        weighted_layers: layers mixed by the weighted sum; ``transformer`` excludes ``hidden_states[0]`` (MERT-v1
+            probing results).
         lrs: the learning-rate grid.
         seeds: one full training per seed.
         max_epochs: upper bound on epochs; ``patience`` epochs without a better validation score stop a probe.

@@ -1,8 +1,9 @@
 """Frozen teachers that produce pretraining targets on the encoder's 75 Hz grid.
 
 Every teacher maps ``(b, l)`` clean audio to ``(b, t, ...)`` targets with ``t = frame_lengths(l)``:
-``EncodecTargets`` and ``CQTTargets`` are MERT-v1's two teachers (spec section 2); ``RandomProjectionTargets``,
-``KMeansTargets`` and ``RVQTargets`` (a residual VQ fitted on your corpus) work without downloads. Importing this
+``EncodecTargets`` and ``CQTTargets`` are MERT-v1's two teachers (MERT-v1 targets and loss);
+``RandomProjectionTargets``, ``KMeansTargets`` and ``RVQTargets`` (a residual VQ fitted on your corpus) work without
+downloads. Importing this
 package is light: nnAudio, EnCodec and torchaudio load when a teacher is built.
 """
 
@@ -13,7 +14,7 @@ from mert.targets.encodec import EncodecTargets
 from mert.targets.features import FrameFeatures
 from mert.targets.kmeans import KMeansTargets
 from mert.targets.random_projection import RandomProjectionTargets
-from mert.targets.registry import TEACHERS, build_teacher, teacher_from_settings
+from mert.targets.factory import TEACHERS, build_teacher, teacher_from_settings
 from mert.targets.rvq import RVQConfig, RVQTargets, fit_rvq
 
 __all__ = [

@@ -1,15 +1,15 @@
-"""MERT's musical teacher: a constant-Q transform magnitude (nnAudio ``CQT1992v2``), spec section 2.
+"""MERT's musical teacher: a constant-Q transform magnitude (nnAudio ``CQT1992v2``), MERT-v1 targets and loss.
 
 Shape legend: ``b`` batch, ``l`` samples, ``t`` frames (75 Hz), ``f`` CQT bins.
 
-The defaults are the spec's: 24 kHz, hop 320, fmin 32.7 Hz, 336 bins at 48 per octave (7 octaves), Hann
+The defaults are MERT-v1's: 24 kHz, hop 320, fmin 32.7 Hz, 336 bins at 48 per octave (7 octaves), Hann
 window, centred frames, linear magnitude (no log). The MSE head regresses these values directly.
 
 ``compression="log"`` returns ``log(magnitude + log_floor)`` instead, for small-scale recipes: linear
 magnitudes are heavy-tailed (on the demo's music: median 0.009, mean 0.22, maximum 8), so an MSE on them is
 dominated by the few loudest bins of the loudest clips and a small model learns to predict little more than
 their average; in the log domain every note and partial above the floor counts (values about -4.6 to 2,
-standard deviation ~1.7). MERT's full-scale recipes keep the spec's linear magnitude.
+standard deviation ~1.7). MERT's full-scale recipes keep MERT-v1's linear magnitude.
 
 Cost: the lowest bin needs a 50459-sample kernel (Q * sr / fmin), and nnAudio pads every one of the 336
 kernels to 65536 taps: its time-domain convolution spends 85 % of its multiply-adds on zeros, and the kernels take
@@ -33,7 +33,7 @@ from mert.targets.base import Teacher
 __all__ = ["CQTTargets", "ConstantQ"]
 
 # Bins per convolution in ConstantQ: a group's kernels are cut to the union of their supports, so small groups
-# waste few zeros (12: 3.78M taps for the spec's CQT against 3.49M for exact supports and 22.0M in nnAudio).
+# waste few zeros (12: 3.78M taps for MERT-v1's CQT against 3.49M for exact supports and 22.0M in nnAudio).
 _GROUP_BINS = 12
 
 
@@ -96,8 +96,8 @@ class CQTTargets(Teacher):
 
     Frame ``i`` is centred on sample ``i * hop_length``: the clip is padded by half the longest kernel (32768
     samples, 1.37 s, with the defaults) on each side, with zeros as MERT's own teacher (nnAudio ``center=True,
-    pad_mode="constant"``, spec 2). ``pad_mode="reflect"`` mirrors the clip instead (nnAudio's default, which
-    changes the first and last ~1.4 s of targets: not MERT's); clips no longer than the padding cannot be
+    pad_mode="constant"``, MERT-v1 targets and loss). ``pad_mode="reflect"`` mirrors the clip instead (nnAudio's
+    default, which changes the first and last ~1.4 s of targets: not MERT's); clips no longer than the padding cannot be
     mirrored that far and are zero-padded either way.
 
     Args:
@@ -190,7 +190,7 @@ class CQTTargets(Teacher):
             # Always written: shards cached before zero padding became the default (reflect, no key) then
             # mismatch and are refused instead of silently training on the other padding.
             "pad_mode": self.pad_mode,
-            # Only when not the spec's default, so shards cached with linear targets keep matching.
+            # Only when not MERT-v1's default, so shards cached with linear targets keep matching.
             **({"compression": "log", "log_floor": self.log_floor} if self.compression == "log" else {}),
             **frontend_settings(self),
         }

@@ -1,4 +1,4 @@
-"""MERT-v1's acoustic teacher: EnCodec 24 kHz residual-VQ codes, spec section 2.
+"""MERT-v1's acoustic teacher: EnCodec 24 kHz residual-VQ codes, MERT-v1 targets and loss.
 
 Shape legend: ``b`` batch, ``l`` samples, ``t`` frames (75 Hz), ``k`` codebooks.
 
@@ -70,7 +70,7 @@ class EncodecTargets(Teacher):
         weights: ``None`` for the published checkpoint through torch.hub (its download and cache; needs the
             internet unless already cached), or a path to a state dict such as ``encodec_24khz-d7cc33bc.th``
             (or a folder holding that file). Loaded with ``torch.load(weights_only=True)``.
-        bandwidth: kbps, one of 1.5, 3, 6, 12, 24 -> 2, 4, 8, 16, 32 codebooks. MERT uses 6 (spec 2).
+        bandwidth: kbps, one of 1.5, 3, 6, 12, 24 -> 2, 4, 8, 16, 32 codebooks. MERT uses 6 (MERT-v1 targets and loss).
         sample_rate: must be 24000 (the model's rate); resample audio before it reaches the teacher.
         check_codes: raise if a codebook gives one constant code over a batch of non-silent audio.
         conv_kernel, conv_stride: the encoder front end whose frame count the targets match (hop 320).

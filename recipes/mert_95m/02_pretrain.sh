@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MERT-v1-95M pretraining (spec 4): 400k steps of 1024 clips. One node of 8 GPUs by default.
+# MERT-v1-95M pretraining (MERT-v1 training hyper-parameters): 400k steps of 1024 clips. One node of 8 GPUs by default.
 # EnCodec weights: download encodec_24khz-d7cc33bc.th once (see docs/teachers.md) and set ENCODEC_WEIGHTS.
 # Multi-node: run this same script on every node under torchrun, or submit with SLURM (see docs/pretraining.md).
 set -euo pipefail

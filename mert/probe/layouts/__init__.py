@@ -17,7 +17,7 @@ otherwise :func:`mert.data.splits.seeded_split`, stratified by label for classif
 
 Modules: ``common`` (the result type, root and file checks, the split by label), one per data set (``_gtzan``,
 ``_gtzan_beat``, ``_nsynth``, ``_giantsteps``, ``_mtt``, ``_emo``, ``_vocalset``, ``_folders``; underscored
-because the package exports their layout functions under the same names), and ``registry`` (``LAYOUTS``: each layout's
+because the package exports their layout functions under the same names), and ``table`` (``LAYOUTS``: each layout's
 function and tasks). The ``mert probe manifest`` command is :mod:`mert.cli.probe`.
 """
 
@@ -35,7 +35,7 @@ from mert.probe.layouts._vocalset import (
     vocalset,
 )
 from mert.probe.layouts.common import SPLIT_FRACTIONS, SPLITS, VALID_FRACTION, LayoutResult
-from mert.probe.layouts.registry import LAYOUTS
+from mert.probe.layouts.table import LAYOUTS
 from mert.probe.manifest import ManifestRow, read_manifest, write_manifest
 
 __all__ = [

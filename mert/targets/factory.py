@@ -32,8 +32,8 @@ def _concat(*, teachers: list[Teacher | Mapping[str, Any]]) -> ConcatTargets:
 
 
 TEACHERS: dict[str, Callable[..., Teacher]] = {
-    "encodec": EncodecTargets,  # spec 2 acoustic teacher; needs the published weights
-    "cqt": CQTTargets,  # spec 2 musical teacher
+    "encodec": EncodecTargets,  # MERT-v1 targets and loss acoustic teacher; needs the published weights
+    "cqt": CQTTargets,  # MERT-v1 targets and loss musical teacher
     "random_projection": RandomProjectionTargets,  # BEST-RQ; offline, no fitting
     "kmeans": _kmeans,  # MERT-v0 baseline; fitted with `mert targets fit-kmeans`
     "rvq": _rvq,  # learned residual VQ on log-mel/CQT frames; fitted with `mert targets fit-rvq`

@@ -2,8 +2,8 @@
 
 Lightning starts rank 1.. by running ``sys.argv[0]`` again with the same overrides; ``mert pretrain`` sets
 ``sys.argv[0]`` to this file (:mod:`mert.cli.pretrain`), which runs the same command without the ``pretrain``
-word. It lives here, not in ``mert/cli/``, because the folder of a re-run file goes first on ``sys.path``: this
-folder's module names were already there before, ``mert/cli/``'s (``data``, ``export``, ...) would be new.
+word. The folder of a re-run file goes first on ``sys.path``, so no module here may share its name with an
+importable top-level module (``tests/test_imports.py`` checks it).
 """
 
 import sys
