@@ -4,10 +4,7 @@
 # annotations/songs_info.csv present the MediaEval 2013 evaluation set is the test set (as MARBLE),
 # otherwise a seeded 80/10/10 split. Labels are the annotated means (1-9 scale), "valence;arousal".
 # Needs: pip install -e ".[train,probe]"
-set -euo pipefail
 ROOT=${ROOT:?set ROOT to the Emomusic folder (the one holding clips_45seconds/)}
-OUT=${OUT:-runs/probe/emo}
-mkdir -p "$OUT"
+. "$(dirname "$0")/common.sh"
 
-mert probe manifest emo "$ROOT" --out "$OUT/emo_regression.csv" --report "$OUT/emo_regression_skipped.tsv"
-mert probe task=emo_regression encoder="${ENCODER:-MERT-v1-95M}" data.manifest="$OUT/emo_regression.csv"
+probe_task emo emo_regression

@@ -4,13 +4,10 @@
 # split; otherwise a seeded stratified 80/10/10 split is made. Compares ENCODER with a random encoder of the
 # same shape.
 # Needs: pip install -e ".[train,probe]"
-set -euo pipefail
 ROOT=${ROOT:?set ROOT to the folder holding one subfolder per class}
-OUT=${OUT:-runs/probe/folders}
+. "$(dirname "$0")/common.sh"
 ENCODER=${ENCODER:-MERT-v1-95M}
-mkdir -p "$OUT"
 
-mert probe manifest folders "$ROOT" --out "$OUT/labels.csv" --report "$OUT/labels_skipped.tsv"
-mert probe task=multiclass encoder="$ENCODER" data.manifest="$OUT/labels.csv" run_dir="$OUT/pretrained"
-mert probe task=multiclass encoder="random:$ENCODER" data.manifest="$OUT/labels.csv" run_dir="$OUT/random"
+RUN_DIR="$OUT/pretrained" probe_task folders multiclass
+mert probe task=multiclass encoder="random:$ENCODER" data.manifest="$OUT/multiclass.csv" run_dir="$OUT/random"
 mert probe compare "$OUT/pretrained" "$OUT/random" --out "$OUT/compare.md"

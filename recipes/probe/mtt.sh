@@ -5,12 +5,7 @@
 # al.'s train.npy/valid.npy/test.npy (sota-music-tagging-models, split/mtat) to use that split instead.
 # Clips without any top-50 tag are left out (counted in the report).
 # Needs: pip install -e ".[train,probe]"
-set -euo pipefail
 ROOT=${ROOT:?set ROOT to the MagnaTagATune folder (the one holding annotations_final.csv)}
-OUT=${OUT:-runs/probe/mtt}
-mkdir -p "$OUT"
-split=()
-if [ -n "${SPLIT_DIR:-}" ]; then split=(--split-dir "$SPLIT_DIR"); fi
+. "$(dirname "$0")/common.sh"
 
-mert probe manifest mtt "$ROOT" ${split[@]+"${split[@]}"} --out "$OUT/mtt_tagging.csv" --report "$OUT/mtt_tagging_skipped.tsv"
-mert probe task=mtt_tagging encoder="${ENCODER:-MERT-v1-95M}" data.manifest="$OUT/mtt_tagging.csv"
+probe_task mtt mtt_tagging ${SPLIT_DIR:+--split-dir "$SPLIT_DIR"}

@@ -5,16 +5,10 @@
 # comma-separated list); singers f2, f8, m3, m5, m10 are the test set. Singer: 20 classes, seeded split
 # by file.
 # Needs: pip install -e ".[train,probe]"
-set -euo pipefail
 ROOT=${ROOT:?set ROOT to the VocalSet folder (the one holding FULL/)}
-OUT=${OUT:-runs/probe/vocalset}
+. "$(dirname "$0")/common.sh"
 TECHNIQUES=${TECHNIQUES:-marble}
-mkdir -p "$OUT"
-techniques=()
-if [ "$TECHNIQUES" != all ]; then techniques=(--techniques "$TECHNIQUES"); fi
+if [ "$TECHNIQUES" = all ]; then TECHNIQUES=; fi
 
-mert probe manifest vocalset "$ROOT" --task technique ${techniques[@]+"${techniques[@]}"} --out "$OUT/vocalset_technique.csv"
-mert probe task=vocalset_technique encoder="${ENCODER:-MERT-v1-95M}" data.manifest="$OUT/vocalset_technique.csv"
-
-mert probe manifest vocalset "$ROOT" --task singer --out "$OUT/vocalset_singer.csv"
-mert probe task=vocalset_singer encoder="${ENCODER:-MERT-v1-95M}" data.manifest="$OUT/vocalset_singer.csv"
+probe_task vocalset vocalset_technique --task technique ${TECHNIQUES:+--techniques "$TECHNIQUES"}
+probe_task vocalset vocalset_singer --task singer
