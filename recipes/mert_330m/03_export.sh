@@ -1,5 +1,3 @@
 #!/usr/bin/env bash
-# Export the trained encoder as a release folder (config.json, model.safetensors, meta.json).
-set -euo pipefail
-WORK=${WORK:-work/mert_330m}
-mert export "$WORK/run" "$WORK/release"
+# Export the trained encoder as a release folder under WORK (default work/mert_330m); see ../common/.
+EXPERIMENT=mert_330m exec bash "$(dirname "$0")/../common/03_export.sh" "$@"

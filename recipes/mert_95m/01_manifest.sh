@@ -1,8 +1,3 @@
 #!/usr/bin/env bash
-# Scan an audio folder into train/valid manifests; unreadable or short files are listed in skipped.tsv.
-set -euo pipefail
-AUDIO_DIR=${AUDIO_DIR:?set AUDIO_DIR to your audio folder}
-WORK=${WORK:-work/mert_95m}
-mkdir -p "$WORK"
-mert data manifest "$AUDIO_DIR" --out "$WORK/train.tsv" --min-seconds 3 \
-  --valid-percent 1 --valid-out "$WORK/valid.tsv" --report "$WORK/skipped.tsv"
+# Scan an audio folder into train/valid manifests under WORK (default work/mert_95m); see ../common/.
+EXPERIMENT=mert_95m exec bash "$(dirname "$0")/../common/01_manifest.sh" "$@"
