@@ -535,37 +535,28 @@ class Encoder(EncoderNetwork):
         cls,
         source: str | os.PathLike,
         *,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        sha256: str | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         strict_mert_compat: bool = False,
+        **fetch: Any,
     ) -> Encoder:
         """Load an encoder (in eval mode) without executing any code from the checkpoint.
 
         Args:
             source: a local folder or weights file, an ``https://`` URL of a file or archive (``#sha256=``
                 fragment verified), or a Hugging Face repo id such as ``"m-a-p/MERT-v1-95M"``.
-            revision: branch, tag or commit for hub ids.
-            cache_dir: download cache (default ``$MERT_CACHE`` or ``~/.cache/mert``).
-            sha256: expected digest of a downloaded file.
-            local_files_only: never touch the network.
             device, dtype: where and in what precision to put the weights.
             strict_mert_compat: see :class:`Encoder`.
+            fetch: how to fetch ``source``, passed on to :func:`mert.hub.resolve_source`: ``revision`` (branch,
+                tag or commit of a hub id), ``cache_dir`` (default ``$MERT_CACHE`` or ``~/.cache/mert``),
+                ``sha256`` (expected digest of a downloaded file), ``local_files_only`` (never touch the
+                network), ``token``, ``endpoint``.
+        Raises:
+            TypeError: a ``fetch`` keyword :func:`~mert.hub.resolve_source` does not take.
         """
         from mert.hub import resolve_source
 
-        path = resolve_source(
-            source,
-            revision=revision,
-            cache_dir=cache_dir,
-            sha256=sha256,
-            local_files_only=local_files_only,
-            token=token,
-        )
+        path = resolve_source(source, **fetch)
         config, state, meta = load_checkpoint(path)
         with torch.device("meta"):
             model = cls(config, strict_mert_compat=strict_mert_compat)

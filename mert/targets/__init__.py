@@ -11,10 +11,10 @@ from mert.targets.base import FittedTeacher, Teacher
 from mert.targets.concat import ConcatTargets
 from mert.targets.cqt import CQTTargets
 from mert.targets.encodec import EncodecTargets
+from mert.targets.factory import TEACHERS, build_teacher, teacher_from_settings
 from mert.targets.features import FrameFeatures
 from mert.targets.kmeans import KMeansTargets
 from mert.targets.random_projection import RandomProjectionTargets
-from mert.targets.factory import TEACHERS, build_teacher, teacher_from_settings
 from mert.targets.rvq import RVQConfig, RVQTargets, fit_rvq
 
 __all__ = [
