@@ -1,6 +1,6 @@
 """Audio data: manifests, random-crop datasets, tar shards with cached targets, synthetic music.
 
-``mert data manifest`` / ``mert data shard`` (:mod:`mert.data.cli`) prepare a corpus; the datasets here all yield
+``mert data manifest`` / ``mert data shard`` (:mod:`mert.cli.data`) prepare a corpus; the datasets here all yield
 the same item dict and batch with :func:`collate_audio` (see docs/data.md). soundfile and tqdm load on first use.
 """
 

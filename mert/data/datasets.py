@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from mert.data.manifest import ManifestEntry, read_manifest
 
-__all__ = ["CropDataset", "SyntheticDataset", "collate_audio", "load_entries"]
+__all__ = ["CropDataset", "SkipCounter", "SyntheticDataset", "collate_audio", "load_entries"]
 
 log = logging.getLogger("mert.data")
 
@@ -42,8 +42,10 @@ def load_entries(entries_or_manifest_path: Sequence[ManifestEntry] | str | os.Pa
     return list(entries_or_manifest_path)
 
 
-class _SkipCounter:
-    """Counts unusable samples and warns once per sample, so a bad file read every epoch stays one log line."""
+class SkipCounter:
+    """Counts unusable samples and warns once per sample, so a bad file read every epoch stays one log line.
+
+    The mix-in of every dataset that skips samples (:class:`CropDataset`, :class:`mert.data.shards.ShardDataset`)."""
 
     def __init__(self) -> None:
         self.skipped = 0
@@ -56,7 +58,7 @@ class _SkipCounter:
             log.warning("skipping %s: %s", name, reason)
 
 
-class CropDataset(Dataset, _SkipCounter):
+class CropDataset(Dataset, SkipCounter):
     """Random fixed-length crops of the files in a manifest (MERT-v1 training hyper-parameters: 5 s crops, clips under
     3 s skipped).
 
@@ -87,7 +89,7 @@ class CropDataset(Dataset, _SkipCounter):
         min_seconds: float = 3.0,
         seed: int = 0,
     ):
-        _SkipCounter.__init__(self)
+        SkipCounter.__init__(self)
         if crop_seconds <= 0 or min_seconds < 0 or min_seconds > crop_seconds:
             raise ValueError(
                 f"need 0 <= min_seconds <= crop_seconds and crop_seconds > 0, got {min_seconds}, {crop_seconds}"

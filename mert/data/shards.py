@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mert.data.datasets import _SkipCounter, load_entries
+from mert.data.datasets import SkipCounter, load_entries
 from mert.data.manifest import ManifestEntry
 from mert.fileio import write_json_atomic
 from mert.models.config import frame_lengths, receptive_field
@@ -427,7 +427,7 @@ def _resolve_tars(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tu
     return tars, info
 
 
-class ShardDataset(Dataset, _SkipCounter):
+class ShardDataset(Dataset, SkipCounter):
     """Map-style dataset over every sample of a set of shards written by :func:`write_shards`.
 
     The constructor scans the tar headers once (no data is read) and keeps, per sample, the shard and the byte
@@ -450,7 +450,7 @@ class ShardDataset(Dataset, _SkipCounter):
     def __init__(
         self, path_or_dir_or_list_of_tars: str | os.PathLike | Sequence[str | os.PathLike], *, sample_rate: int = 24000
     ):
-        _SkipCounter.__init__(self)
+        SkipCounter.__init__(self)
         self.tars, self.info = _resolve_tars(path_or_dir_or_list_of_tars)
         self.sample_rate = int(sample_rate)
         records: list[tuple[int, str, dict[str, tuple[int, int]]]] = []
