@@ -34,7 +34,7 @@ from benchmarks.common import machine_line  # noqa: E402
 from mert import Encoder  # noqa: E402
 from mert.audio import load_audio  # noqa: E402
 from mert.cli import main as mert_main  # noqa: E402
-from tests.conftest import music_like  # noqa: E402
+from tests.helpers import music_like  # noqa: E402
 
 
 def main() -> None:

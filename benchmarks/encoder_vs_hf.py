@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mert.models.fast_path as fast_path  # noqa: E402
 from benchmarks.common import encoder_flops, gemm_peaks, interleaved, machine_line  # noqa: E402
 from mert import Encoder  # noqa: E402
-from tests.conftest import hf_config, music_like, perturbed_hf_model, save_hf_folder  # noqa: E402
+from tests.helpers import hf_config, music_like, perturbed_hf_model, save_hf_folder  # noqa: E402
 
 
 def layer_cosines(out: tuple[torch.Tensor, ...], ref: tuple[torch.Tensor, ...]) -> list[float]:

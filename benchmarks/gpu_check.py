@@ -42,7 +42,7 @@ from benchmarks.common import encoder_flops  # noqa: E402
 from mert import Encoder, EncoderConfig  # noqa: E402
 from mert.pretrain import MERTObjective  # noqa: E402
 from mert.targets import CQTTargets, RandomProjectionTargets  # noqa: E402
-from tests.conftest import hf_config, music_like, perturbed_hf_model, save_hf_folder  # noqa: E402
+from tests.helpers import hf_config, music_like, perturbed_hf_model, save_hf_folder  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -56,7 +56,7 @@ def child(system: str, path: str, threads: int) -> None:
             return model.embed_file(path, pool="mean", chunk_seconds=30.0)
 
     else:
-        from tests.conftest import hf_config, perturbed_hf_model
+        from tests.helpers import hf_config, perturbed_hf_model
 
         model = perturbed_hf_model(hf_config("95m", size="full"))
 
@@ -86,7 +86,7 @@ def main() -> None:
     import soundfile as sf
 
     from benchmarks.common import machine_line
-    from tests.conftest import music_like
+    from tests.helpers import music_like
 
     mert_minutes = [float(m) for m in args.minutes.split(",") if m]
     hf_minutes = [float(m) for m in args.hf_minutes.split(",") if m]

@@ -26,7 +26,7 @@ from benchmarks.common import best_of, encoder_flops, gemm_peaks, machine_line  
 from mert import Encoder, EncoderConfig  # noqa: E402
 from mert.pretrain import MERTObjective  # noqa: E402
 from mert.targets import CQTTargets, RandomProjectionTargets  # noqa: E402
-from tests.conftest import music_like  # noqa: E402
+from tests.helpers import music_like  # noqa: E402
 
 
 def main() -> None:
@@ -70,7 +70,7 @@ def main() -> None:
     teachers = {"random projection (codes)": rp, "CQT (features)": cqt}
     try:
         from mert.targets import EncodecTargets
-        from tests.test_targets import filled_encodec  # a random EnCodec with usable codebooks
+        from tests.helpers import filled_encodec  # a random EnCodec with usable codebooks
 
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(filled_encodec().state_dict(), f"{tmp}/encodec_24khz.th")

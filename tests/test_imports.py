@@ -149,3 +149,16 @@ def test_packages_import_only_lower_layers():
         - {f"{src} -> {dst}" for src, dst, _ in _imports(modules) if _area(src) == _area(dst)}
     )
     assert not bad, "imports that point up or sideways:\n" + "\n".join(bad)
+
+
+def test_benchmark_scripts_import():
+    """Benchmarks import helpers from tests/ and library internals: a move must not leave them broken."""
+    code = (
+        "import importlib.util, pathlib, sys\n"
+        "for p in sorted(pathlib.Path('benchmarks').glob('*.py')):\n"
+        "    spec = importlib.util.spec_from_file_location('bench_' + p.stem, p)\n"
+        "    sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)\n"
+        "    spec.loader.exec_module(module)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT.parent)
+    assert out.returncode == 0, out.stderr[-3000:]

@@ -36,6 +36,7 @@ from mert.targets import (
     fit_rvq,
     teacher_from_settings,
 )
+from tests.helpers import filled_encodec
 
 SR = 24000
 LENGTHS = (400, 401, 719, 720, 24000, 24000 * 3 + 17, 120000)
@@ -47,32 +48,6 @@ def clips(seconds: float, seeds: tuple[int, ...] = (0, 1)) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-def filled_encodec(seed: int = 0):
-    """A randomly initialised EnCodec 24 kHz whose codebooks are filled, so its codes are not constant.
-
-    A random encoder's output hardly moves over time (per-channel std over time ~1e-3 around offsets of
-    ~3e-2), so codebooks drawn from N(0, 1) would still map every frame to one code. Each codebook is drawn
-    around the statistics of what it quantises (the encoder output, then the successive residuals), which is
-    what EnCodec's own k-means initialisation would do.
-    """
-    from encodec import EncodecModel
-
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # encodec uses the deprecated weight_norm
-        model = EncodecModel.encodec_model_24khz(pretrained=False)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        residual = model.encoder(clips(1.0, (10, 11))[:, None]).transpose(1, 2).flatten(0, 1)  # (n, 128)
-        for layer in model.quantizer.vq.layers:
-            book = layer._codebook
-            book.embed.copy_(residual.mean(0) + residual.std(0) * torch.randn(book.embed.shape, generator=gen))
-            book.inited.fill_(1)
-            residual = residual - book.embed[book.quantize(residual)]
-    model.set_target_bandwidth(6.0)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def encodec_model():
     return filled_encodec()
