@@ -182,9 +182,7 @@ def read_audio(
             if first:
                 f.seek(first)
             data = f.read(max(0, last - first), dtype="float32", always_2d=True)  # (l, channels)
-    except ValueError as e:
-        raise ValueError(f"could not read audio file {str(path)!r}: {e}") from None
-    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError by format
+    except Exception as e:  # ours above; soundfile raises LibsndfileError / RuntimeError / TypeError by format
         raise ValueError(f"could not read audio file {str(path)!r}: {e}") from None
     if data.shape[0] == 0:
         raise ValueError(f"audio file {str(path)!r} is empty (0 samples)")

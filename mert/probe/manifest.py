@@ -3,7 +3,7 @@
 A manifest is a CSV (``.csv``) or TSV (``.tsv``; on reading, any other extension) with a header row and the
 columns ``path,label[,split][,start,end]``, UTF-8. Relative paths are relative to the manifest's folder (or a
 given root). The label encodings per task type are in :mod:`mert.probe.tasks`. ``mert probe manifest``
-(:mod:`mert.probe.layouts`) writes these files and ``mert probe``, the probe monitor and the feature cache read
+(:mod:`mert.cli.probe`, over :mod:`mert.probe.layouts`) writes these files and ``mert probe``, the probe monitor and the feature cache read
 them. (The pretraining manifest, :mod:`mert.data.manifest`, is another format: path, frames, rate, channels.)
 
 Shape legend: none (no tensors here).
@@ -69,8 +69,11 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path
     Returns:
         The manifest path, absolute.
     Raises:
+        TypeError: ``path`` is not a path (the rows first: the order before 0.2).
         ValueError: the file name does not end in ``.csv`` or ``.tsv``, or there are no rows.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"write_manifest(path, rows) takes the file first; got a {type(path).__name__} as path")
     out = Path(path).expanduser().absolute()
     delimiter = {".csv": ",", ".tsv": "\t"}.get(out.suffix.lower())
     if delimiter is None:

@@ -153,6 +153,11 @@ class FittedTeacher(Teacher):
         ``(conv_kernel, conv_stride)`` (None: the saved ones) and ``checks`` the class's own (a digest)."""
         raise NotImplementedError
 
+    @classmethod
+    def fitted_rate(cls, state: dict[str, Any]) -> int:
+        """The sample rate (Hz) the teacher in :meth:`to_dict`'s ``state`` was fitted at."""
+        return int(state["sample_rate"])
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the teacher with ``torch.save`` (atomically) and remember ``path`` for :meth:`settings`."""
         from mert.fileio import torch_save_atomic
@@ -190,14 +195,20 @@ class FittedTeacher(Teacher):
             ValueError: not this kind of teacher file, a newer format, or a failed check (rate, hop, digest).
             TypeError: a check this class does not know.
         """
+        import inspect
+
         from mert.targets._common import load_teacher_file, restore_fit_info
 
+        known = set(inspect.signature(cls.from_state).parameters) - {"path", "state", "front_end"}
+        if unknown := sorted(set(checks) - known):
+            raise TypeError(f"{cls.__name__}.load() got an unexpected keyword argument {unknown[0]!r}")
         path, state = load_teacher_file(
             path, cls.FORMAT, cls.FORMAT_VERSION, cls.KIND, cls.FIT_COMMAND, f"{cls.__name__}.save"
         )
+        fitted = cls.fitted_rate(state)
+        if sample_rate is not None and int(sample_rate) != fitted:
+            raise ValueError(f"{str(path)!r} was fitted at {fitted} Hz, not {sample_rate} Hz")
         teacher = cls.from_state(path, state, (conv_kernel, conv_stride), **checks)
-        if sample_rate is not None and int(sample_rate) != teacher.sample_rate:
-            raise ValueError(f"{str(path)!r} was fitted at {teacher.sample_rate} Hz, not {sample_rate} Hz")
         restore_fit_info(teacher, path, state)
         return teacher
 

@@ -384,6 +384,10 @@ class RVQTargets(FittedTeacher):
         self.sha256 = state["sha256"]
 
     @classmethod
+    def fitted_rate(cls, state: dict[str, Any]) -> int:
+        return int(state["config"]["sample_rate"])
+
+    @classmethod
     def from_state(
         cls, path: Path, state: dict[str, Any], front_end: FrontEnd, sha256: str | None = None
     ) -> RVQTargets:

@@ -8,6 +8,7 @@ ROOT=${ROOT:?set ROOT to the folder holding one subfolder per class}
 . "$(dirname "$0")/common.sh"
 ENCODER=${ENCODER:-MERT-v1-95M}
 
-RUN_DIR="$OUT/pretrained" probe_task folders multiclass
+probe_manifest folders multiclass
+mert probe task=multiclass encoder="$ENCODER" data.manifest="$OUT/multiclass.csv" run_dir="$OUT/pretrained"
 mert probe task=multiclass encoder="random:$ENCODER" data.manifest="$OUT/multiclass.csv" run_dir="$OUT/random"
 mert probe compare "$OUT/pretrained" "$OUT/random" --out "$OUT/compare.md"
