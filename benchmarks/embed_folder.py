@@ -65,8 +65,12 @@ def main() -> None:
                     x = enc(wav, sample_rate=enc.sample_rate, chunk_seconds=30.0).stacked()[0].mean(dim=1)
                     np.save(out / f"{f.stem}.npy", x.numpy())
 
+        runs = iter(range(args.repeats))
+
         def cli() -> None:
-            code = mert_main(["embed", str(folder), "--preset", "95m", "--out", str(Path(tmp) / "cli"), "--quiet"])
+            # A fresh folder each time: `mert embed` resumes, so a second run into the same one embeds nothing.
+            out = Path(tmp) / f"cli{next(runs)}"
+            code = mert_main(["embed", str(folder), "--preset", "95m", "--out", str(out), "--quiet"])
             assert code == 0
 
         best = {"sequential loop": float("inf"), "mert embed": float("inf")}
