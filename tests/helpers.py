@@ -148,15 +148,9 @@ def save_hf_folder(
 
 
 # --------------------------------------------------------------------------------------- pretraining objective
-class FrameStatsCodes(Teacher):
-    """A small deterministic code teacher: quantised log-energy and zero-crossing rate per encoder frame.
-
-    ``calls`` records every waveform it was asked about, so a test can tell whether it ran.
-    """
-
-    kind = "codes"
-    num_codebooks = 2
-    codebook_size = 16
+class RecordingTeacher(Teacher):
+    """A test teacher whose ``calls`` records every waveform it was asked about, so a test can tell whether it ran;
+    subclasses write ``targets``."""
 
     def __init__(self):
         super().__init__()
@@ -165,6 +159,17 @@ class FrameStatsCodes(Teacher):
 
     def compute(self, wav):
         self.calls.append(wav.clone())
+        return self.targets(wav)
+
+
+class FrameStatsCodes(RecordingTeacher):
+    """A small deterministic code teacher: quantised log-energy and zero-crossing rate per encoder frame."""
+
+    kind = "codes"
+    num_codebooks = 2
+    codebook_size = 16
+
+    def targets(self, wav):
         frames = wav.unfold(-1, 400, 320)  # (b, t, 400): exactly the encoder's receptive fields
         energy = frames.pow(2).mean(-1).add(1e-8).log10()  # about -8 .. 0
         zcr = (frames[..., 1:] * frames[..., :-1] < 0).float().mean(-1)
@@ -173,19 +178,13 @@ class FrameStatsCodes(Teacher):
         return torch.stack([c0, c1], dim=-1)
 
 
-class BandEnergies(Teacher):
-    """A small feature teacher: log energy in 8 linear bands per encoder frame; ``calls`` as FrameStatsCodes."""
+class BandEnergies(RecordingTeacher):
+    """A small feature teacher: log energy in 8 linear bands per encoder frame."""
 
     kind = "features"
     dim = 8
 
-    def __init__(self):
-        super().__init__()
-        self.calls: list[torch.Tensor] = []
-        self.freeze()
-
-    def compute(self, wav):
-        self.calls.append(wav.clone())
+    def targets(self, wav):
         spec = torch.fft.rfft(wav.unfold(-1, 400, 320), dim=-1).abs()[..., :200]
         return rearrange(spec, "b t (f w) -> b t f w", f=8).pow(2).mean(-1).add(1e-6).log()
 

@@ -8,8 +8,7 @@ import torch
 
 from mert import Encoder, EncoderConfig, frame_lengths
 from mert.hear import HearModel, get_scene_embeddings, get_timestamp_embeddings, load_model
-
-from .conftest import music_like
+from tests.helpers import music_like
 
 SR = 24000
 # Most tests feed audio at the encoder's own rate: HEAR's default input rate is 48 kHz for it (tested below).

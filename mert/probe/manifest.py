@@ -3,8 +3,9 @@
 A manifest is a CSV (``.csv``) or TSV (``.tsv``; on reading, any other extension) with a header row and the
 columns ``path,label[,split][,start,end]``, UTF-8. Relative paths are relative to the manifest's folder (or a
 given root). The label encodings per task type are in :mod:`mert.probe.tasks`. ``mert probe manifest``
-(:mod:`mert.cli.probe`, over :mod:`mert.probe.layouts`) writes these files and ``mert probe``, the probe monitor and the feature cache read
-them. (The pretraining manifest, :mod:`mert.data.manifest`, is another format: path, frames, rate, channels.)
+(:mod:`mert.cli.probe`, over :mod:`mert.probe.layouts`) writes these files and ``mert probe``, the probe monitor
+and the feature cache read them. (The pretraining manifest, :mod:`mert.data.manifest`, is another format: path,
+frames, rate, channels.)
 
 Shape legend: none (no tensors here).
 """
