@@ -93,29 +93,33 @@ class CheckpointEntry:
 # Revisions: the commit each repo's files were published under. They come from public pins of these repos
 # (snapshot folders and `revision=` arguments in several independent projects); the build machine has no
 # network access, so they were not re-checked against the Hub itself. See docs/checkpoints.md.
-_BUILTIN = (
+# Both releases: the m-a-p organisation's repo of the same name (also accepted as an alias), CC-BY-NC-4.0, 24 kHz.
+_BUILTIN = tuple(
     CheckpointEntry(
-        name="MERT-v1-95M",
-        source="m-a-p/MERT-v1-95M",
-        revision="12af15fef9d0ac838c3f475bfbbf26d2060dd4f5",
+        name=name,
+        source=f"m-a-p/{name}",
+        revision=revision,
         licence="CC-BY-NC-4.0",
-        description="MERT-v1 base: 12 layers x 768, post-LN, 24 kHz in, 75 Hz frames, 20k h of music",
-        aliases=("m-a-p/MERT-v1-95M",),
+        description=description,
+        aliases=(f"m-a-p/{name}",),
         sample_rate=24000,
-        parameters=94_370_000,
+        parameters=parameters,
         builtin=True,
-    ),
-    CheckpointEntry(
-        name="MERT-v1-330M",
-        source="m-a-p/MERT-v1-330M",
-        revision="5240c2708a5acaee1007f43fb9735c7dcd0b78c9",
-        licence="CC-BY-NC-4.0",
-        description="MERT-v1 large: 24 layers x 1024, pre-LN, 24 kHz in, 75 Hz frames, 160k h of music",
-        aliases=("m-a-p/MERT-v1-330M",),
-        sample_rate=24000,
-        parameters=315_430_000,
-        builtin=True,
-    ),
+    )
+    for name, revision, parameters, description in (
+        (
+            "MERT-v1-95M",
+            "12af15fef9d0ac838c3f475bfbbf26d2060dd4f5",
+            94_370_000,
+            "MERT-v1 base: 12 layers x 768, post-LN, 24 kHz in, 75 Hz frames, 20k h of music",
+        ),
+        (
+            "MERT-v1-330M",
+            "5240c2708a5acaee1007f43fb9735c7dcd0b78c9",
+            315_430_000,
+            "MERT-v1 large: 24 layers x 1024, pre-LN, 24 kHz in, 75 Hz frames, 160k h of music",
+        ),
+    )  # fmt: skip
 )
 
 

@@ -21,10 +21,26 @@ __all__ = ["add_synth_parser", "manifest_cli", "shard_cli", "synth"]
 ROLES = {"code": "codes", "feature": "features"}  # CLI option prefix -> target role the trainer reads
 
 
-def _parser(prog: str, description: str, source: tuple[str, str], out_help: str) -> argparse.ArgumentParser:
-    """A parser with what both data commands take: an input, ``--out``, ``--report`` and ``--quiet``."""
-    ap = argparse.ArgumentParser(prog=prog, description=description)
-    ap.add_argument(source[0], help=source[1])
+# `mert data ACTION`: (description, (input argument, its help), help of --out)
+_ACTIONS = {
+    "manifest": (
+        "Scan a folder for audio files (headers only) and write a TSV manifest for training.",
+        ("audio_dir", "folder searched recursively for audio files"),
+        "manifest to write, e.g. train.tsv",
+    ),
+    "shard": (
+        "Write WebDataset-format tar shards of fixed audio segments, optionally with teacher targets.",
+        ("manifest", "manifest TSV (from `mert data manifest`)"),
+        "output folder for shard-NNNNNN.tar and index.json",
+    ),
+}
+
+
+def _parser(action: str) -> argparse.ArgumentParser:
+    """``mert data ACTION``'s parser with what both actions take: an input, ``--out``, ``--report``, ``--quiet``."""
+    description, (source, source_help), out_help = _ACTIONS[action]
+    ap = argparse.ArgumentParser(prog=f"mert data {action}", description=description)
+    ap.add_argument(source, help=source_help)
     ap.add_argument("--out", required=True, help=out_help)
     ap.add_argument("--report", help="also write the skipped files (path, reason) to this TSV file")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -50,12 +66,7 @@ def manifest_cli(argv: list[str] | None = None) -> int:
     Returns:
         0 if at least one file is usable, 1 if none is (or the folder does not exist).
     """
-    ap = _parser(
-        "mert data manifest",
-        "Scan a folder for audio files (headers only) and write a TSV manifest for training.",
-        ("audio_dir", "folder searched recursively for audio files"),
-        "manifest to write, e.g. train.tsv",
-    )
+    ap = _parser("manifest")
     ap.add_argument("--min-seconds", type=float, default=3.0, help="skip shorter files (default 3, as MERT-v1)")
     ap.add_argument("--valid-percent", type=float, default=0.0, help="percent of files held out (default 0)")
     ap.add_argument("--valid-out", help="manifest of the held-out files (needed with --valid-percent)")
@@ -128,12 +139,7 @@ def shard_cli(argv: list[str] | None = None) -> int:
     Returns:
         0 if at least one segment was written, 1 if none (or the manifest or a teacher could not be loaded).
     """
-    ap = _parser(
-        "mert data shard",
-        "Write WebDataset-format tar shards of fixed audio segments, optionally with teacher targets.",
-        ("manifest", "manifest TSV (from `mert data manifest`)"),
-        "output folder for shard-NNNNNN.tar and index.json",
-    )
+    ap = _parser("shard")
     ap.add_argument("--sample-rate", type=int, default=24000, help="audio rate of the shards (default 24000)")
     ap.add_argument("--segment-seconds", type=float, default=5.0, help="segment length (default 5, as MERT-v1)")
     ap.add_argument("--min-seconds", type=float, default=3.0, help="shortest segment kept (default 3)")

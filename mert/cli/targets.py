@@ -42,17 +42,26 @@ def _fit_parser(
     return parser
 
 
-def _subset(prog: str, files: list[Path], source: Path, max_files: int | None, seed: int) -> list[Path]:
-    """A seeded random subset of ``max_files`` files, sorted: a spread of the corpus, not its first N.
-
-    An empty list (after saying on stderr that ``source`` holds no audio) when there are no files.
-    """
+def _fit_inputs(prog: str, args: argparse.Namespace, *, manifests: bool) -> list[Path] | int:
+    """The files a fit reads: the audio under ``args.source`` (or, with ``manifests``, the files of a
+    ``mert data manifest`` file given instead), a seeded random subset of ``--max-files`` of them, sorted (a
+    spread of the corpus, not its first N); or, after saying why on stderr, the exit status: 2 for a source that
+    is not there (or not a folder), 1 for one without audio."""
+    source = Path(args.source).expanduser()
+    if not (source.exists() if manifests else source.is_dir()):
+        print(f"{prog}: {str(source)!r} {'does not exist' if manifests else 'is not a folder'}", file=sys.stderr)
+        return 2
+    try:
+        files = _inputs(source) if manifests else find_audio(source)
+    except (OSError, ValueError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
     if not files:
         print(f"{prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {str(source)!r}", file=sys.stderr)
-        return []
-    if max_files is None or max_files >= len(files):
+        return 1
+    if args.max_files is None or args.max_files >= len(files):
         return files
-    return sorted(random.Random(seed).sample(files, max_files))
+    return sorted(random.Random(args.seed).sample(files, args.max_files))
 
 
 def _report_skipped(prog: str, skipped: Sequence[tuple[str, str]]) -> None:
@@ -88,13 +97,9 @@ def fit_kmeans_cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     prog = parser.prog
-    folder = Path(args.source).expanduser()
-    if not folder.is_dir():
-        print(f"{prog}: {str(folder)!r} is not a folder", file=sys.stderr)
-        return 2
-    files = _subset(prog, find_audio(folder), folder, args.max_files, args.seed)
-    if not files:
-        return 1
+    files = _fit_inputs(prog, args, manifests=False)
+    if isinstance(files, int):
+        return files
     sets = [s.strip() for s in args.features.split(",") if s.strip()]
     try:
         with warnings.catch_warnings():
@@ -168,17 +173,9 @@ def fit_rvq_cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     prog = parser.prog
-    source = Path(args.source).expanduser()
-    if not source.exists():
-        print(f"{prog}: {str(source)!r} does not exist", file=sys.stderr)
-        return 2
-    try:
-        files = _subset(prog, _inputs(source), source, args.max_files, args.seed)
-    except (OSError, ValueError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    if not files:
-        return 1
+    files = _fit_inputs(prog, args, manifests=True)
+    if isinstance(files, int):
+        return files
     try:
         config = RVQConfig(
             input=args.input, n_mels=args.n_mels, context=args.context, dim=args.dim, hidden=args.hidden,
