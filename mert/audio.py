@@ -15,6 +15,7 @@ import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "find_audio",
     "load_audio",
     "read_audio",
+    "read_frames",
     "resample",
     "resampled_length",
 ]
@@ -179,30 +181,35 @@ def read_audio(
             last = frames if stop is None else min(frames, int(round(stop * sr)))
             if frames > 0 and first >= frames:
                 raise ValueError(f"segment start {start} s is past the end ({frames / sr:.2f} s)")
-            if first:
-                f.seek(first)
-            data = f.read(max(0, last - first), dtype="float32", always_2d=True)  # (l, channels)
+            wav = read_frames(f, first, last - first, mono=mono)
     except Exception as e:  # ours above; soundfile raises LibsndfileError / RuntimeError / TypeError by format
         raise ValueError(f"could not read audio file {str(path)!r}: {e}") from None
-    if data.shape[0] == 0:
+    if wav.shape[-1] == 0:
         raise ValueError(f"audio file {str(path)!r} is empty (0 samples)")
     if stop is None:
         declared = declared_wav_frames(path)
-        if declared is not None and declared > first + data.shape[0]:
-            n = first + data.shape[0]
+        if declared is not None and declared > first + wav.shape[-1]:
+            n = first + wav.shape[-1]
             warnings.warn(
                 f"audio file {str(path)!r} is truncated: its header declares {declared} frames, {n} are "
                 f"present ({n / sr:.3f} s of {declared / sr:.3f} s); using what is there",
                 TruncatedAudioWarning,
                 stacklevel=3,
             )
-    wav = torch.from_numpy(np.ascontiguousarray(data.T))  # (channels, l)
-    if mono:
-        wav = wav.mean(dim=0)
     if sample_rate is not None and sample_rate != sr:
         wav = resample(wav, sr, sample_rate)
         sr = sample_rate
     return wav, int(sr)
+
+
+def read_frames(f: Any, first: int, count: int, *, mono: bool = True) -> Tensor:
+    """``count`` frames from frame ``first`` of an open ``soundfile.SoundFile`` (fewer at its end), as float32
+    ``(l,)`` mixed to mono, else ``(channels, l)``; for callers that already hold the file open."""
+    if first:
+        f.seek(first)
+    data = f.read(max(0, count), dtype="float32", always_2d=True)  # (l, channels)
+    wav = torch.from_numpy(np.ascontiguousarray(data.T))  # (channels, l)
+    return wav.mean(dim=0) if mono else wav
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bool = True) -> tuple[Tensor, int]:

@@ -144,7 +144,7 @@ class CropDataset(Dataset, SkipCounter):
         """The crop ``(l,)``, or the reason the file is unusable."""
         import soundfile as sf
 
-        from mert.audio import load_audio, read_audio, resampled_length
+        from mert.audio import load_audio, read_frames, resampled_length
 
         if not os.path.isfile(path):
             return "file does not exist (deleted or moved since the manifest was written)"
@@ -155,16 +155,14 @@ class CropDataset(Dataset, SkipCounter):
                 return (
                     f"too short ({n / self.sample_rate:.2f} s < min_seconds {self.min_samples / self.sample_rate:g} s)"
                 )
-            exact_seek = f.samplerate == self.sample_rate and f.format in _EXACT_SEEK_FORMATS
-        if exact_seek:
-            # Decode only the crop: a 5 s crop of a 4 min track is ~50x less work than decoding it all.
-            start = self.crop_offset(index, n)
-            want = min(self.crop_samples, n - start)
-            sr = self.sample_rate
-            wav, _ = read_audio(path, start / sr, (start + want) / sr)
-            if wav.shape[0] != want:
-                return f"truncated file: read {wav.shape[0]} of {want} samples at offset {start} of {n}"
-            return self._check(wav)
+            if f.samplerate == self.sample_rate and f.format in _EXACT_SEEK_FORMATS:
+                # Decode only the crop: a 5 s crop of a 4 min track is ~50x less work than decoding it all.
+                start = self.crop_offset(index, n)
+                want = min(self.crop_samples, n - start)
+                wav = read_frames(f, start, want)
+                if wav.shape[0] != want:
+                    return f"truncated file: read {wav.shape[0]} of {want} samples at offset {start} of {n}"
+                return self._check(wav)
         full, _ = load_audio(path, sample_rate=self.sample_rate, mono=True)
         # Header frame counts of compressed formats can be estimates: the offset follows the decoded length.
         start = self.crop_offset(index, full.shape[0])
