@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from mert.audio import find_audio, load_audio, read_audio
 from mert.cli.data import manifest_cli, shard_cli
 from mert.data.datasets import CropDataset, SyntheticDataset, collate_audio
-from mert.data.manifest import ManifestEntry, read_manifest, scan_audio, write_manifest
+from mert.data.manifest import ManifestEntry, hold_out, read_manifest, scan_audio, write_manifest
 from mert.data.shards import ShardDataset, write_shards
 from mert.data.synthetic import clip_kind, render_clip, write_synthetic_corpus
 from mert.models.config import frame_lengths
@@ -138,6 +138,19 @@ def test_manifest_round_trip_relative_paths_and_moving(tmp_path, corpus, entries
     moved = read_manifest(tmp_path / "moved" / "train.tsv")
     assert [e.path for e in moved[:-1]] == [str(tmp_path / "moved" / "audio" / g) for g in GOOD]
     assert all(Path(e.path).is_file() for e in moved)
+
+
+def test_hold_out_is_seeded_keeps_order_and_leaves_one_to_train():
+    entries = [ManifestEntry(f"/a/{i}.wav", 48000, 24000, 1) for i in range(10)]
+    train, valid = hold_out(entries, 30, seed=0)
+    assert len(valid) == 3 and len(train) == 7 and not {e.path for e in train} & {e.path for e in valid}
+    assert train == sorted(train, key=entries.index) and valid == sorted(valid, key=entries.index)
+    assert hold_out(entries, 30, seed=0) == (train, valid)
+    assert {e.path for e in hold_out(entries, 30, seed=1)[1]} != {e.path for e in valid}
+    assert [len(x) for x in hold_out(entries[:3], 99, seed=0)] == [1, 2]  # never everything held out
+    assert hold_out(entries, 0, seed=0) == (entries, [])
+    with pytest.raises(ValueError, match="100"):
+        hold_out(entries, 100)
 
 
 def test_malformed_manifest_lines_name_file_and_line(tmp_path):

@@ -77,9 +77,7 @@ def manifest_cli(argv: list[str] | None = None) -> int:
     if args.valid_percent > 0 and not args.valid_out:
         ap.error("--valid-percent needs --valid-out")
 
-    import numpy as np
-
-    from mert.data.manifest import scan_audio, write_manifest
+    from mert.data.manifest import hold_out, scan_audio, write_manifest
 
     prog = "mert data manifest"
     try:
@@ -92,12 +90,8 @@ def manifest_cli(argv: list[str] | None = None) -> int:
     if not entries:
         print(f"{prog}: no usable audio files in {args.audio_dir}; nothing written", file=sys.stderr)
         return 1
-    train, valid = entries, []
+    train, valid = hold_out(entries, args.valid_percent, args.seed)
     if args.valid_percent > 0:
-        n_valid = min(int(round(len(entries) * args.valid_percent / 100)), len(entries) - 1)  # keep >= 1 to train
-        held = set(np.random.default_rng(args.seed).permutation(len(entries))[:n_valid].tolist())
-        train = [e for i, e in enumerate(entries) if i not in held]  # both keep the sorted order
-        valid = [e for i, e in enumerate(entries) if i in held]
         write_manifest(args.valid_out, valid)
     write_manifest(args.out, train)
     hours = sum(e.seconds for e in train) / 3600

@@ -20,12 +20,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mert.audio import AUDIO_EXTENSIONS, find_audio
 
 __all__ = [
     "MANIFEST_HEADER",
     "ManifestEntry",
     "ScanResult",
+    "hold_out",
     "read_manifest",
     "scan_audio",
     "write_manifest",
@@ -134,6 +137,23 @@ def _check_path(path: str) -> str:
     if any(c in path for c in "\t\n\r"):
         raise ValueError(f"path {path!r} contains a tab or newline and cannot be stored in a TSV manifest")
     return path
+
+
+def hold_out(
+    entries: Sequence[ManifestEntry], percent: float, seed: int = 0
+) -> tuple[list[ManifestEntry], list[ManifestEntry]]:
+    """``(train, valid)``: a seeded random ``percent`` of the files held out for validation, at least one left to
+    train on; both keep the entries' order. Files, not classes: a pretraining corpus has no labels to stratify by
+    (labelled sets use :func:`mert.data.splits.seeded_split`).
+
+    Raises:
+        ValueError: ``percent`` outside ``[0, 100)``.
+    """
+    if not 0.0 <= percent < 100.0:
+        raise ValueError(f"the held-out percent must be in [0, 100), got {percent}")
+    n_valid = min(int(round(len(entries) * percent / 100)), max(0, len(entries) - 1))
+    held = set(np.random.default_rng(seed).permutation(len(entries))[:n_valid].tolist())
+    return [e for i, e in enumerate(entries) if i not in held], [e for i, e in enumerate(entries) if i in held]
 
 
 def write_manifest(path: str | os.PathLike, entries: Iterable[ManifestEntry]) -> Path:
