@@ -252,6 +252,7 @@ def _embed(audio: Tensor, model: HearModel, pool_time: bool) -> Tensor:
             chunk_seconds=model.chunk_seconds,
             overlap_seconds=model.overlap_seconds,
             chunk_batch_size=model.batch_size,
+            layers=model.layers,  # stops after the deepest one asked for; the others are never stitched or kept
         )
         states = [res.hidden_states[j] for j in model.layers]  # n x (b, t, d)
         del res

@@ -27,6 +27,7 @@ from mert.download import (
 )
 from mert.registry import HUB_ID as _HUB_ID
 from mert.registry import (
+    WEIGHT_FILES,
     CheckpointEntry,
     builtin_checkpoints,
     is_url,
@@ -39,7 +40,6 @@ __all__ = ["resolve_source"]
 
 log = logging.getLogger(__name__)
 
-_HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # first one the repo has wins
 _HUB_OPTIONAL = ("preprocessor_config.json", "meta.json")
 
 
@@ -214,7 +214,7 @@ def _from_hub(
         folder = get("config.json", revision).parent
         # The snapshot folder is named by the commit: pinning it keeps every file from the same commit.
         commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision
-        for name in _HUB_WEIGHTS:
+        for name in WEIGHT_FILES:  # the first one the repo has wins
             try:
                 weights = get(name, commit)
                 break

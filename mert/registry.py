@@ -23,7 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+# The weight files a checkpoint folder or hub repo may hold, the first present one wins.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
 __all__ = [
+    "WEIGHT_FILES",
     "CheckpointEntry",
     "builtin_checkpoints",
     "list_checkpoints",

@@ -17,31 +17,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     not (after saying which condition failed), 2 on usage errors or without the train extra."""
     from mert import demo
 
+    d = demo.DemoOptions()  # the defaults live there, once
     ap = argparse.ArgumentParser(
         prog="mert demo", description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--out", default="mert-demo", help="output folder (default ./mert-demo)")
-    ap.add_argument("--max-steps", type=int, default=500, help="pretraining steps, run to the end (default 500)")
-    ap.add_argument("--corpus-clips", type=int, default=960, help="clips in the pretraining corpus (default 960)")
-    ap.add_argument("--probe-clips", type=int, default=240, help="held-out clips per probe task (default 240)")
-    ap.add_argument("--seconds", type=float, default=4.0, help="length of corpus and music probe clips (default 4)")
-    ap.add_argument("--note-seconds", type=float, default=2.0, help="length of note and chord probe clips (default 2)")
-    ap.add_argument("--segment-seconds", type=float, default=2.0, help="length of the pretraining segments")
-    ap.add_argument("--model", default="small", help="model config group (small, tiny)")
+    ap.add_argument("--out", default=d.out, help="output folder (default ./%(default)s)")
+    ap.add_argument(
+        "--max-steps", type=int, default=d.max_steps, help="pretraining steps, run to the end (default %(default)s)"
+    )
+    ap.add_argument(
+        "--corpus-clips", type=int, default=d.corpus_clips, help="clips in the pretraining corpus (default %(default)s)"
+    )
+    ap.add_argument(
+        "--probe-clips", type=int, default=d.probe_clips, help="held-out clips per probe task (default %(default)s)"
+    )
+    ap.add_argument(
+        "--seconds", type=float, default=d.seconds, help="length of corpus and music probe clips (default %(default)g)"
+    )
+    ap.add_argument(
+        "--note-seconds",
+        type=float,
+        default=d.note_seconds,
+        help="length of note and chord probe clips (default %(default)g)",
+    )
+    ap.add_argument(
+        "--segment-seconds", type=float, default=d.segment_seconds, help="length of the pretraining segments"
+    )
+    ap.add_argument("--model", default=d.model, help="model config group (small, tiny)")
     ap.add_argument(
         "--teacher",
         choices=list(demo.DEMO_TEACHERS),
-        default="kmeans",
+        default=d.teacher,
         help="acoustic teacher next to the CQT: kmeans (MFCC + chroma, the default), rvq (a residual VQ fitted on "
         "the corpus's log-mel frames) or random_projection (BEST-RQ); docs/teachers.md compares them",
     )
     ap.add_argument(
         "--rvq-input",
         choices=["logmel", "cqt"],
-        default="logmel",
+        default=d.rvq_input,
         help="frames the --teacher rvq quantises: 128-band log-mel (default) or 84-bin log-CQT",
     )
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for the pretraining run, e.g. optim.lr=3e-3")
     args = ap.parse_args(argv)
     try:

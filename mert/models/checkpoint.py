@@ -29,6 +29,7 @@ from torch import Tensor
 
 from mert.models.config import CONFIG_FORMAT, EncoderConfig
 from mert.models.modules import EncoderNetwork
+from mert.registry import WEIGHT_FILES
 from mert.version import __version__
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
 ]
 
 HF_MODEL_TYPES = ("mert_model", "hubert", "data2vec-audio")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 METADATA_CONFIG_KEY = "mert_config"
 
 
