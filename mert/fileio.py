@@ -1,17 +1,48 @@
-"""File-writing helpers shared by everything that publishes files (release folders, embeddings).
+"""One way to write files: every command that publishes a file goes through :func:`atomic_path`.
 
-Why: safetensors writes its files with mode 0600 whatever the umask, while ``config.json`` next to it gets the
-usual 0644, so a release folder shared on a cluster was readable to its owner only.
+Why one primitive: writing ``OUT/.name.tmp`` and renaming it was repeated in a dozen places, each with its own
+predictable temporary name. A predictable name in a folder someone else can write to is a symlink attack (a
+link planted at the temp name makes us overwrite, and re-mode, a file outside the output folder), and a copy
+that forgets ``fsync`` or the rename leaves half a file under the real name after a crash. Here:
+
+- the temporary file is created by :func:`tempfile.mkstemp` (``O_CREAT | O_EXCL``, random name) in the target's
+  own folder, so the final :func:`os.replace` is a same-filesystem atomic rename and never follows a link;
+- the target itself may not be a symlink whose real path leaves the folder it is written into (``root``);
+- the file gets an explicit mode (``0o666`` less the umask by default, what ``open(path, "w")`` would give),
+  because ``mkstemp`` and safetensors create files 0600;
+- a failure removes the temporary file and leaves the previous complete file, if any, in place.
+
+:func:`atomic_dir` does the same for a whole folder (release exports): build in a temporary sibling, then swap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["make_shareable", "write_json_atomic"]
+__all__ = [
+    "UnsafeOutputError",
+    "atomic_dir",
+    "atomic_path",
+    "check_target",
+    "default_mode",
+    "make_shareable",
+    "open_atomic",
+    "torch_save_atomic",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+
+class UnsafeOutputError(ValueError):
+    """An output path that would write somewhere the caller did not ask for (through a symlink, over an input)."""
 
 
 def _umask() -> int:
@@ -26,26 +57,128 @@ def _umask() -> int:
     return mask
 
 
+def default_mode() -> int:
+    """``0o666`` less the umask: the mode a plain ``open(path, "w")`` gives (0644 usually)."""
+    return 0o666 & ~_umask()
+
+
 def make_shareable(path: str | os.PathLike) -> None:
     """Give a file the mode a plain ``open(path, "w")`` would have: ``0o666`` less the umask (0644 usually)."""
-    os.chmod(path, 0o666 & ~_umask())
+    os.chmod(path, default_mode())
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to a temporary file and rename it into place: a run killed mid-write leaves
-    the previous complete file, never half of one."""
+def check_target(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """Refuse a target that is a symlink leaving ``root`` (default: the target's own folder); return ``path``.
+
+    A symlink whose real path stays inside ``root`` is allowed (it is replaced by the new file, not written
+    through); a dangling link or one pointing elsewhere raises :class:`UnsafeOutputError` naming both paths.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    if path.is_symlink():
+        folder = Path(root) if root is not None else path.parent
+        real_root = folder.resolve()
+        real = path.resolve()
+        if not real.is_relative_to(real_root):
+            raise UnsafeOutputError(
+                f"refusing to write {path}: it is a symlink to {real}, outside the output folder {real_root}; "
+                "remove the link or choose another output"
+            )
+    return path
 
 
-def torch_save_atomic(path: str | os.PathLike, obj: Any) -> None:
+@contextlib.contextmanager
+def atomic_path(
+    path: str | os.PathLike, *, mode: int | None = None, root: str | os.PathLike | None = None, suffix: str = ""
+) -> Iterator[Path]:
+    """Yield a fresh temporary path beside ``path``; on a clean exit it is renamed onto ``path``.
+
+    For writers that want a file name (``torch.save``, safetensors, ONNX, ``np.save`` with ``suffix=".npy"``).
+    The parent folder is created. ``mode`` defaults to :func:`default_mode`. On an exception the temporary file
+    is removed and ``path`` keeps its previous content.
+    """
+    path = check_target(path, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=f"{suffix}.tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, default_mode() if mode is None else mode)
+        check_target(path, root)  # the target may have been swapped for a link while we wrote
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def open_atomic(
+    path: str | os.PathLike,
+    text: bool = True,
+    *,
+    mode: int | None = None,
+    root: str | os.PathLike | None = None,
+    encoding: str = "utf-8",
+    newline: str | None = None,
+) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing (text or binary); flushed, fsynced and renamed on exit."""
+    with atomic_path(path, mode=mode, root=root) as tmp:
+        f = open(tmp, "w", encoding=encoding, newline=newline) if text else open(tmp, "wb")  # noqa: SIM115
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, **kwargs: Any) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`open_atomic`)."""
+    with open_atomic(path, text=False, **kwargs) as f:
+        f.write(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, **kwargs: Any) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`open_atomic`)."""
+    with open_atomic(path, text=True, **kwargs) as f:
+        f.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, **kwargs: Any) -> None:
+    """Write ``obj`` as indented JSON atomically: a run killed mid-write leaves the previous complete file."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n", **kwargs)
+
+
+def torch_save_atomic(path: str | os.PathLike, obj: Any, **kwargs: Any) -> None:
     """``torch.save`` to a temporary file renamed into place (folders created): never half a file at ``path``."""
     import torch
 
+    with atomic_path(path, **kwargs) as tmp:
+        torch.save(obj, tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on a clean exit it replaces ``path`` whole.
+
+    An existing ``path`` is moved aside first and deleted only after the new folder is in place, so a crash
+    leaves either the old folder or the new one, never a mix of two models' files. Whether an existing folder
+    may be replaced at all is the caller's decision (``--overwrite``), made before calling this.
+    """
     path = Path(path)
+    if path.is_symlink():
+        raise UnsafeOutputError(f"refusing to replace {path}: it is a symlink to {path.resolve()}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".old"))
+            os.replace(path, old / "previous")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
