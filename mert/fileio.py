@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "UnsafeOutputError",
     "atomic_dir",
     "atomic_path",
+    "check_outputs",
     "check_target",
     "default_mode",
     "make_shareable",
@@ -182,3 +183,44 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_outputs(
+    outputs: Iterable[str | os.PathLike],
+    inputs: Iterable[str | os.PathLike] = (),
+    *,
+    scanned: Iterable[str | os.PathLike] = (),
+    what: str = "output",
+) -> None:
+    """Refuse, before any work starts, an output that would overwrite one of the command's own inputs.
+
+    Args:
+        outputs: files or folders the command will write.
+        inputs: files the command reads (an output whose real path equals one is refused).
+        scanned: folders the command scans for inputs (an output inside one, which a later scan would read as
+            input, is refused; an output folder that contains a scanned folder is refused too).
+        what: how the error names the output (``"--out"``, ``"--valid-out"``).
+    Raises:
+        UnsafeOutputError: naming the output and the input it collides with. Two outputs that resolve to the
+            same path are refused as well (one would silently replace the other).
+    """
+    outs = [Path(o) for o in outputs]
+    real_outs = [Path(os.path.realpath(o)) for o in outs]
+    real_ins = {Path(os.path.realpath(i)): Path(i) for i in inputs}
+    for out, real in zip(outs, real_outs):
+        if real in real_ins:
+            raise UnsafeOutputError(
+                f"{what} {out} is the input {real_ins[real]}: writing it would destroy the input; choose another path"
+            )
+        for folder in scanned:
+            real_folder = Path(os.path.realpath(folder))
+            if real.is_relative_to(real_folder) and real != real_folder:
+                raise UnsafeOutputError(
+                    f"{what} {out} lies inside the input folder {folder}, which is scanned for inputs; "
+                    "write it elsewhere"
+                )
+    seen: dict[Path, Path] = {}
+    for out, real in zip(outs, real_outs):
+        if real in seen:
+            raise UnsafeOutputError(f"two outputs are the same file: {seen[real]} and {out}; give them different paths")
+        seen[real] = out
