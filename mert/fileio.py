@@ -198,7 +198,7 @@ def check_outputs(
         outputs: files or folders the command will write.
         inputs: files the command reads (an output whose real path equals one is refused).
         scanned: folders the command scans for inputs (an output inside one, which a later scan would read as
-            input, is refused; an output folder that contains a scanned folder is refused too).
+            input, is refused).
         what: how the error names the output (``"--out"``, ``"--valid-out"``).
     Raises:
         UnsafeOutputError: naming the output and the input it collides with. Two outputs that resolve to the
