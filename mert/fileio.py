@@ -190,6 +190,7 @@ def check_outputs(
     inputs: Iterable[str | os.PathLike] = (),
     *,
     scanned: Iterable[str | os.PathLike] = (),
+    scanned_extensions: Iterable[str] | None = None,
     what: str = "output",
 ) -> None:
     """Refuse, before any work starts, an output that would overwrite one of the command's own inputs.
@@ -199,6 +200,9 @@ def check_outputs(
         inputs: files the command reads (an output whose real path equals one is refused).
         scanned: folders the command scans for inputs (an output inside one, which a later scan would read as
             input, is refused).
+        scanned_extensions: if given, only outputs with one of these endings (the ones a scan reads, e.g.
+            :data:`mert.audio.AUDIO_EXTENSIONS`) are refused inside a scanned folder; a ``train.tsv`` beside
+            the audio it lists is fine.
         what: how the error names the output (``"--out"``, ``"--valid-out"``).
     Raises:
         UnsafeOutputError: naming the output and the input it collides with. Two outputs that resolve to the
@@ -207,12 +211,14 @@ def check_outputs(
     outs = [Path(o) for o in outputs]
     real_outs = [Path(os.path.realpath(o)) for o in outs]
     real_ins = {Path(os.path.realpath(i)): Path(i) for i in inputs}
+    exts = None if scanned_extensions is None else {e.lower() for e in scanned_extensions}
+    scanned = list(scanned)
     for out, real in zip(outs, real_outs):
         if real in real_ins:
             raise UnsafeOutputError(
                 f"{what} {out} is the input {real_ins[real]}: writing it would destroy the input; choose another path"
             )
-        for folder in scanned:
+        for folder in scanned if exts is None or out.suffix.lower() in exts or real.suffix.lower() in exts else ():
             real_folder = Path(os.path.realpath(folder))
             if real.is_relative_to(real_folder) and real != real_folder:
                 raise UnsafeOutputError(
