@@ -178,6 +178,7 @@ MAX_SECONDS_ENV = "MERT_MAX_AUDIO_SECONDS"
 _PCM_BYTES = {
     "PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8, "ULAW": 1, "ALAW": 1,
 }  # fmt: skip
+_PLAIN_CONTAINERS = {"WAV", "WAVEX", "RF64", "W64", "AIFF", "AU", "RAW"}
 # Compressed formats: even digital silence in FLAC's largest blocks costs more than a byte per 65536 frames.
 _MAX_FRAMES_PER_BYTE = 65536
 
@@ -239,7 +240,8 @@ def check_header(
             "the header is damaged or the file is not audio"
         )
     if size is not None and frames > 0:
-        per_frame = _PCM_BYTES.get(str(getattr(info, "subtype", "")))
+        plain = str(getattr(info, "format", "")) in _PLAIN_CONTAINERS  # FLAC reports PCM_16 too: compressed
+        per_frame = _PCM_BYTES.get(str(getattr(info, "subtype", ""))) if plain else None
         limit = size // (per_frame * channels) if per_frame else size * _MAX_FRAMES_PER_BYTE
         if frames > limit + 1:
             raise ValueError(

@@ -58,6 +58,12 @@ def _umask() -> int:
     return mask
 
 
+def _temp_prefix(path: Path) -> str:
+    """``.NAME.`` cut to 100 bytes (on a character boundary): a 255-byte name plus a temp suffix is too long."""
+    head = path.name.encode("utf-8", "surrogateescape")[:100].decode("utf-8", "ignore")
+    return f".{head}."
+
+
 def default_mode() -> int:
     """``0o666`` less the umask: the mode a plain ``open(path, "w")`` gives (0644 usually)."""
     return 0o666 & ~_umask()
@@ -99,7 +105,7 @@ def atomic_path(
     """
     path = check_target(path, root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=f"{suffix}.tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=f"{suffix}.tmp")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -169,13 +175,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_symlink():
         raise UnsafeOutputError(f"refusing to replace {path}: it is a symlink to {path.resolve()}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".old"))
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".old"))
             os.replace(path, old / "previous")
         os.replace(tmp, path)
         if old is not None:

@@ -80,8 +80,8 @@ def manifest_cli(argv: list[str] | None = None) -> int:
     if args.valid_percent > 0 and not args.valid_out:
         ap.error("--valid-percent needs --valid-out")
 
-    from mert.data.manifest import hold_out, scan_audio, write_manifest
     from mert.audio import AUDIO_EXTENSIONS
+    from mert.data.manifest import hold_out, scan_audio, write_manifest
     from mert.fileio import UnsafeOutputError, check_outputs
 
     prog = "mert data manifest"
