@@ -250,7 +250,7 @@ def check_header(
     limit_s = max_seconds_limit() if max_seconds is None else max_seconds
     if frames / sr > limit_s:
         raise ValueError(
-            f"{where}{frames / sr:.0f} s long, above the {limit_s:.0f} s limit (set {MAX_SECONDS_ENV} or "
+            f"{where}{frames / sr:.1f} s long, above the {limit_s:g} s limit (set {MAX_SECONDS_ENV} or "
             "--max-seconds to accept longer files)"
         )
 
