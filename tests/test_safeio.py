@@ -43,6 +43,10 @@ def _embed(tmp_path, *inputs, out="o", extra=()):
 _LEFT_TO_OTHERS = {"models/checkpoint.py", "lightning/train.py", "pretrain/export.py", "download.py"}
 
 
+def _names_tmp(text: str) -> bool:
+    return ".tmp" in text and "\n" not in text  # a one-line string (a docstring may mention temp names)
+
+
 def _unsafe_writes(source: str) -> list[str]:
     """Calls that write files outside mert.fileio: os.replace/rename, Path.write_text/write_bytes, mkstemp,
     open(..., "w"/"a"/"x"), and string literals naming a ``.tmp`` file."""
@@ -59,14 +63,15 @@ def _unsafe_writes(source: str) -> list[str]:
             elif name == "open" and owner in ("", "io"):
                 modes = [a for a in node.args[1:2]] + [k.value for k in node.keywords if k.arg == "mode"]
                 for m in modes:
-                    texts = [m.value] if isinstance(m, ast.Constant) else [
-                        c.value for c in ast.walk(m) if isinstance(c, ast.Constant)
-                    ]
+                    texts = (
+                        [m.value]
+                        if isinstance(m, ast.Constant)
+                        else [c.value for c in ast.walk(m) if isinstance(c, ast.Constant)]
+                    )
                     if any(isinstance(t, str) and set(t) & set("wax") for t in texts):
                         found.append(f"open(..., write mode) line {node.lineno}")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ".tmp" in node.value:
-            if "\n" not in node.value:  # not a docstring
-                found.append(f"'.tmp' name line {node.lineno}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _names_tmp(node.value):
+            found.append(f"'.tmp' name line {node.lineno}")
     return found
 
 
