@@ -405,3 +405,30 @@ def test_matrix_output_and_device_choice(tmp_path, capsys):
         assert _embed(tmp_path, d, out="o3", extra=["--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
     assert _embed(tmp_path, d, out="o4", extra=["--device", "auto"]) == 0
+
+
+def test_a_full_disk_is_one_line_in_every_command(tmp_path, capsys, monkeypatch):
+    """The file system refusing a write (ENOSPC, EROFS, EACCES...) ends any command with one line, exit 2."""
+    import mert.data.manifest as manifest
+
+    _clip(tmp_path / "c" / "a.wav")
+
+    def full(path, text, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(manifest, "write_text_atomic", full)
+    out = tmp_path / "t.tsv"
+    argv = ["data", "manifest", str(tmp_path / "c"), "--out", str(out), "--min-seconds", "0.5", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mert data manifest: error: No space left on device: {out}"]
+
+
+def test_probe_manifest_never_writes_over_the_data_set(tmp_path, capsys):
+    root = tmp_path / "set"
+    _clip(root / "rock" / "a.wav")
+    _clip(root / "jazz" / "b.wav", seed=2)
+    before = (root / "rock" / "a.wav").read_bytes()
+    argv = ["probe", "manifest", "folders", str(root), "--out", str(tmp_path / "m.csv")]
+    assert main([*argv, "--report", str(root / "rock" / "a.wav")]) == 1
+    assert (root / "rock" / "a.wav").read_bytes() == before and "--report" in capsys.readouterr().err

@@ -126,7 +126,13 @@ def manifest_cli(argv: list[str] | None = None) -> int:
             ap.error("--techniques applies to the vocalset technique task only")
 
     try:
+        from mert.audio import AUDIO_EXTENSIONS
+        from mert.fileio import check_outputs
+
+        outs = [o for o in (args.out, args.report) if o]
+        check_outputs(outs, scanned=[args.root], scanned_extensions=AUDIO_EXTENSIONS, what="--out/--report")
         result = fn(args.root, **kwargs)
+        check_outputs(outs, [r.path for r in result.rows], what="--out/--report")  # never over a listed file
         out = write_manifest(args.out, result.rows)
     except (FileNotFoundError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
