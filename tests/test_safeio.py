@@ -432,3 +432,16 @@ def test_probe_manifest_never_writes_over_the_data_set(tmp_path, capsys):
     argv = ["probe", "manifest", "folders", str(root), "--out", str(tmp_path / "m.csv")]
     assert main([*argv, "--report", str(root / "rock" / "a.wav")]) == 1
     assert (root / "rock" / "a.wav").read_bytes() == before and "--report" in capsys.readouterr().err
+
+
+def test_a_link_at_an_output_name_is_refused_in_one_line(tmp_path, capsys):
+    _clip(tmp_path / "c" / "a.wav")
+    victim = tmp_path / "elsewhere" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("keep")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "t.tsv").symlink_to(victim)
+    argv = ["data", "manifest", str(tmp_path / "c"), "--out", str(tmp_path / "out" / "t.tsv"), "--min-seconds", "0.5"]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a symlink to" in err[0] and victim.read_text() == "keep"

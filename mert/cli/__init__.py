@@ -97,10 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "pool", None) == "none":
             args.pool = None
         return int(args.func(args) or 0)
-    except OSError as e:
-        if e.errno not in _ENVIRONMENT_ERRNOS:
+    except (OSError, ValueError) as e:
+        from mert.fileio import UnsafeOutputError
+
+        if not isinstance(e, UnsafeOutputError) and getattr(e, "errno", None) not in _ENVIRONMENT_ERRNOS:
             raise
-        where = f": {e.filename}" if e.filename else ""
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
         command = " ".join(argv[:2] if argv[:1] in (["data"], ["targets"]) else argv[:1])
-        print(f"mert {command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"mert {command}: error: {getattr(e, 'strerror', None) or e}{where}", file=sys.stderr)
         return 2

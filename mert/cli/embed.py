@@ -265,6 +265,8 @@ def _embed(args: argparse.Namespace) -> int:
         "format": args.format,
         "frame_rate": enc.frame_rate,
     }
+    if enc.strict_mert_compat:  # the reference front end does not ignore padding: one file per pass
+        batch_size = 1
     job = _Job(args, enc, layers, settings, out_dir, batch_size)
     return job.run(files, _output_names(files), repeats, scan_skipped, matrix)
 
@@ -364,10 +366,12 @@ class _Job:
                 print(f"  {p}: {e}", file=sys.stderr)
             status = 1
         if stopped or index_error:
-            listed = f"the index lists the {len(self.done)} file(s) written" if not index_error else (
-                f"{index_error}; the outputs written are in {out}, and a rerun with free space indexes them"
-            )
-            print(f"mert embed: error: {stopped or 'stopped'}; {listed}", file=sys.stderr)
+            parts = [m for m in (stopped, index_error) if m]
+            parts.append(
+                f"the index lists the {len(self.done)} file(s) written" if not index_error
+                else f"the outputs written so far are in {out}; run the same command again once there is room"
+            )  # fmt: skip
+            print(f"mert embed: error: {'; '.join(parts)}", file=sys.stderr)
             return 2
         return status
 
@@ -415,7 +419,7 @@ class _Job:
                 out = enc(batch, lengths, sample_rate=enc.sample_rate, layers=self.layers)
                 states = out.stacked(self.layers)  # (b, n, t, d)
                 if args.pool == "mean":
-                    pooled = mean_pool(states, out.lengths).to(enc.mask_emb.dtype)  # (b, n, d)
+                    pooled = mean_pool(states.float(), out.lengths).to(enc.mask_emb.dtype)  # (b, n, d)
                     items = [pooled[r] for r in range(len(idx))]
                 else:
                     items = [states[r, :, : int(out.lengths[r])] for r in range(len(idx))]
