@@ -445,3 +445,37 @@ def test_a_link_at_an_output_name_is_refused_in_one_line(tmp_path, capsys):
     assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a symlink to" in err[0] and victim.read_text() == "keep"
+
+
+def test_atomic_writes_keep_the_old_file_on_failure_and_set_the_mode(tmp_path):
+    from mert.fileio import (
+        UnsafeOutputError,
+        atomic_dir,
+        check_outputs,
+        default_mode,
+        open_atomic,
+        write_text_atomic,
+    )
+
+    target = tmp_path / "t.txt"
+    write_text_atomic(target, "old")
+    with pytest.raises(RuntimeError), open_atomic(target) as f:
+        f.write("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
+    assert (target.stat().st_mode & 0o777) == default_mode()
+    long = tmp_path / ("é" * 120 + ".json")  # 241 bytes: the temp name must still fit in 255
+    write_text_atomic(long, "{}")
+    assert long.read_text() == "{}"
+    with pytest.raises(UnsafeOutputError, match="is the input"):
+        check_outputs([tmp_path / "." / "t.txt"], [target])
+    check_outputs([tmp_path / "list.tsv"], scanned=[tmp_path], scanned_extensions=(".wav",))
+    with pytest.raises(UnsafeOutputError, match="inside the input folder"):
+        check_outputs([tmp_path / "x.WAV"], scanned=[tmp_path], scanned_extensions=(".wav",))
+    rel = tmp_path / "rel"
+    with atomic_dir(rel) as d:
+        (d / "a").write_text("1")
+    with pytest.raises(RuntimeError), atomic_dir(rel) as d:
+        (d / "b").write_text("2")
+        raise RuntimeError("export failed")
+    assert sorted(p.name for p in rel.iterdir()) == ["a"] and len(list(tmp_path.iterdir())) == 3
