@@ -479,3 +479,32 @@ def test_atomic_writes_keep_the_old_file_on_failure_and_set_the_mode(tmp_path):
         (d / "b").write_text("2")
         raise RuntimeError("export failed")
     assert sorted(p.name for p in rel.iterdir()) == ["a"] and len(list(tmp_path.iterdir())) == 3
+
+
+def test_checkpoints_are_written_under_a_random_temp_name(tmp_path, monkeypatch):
+    pytest.importorskip("lightning")
+    from mert.lightning.strategies import AtomicCheckpointIO
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (ckpts / ".last.ckpt.tmp").symlink_to(victim)  # the old, predictable temp name
+    import contextlib
+
+    import mert.lightning.strategies as strategies
+
+    seen = []
+    real_atomic = strategies.atomic_path
+
+    @contextlib.contextmanager
+    def spy(path, **kw):
+        with real_atomic(path, **kw) as tmp:
+            seen.append(tmp.name)
+            yield tmp
+
+    monkeypatch.setattr(strategies, "atomic_path", spy)
+    AtomicCheckpointIO().save_checkpoint({"step": 3}, ckpts / "last.ckpt")
+    assert torch.load(ckpts / "last.ckpt")["step"] == 3 and victim.read_text() == "keep"
+    # A killed save leaves `.last.ckpt.XXXX.tmp`: the trainer's start-up clean-up (checkpoints/.*.tmp) finds it.
+    assert seen and seen[0].startswith(".last.ckpt.") and seen[0].endswith(".tmp") and seen[0] != ".last.ckpt.tmp"
