@@ -324,13 +324,13 @@ def resample(wav: Tensor, orig_sr: int, new_sr: int) -> Tensor:
     ``l' = ceil(l * new_sr / orig_sr)`` (:func:`resampled_length`). A rate whose exact conversion would need an
     enormous filter (see :func:`_tractable_rate`) is treated as the nearest tractable one, within 0.1 %.
     """
-    if orig_sr == new_sr:
+    if orig_sr == new_sr and not isinstance(orig_sr, bool) and not isinstance(new_sr, bool):
         return wav
-    if orig_sr <= 0 or new_sr <= 0:
-        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
     import torchaudio.functional as AF
 
-    orig_sr, new_sr = int(orig_sr), int(new_sr)
+    # Every resampler call passes here: a bool, a non-integral or an absurd rate (1 Hz -> 24 kHz is gigabytes)
+    # is refused before the filter is built.
+    orig_sr, new_sr = check_sample_rate(orig_sr, "orig_sr"), check_sample_rate(new_sr, "new_sr")
     snapped = _tractable_rate(orig_sr, new_sr)
     out = AF.resample(wav, snapped, new_sr)
     if snapped != orig_sr:  # keep the promised length

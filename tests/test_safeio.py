@@ -315,6 +315,16 @@ def test_encoder_refuses_sample_rates_that_are_not_rates(tiny_encoder, rate):
         tiny_encoder(0.1 * torch.randn(1, 2000), sample_rate=rate)
 
 
+def test_the_resampler_refuses_them_for_every_caller():
+    from mert.audio import resample
+
+    wav = torch.zeros(2000)
+    for orig, new in ((True, 24000), (1, 24000), (24000, 50_000_001), (44100.5, 24000)):
+        with pytest.raises(ValueError, match="orig_sr|new_sr"):
+            resample(wav, orig, new)
+    assert resample(wav, 16000.0, 24000).shape == (3000,)
+
+
 def test_encoder_still_takes_rates_written_as_numbers(tiny_encoder):
     wav = 0.1 * torch.randn(1, 16000)
     ref = tiny_encoder(wav, sample_rate=16000).last_hidden_state
