@@ -133,7 +133,7 @@ def _identity(path: Path) -> dict[str, Any] | None:
             if st.st_size <= _FULL_HASH_BYTES:
                 h.update(f.read())
                 kind = "sha256"
-            else:  # an edit or re-encode changes the ends or the size; 128 KiB a file keeps a resume of 100k files quick
+            else:  # an edit or re-encode changes the ends or the size; 128 KiB a file keeps resumes quick
                 h.update(f.read(_BLOCK))
                 f.seek(st.st_size - _BLOCK)
                 h.update(f.read(_BLOCK))
