@@ -176,8 +176,8 @@ def test_shard_and_fit_and_compare_refuse_outputs_over_inputs(tmp_path, capsys):
     (run / "results.json").write_text('{"a": 1}')
     assert main(["probe", "compare", str(run), "--out", str(run / "results.json")]) == 1
     assert (run / "results.json").read_text() == '{"a": 1}'
-    assert main(["probe", "compare", str(run), "--out", str(run / "other.json")]) == 1
-    assert "inside the input folder" in capsys.readouterr().err and not (run / "other.json").exists()
+    assert main(["probe", "compare", str(run), "--out", str(run / "results.md")]) == 1
+    assert "inside the input folder" in capsys.readouterr().err and not (run / "results.md").exists()
 
 
 def test_embed_refuses_a_matrix_over_an_input(tmp_path, capsys):

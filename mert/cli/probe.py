@@ -52,7 +52,7 @@ def compare_cli(argv: Sequence[str]) -> int:
                 raise ValueError(f"--out {args.out} would replace a probe run's results.json; choose another name")
             dirs = [r for r in args.runs if Path(r).is_dir()]
             inputs = [*args.runs, *(Path(d) / "results.json" for d in dirs)]
-            check_outputs([args.out], inputs, scanned=dirs, scanned_extensions=(".json",), what="--out")
+            check_outputs([args.out], inputs, scanned=dirs, what="--out")  # a run folder holds that run's results
         table = compare_runs(args.runs)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"mert probe compare: error: {e}", file=sys.stderr)
