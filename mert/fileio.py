@@ -33,6 +33,7 @@ __all__ = [
     "check_outputs",
     "check_target",
     "default_mode",
+    "describe_write_error",
     "make_shareable",
     "open_atomic",
     "torch_save_atomic",
@@ -72,6 +73,19 @@ def default_mode() -> int:
 def make_shareable(path: str | os.PathLike) -> None:
     """Give a file the mode a plain ``open(path, "w")`` would have: ``0o666`` less the umask (0644 usually)."""
     os.chmod(path, default_mode())
+
+
+def describe_write_error(error: OSError, path: str | os.PathLike) -> str:
+    """Why a write to ``path`` failed, in words: ``strerror`` ("No space left on device"), and for writers that
+    report a short write without an errno (NumPy: "7104 requested and 2016 written"), whether the disk is full."""
+    if error.strerror:
+        return error.strerror
+    try:
+        st = os.statvfs(Path(path).parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        return str(error)
+    return f"{error}: no space left on the device ({free} bytes free)" if free < (1 << 20) else str(error)
 
 
 def check_target(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:

@@ -518,3 +518,26 @@ def test_checkpoints_are_written_under_a_random_temp_name(tmp_path, monkeypatch)
     assert torch.load(ckpts / "last.ckpt")["step"] == 3 and victim.read_text() == "keep"
     # A killed save leaves `.last.ckpt.XXXX.tmp`: the trainer's start-up clean-up (checkpoints/.*.tmp) finds it.
     assert seen and seen[0].startswith(".last.ckpt.") and seen[0].endswith(".tmp") and seen[0] != ".last.ckpt.tmp"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare to mount")
+def test_a_real_full_disk_during_embed(tmp_path):
+    """N7 on a real 2 MB tmpfs: the outputs that fit are written and indexed or reported, nothing half-written
+    is left, and the command ends with one error line and exit status 2."""
+    for i in range(3):
+        _clip(tmp_path / f"c{i}.wav", seed=i)
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=2m tmpfs {tiny} && dd if=/dev/zero of={tiny}/fill bs=1k count=2040 2>/dev/null; "
+        f"{sys.executable} -m mert.cli embed {tmp_path}/c0.wav {tmp_path}/c1.wav {tmp_path}/c2.wav --preset tiny "
+        f"--pool none --out {tiny}/emb --quiet; echo rc=$?; ls -a {tiny}/emb"
+    )
+    res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})  # fmt: skip
+    if "mount:" in res.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    assert "rc=2" in res.stdout, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and "no space left on" in res.stderr.lower(), res.stderr
+    assert not [n for n in res.stdout.split() if n.endswith(".tmp")]  # no temp file left behind

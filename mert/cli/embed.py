@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mert.audio import AUDIO_EXTENSIONS, find_audio
+from mert.fileio import describe_write_error
 
 __all__ = ["add_parser", "run"]
 
@@ -379,7 +380,7 @@ class _Job:
         try:
             self.save_index()
         except OSError as e:
-            return f"writing {str(self.index_path)!r} failed: {e.strerror or e}"
+            return f"writing {str(self.index_path)!r} failed: {describe_write_error(e, self.index_path)}"
         return None
 
     def _embed_group(self, paths: list[Path]) -> list[Any]:
@@ -465,7 +466,7 @@ class _Job:
             self.failed.append((path, str(e)))
             return None
         except OSError as e:
-            return f"writing {str(target)!r} failed: {e.strerror or e}"
+            return f"writing {str(target)!r} failed: {describe_write_error(e, target)}"
         real = ident["real"] if ident else os.path.realpath(path)
         self.done[real] = {"file": str(path), **(ident or {"real": real}), "output": target.name,
                            "shape": list(arr.shape)}  # fmt: skip
@@ -500,6 +501,6 @@ class _Job:
             lines = ["row\tfile"] + [f"{i}\t{n}" for i, n in enumerate(names)]
             write_text_atomic(matrix.with_suffix(".rows.tsv"), "\n".join(lines) + "\n")
         except OSError as e:
-            return f"writing {str(matrix)!r} failed: {e.strerror or e}"
+            return f"writing {str(matrix)!r} failed: {describe_write_error(e, matrix)}"
         print(f"mert embed: {len(rows)} row(s) -> {matrix} ({matrix.with_suffix('.rows.tsv').name} names them)")
         return None
