@@ -203,7 +203,7 @@ class EncoderConfig:
         if self.frontend != "mel":
             return
         if self.n_fft < 2 or self.mel_hop > self.n_fft:
-            raise ValueError(f"the mel front end needs mel_hop <= n_fft, got n_fft={self.n_fft}, mel_hop={self.mel_hop}")
+            raise ValueError(f"the mel front end needs mel_hop <= n_fft, got {self.n_fft=}, {self.mel_hop=}")
         channels, strides = self.subsampler_channels, self.subsampler_strides
         if self.subsampler == "convnext":
             if not (len(channels) == len(self.subsampler_depths) == len(strides) > 0):
@@ -222,7 +222,7 @@ class EncoderConfig:
                     f"{list(channels)}, subsampler_strides={list(strides)}"
                 )
             if self.n_mels % 4:
-                raise ValueError(f"subsampler 'conv2d' halves the mel bins twice: n_mels must divide by 4, not {self.n_mels}")
+                raise ValueError(f"subsampler 'conv2d' n_mels must divide by 4, not {self.n_mels}")
 
     # ------------------------------------------------------------------ derived numbers
     @property
