@@ -39,7 +39,7 @@ def test_frame_count_matches_the_frame_grid_for_every_length(name):
     cfg = muq_small() if name == "muq" else EncoderConfig.preset(name)
     enc = Encoder(cfg).eval()
     assert (cfg.hop_length, cfg.frame_rate, cfg.min_samples) == (960, 25.0, 1025)
-    for n in (1025, 1919, 1920, 2159, 2160, 24000, 24959, 30000):
+    for n in (1025, 1919, 1920, 2160, 24959):
         with torch.no_grad():
             out = enc(torch.randn(n) * 0.1, sample_rate=SR)
         t = out.last_hidden_state.shape[1]
@@ -144,3 +144,85 @@ def test_mert_objective_runs_on_the_conformer_family():
     assert enc.transformer.layers[0].attn.qkv.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="frame grid"):
         MERTObjective(enc, _MelBandCodes(SR))  # MERT-v1's grid: 75 Hz targets for a 25 Hz encoder
+
+
+# ----------------------------------------------------------------------------------------------------- entry points
+def _write_clips(folder, n: int, seconds: float = 1.5) -> list[tuple[str, str]]:
+    """``n`` clips alternating a low sine and a bright square wave: (path, label)."""
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    t = np.arange(int(seconds * SR)) / SR
+    for i in range(n):
+        label = ("low", "bright")[i % 2]
+        f = 110.0 * (1 + i % 5) if label == "low" else 1760.0 + 50 * (i % 5)
+        wav = 0.3 * np.sin(2 * np.pi * f * t) if label == "low" else 0.3 * np.sign(np.sin(2 * np.pi * f * t))
+        path = folder / f"c{i:02d}.wav"
+        sf.write(path, wav.astype(np.float32), SR)
+        rows.append((str(path), label))
+    return rows
+
+
+def test_mert_embed_on_the_conformer_family_matches_the_python_api(tmp_path):
+    from safetensors.numpy import load_file
+
+    from mert.cli import main
+
+    torch.manual_seed(0)
+    enc = Encoder("conformer_tiny").eval()
+    enc.save_pretrained(tmp_path / "model")
+    (path, _), = _write_clips(tmp_path / "audio", 1, seconds=3.0)
+    args = ["embed", path, "--model", str(tmp_path / "model"), "--pool", "none", "--layers", "last", "--format",
+            "safetensors", "--out", str(tmp_path / "o"), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    got = load_file(str(tmp_path / "o" / "c00.safetensors"))["embeddings"]
+    with torch.no_grad():
+        ref = enc.embed_file(path, layers="last")
+    assert got.shape == (1, 75, 32)  # 3 s at 25 Hz
+    assert abs(got - ref.numpy()).max() < 1e-5
+
+
+def test_mert_probe_runs_on_a_random_conformer(tmp_path):
+    import csv
+    import json
+
+    from mert.cli import main
+
+    rows = _write_clips(tmp_path / "audio", 24)
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows(rows)
+    run_dir = tmp_path / "run"
+    args = ["probe", "encoder=random:conformer_tiny", f"data.manifest={manifest}", f"run_dir={run_dir}",
+            f"features.cache_dir={tmp_path / 'cache'}", "protocol=quick", "probe.max_epochs=10", "progress=false",
+            "data.split_fractions=[0.5,0.25,0.25]"]  # fmt: skip
+    assert main(args) == 0
+    res = json.loads((run_dir / "results.json").read_text())
+    best = res["results"]["candidates"][res["results"]["best_candidate"]]
+    assert best["test"]["accuracy"]["mean"] > 0.6  # a low sine against a bright square: chance 0.5
+    assert set(res["results"]["candidates"]) == {"0", "1", "2", "weighted"}
+
+
+def test_hear_adapter_and_export_formats_on_the_conformer_family(tmp_path):
+    from mert.hear import get_scene_embeddings, get_timestamp_embeddings, load_model
+    from mert.pretrain.export import export_run
+
+    torch.manual_seed(0)
+    Encoder("conformer_tiny").save_pretrained(tmp_path / "model")
+    model = load_model(str(tmp_path / "model"), sample_rate=48000)
+    audio = torch.randn(2, 48000) * 0.1  # 1 s at 48 kHz
+    emb, ts = get_timestamp_embeddings(audio, model)
+    assert emb.shape == (2, 25, 32) and ts.shape == (2, 25)
+    assert torch.allclose(ts[0, 1] - ts[0, 0], torch.tensor(40.0))  # 25 Hz
+    assert get_scene_embeddings(torch.randn(1, 100) * 0.1, model).shape == (1, 32)  # shorter than one frame
+    out = export_run(tmp_path / "model", tmp_path / "again")
+    assert Encoder.from_pretrained(out).config == Encoder.from_pretrained(tmp_path / "model").config
+    with pytest.raises(ValueError, match="HubertModel layout"):
+        export_run(tmp_path / "model", tmp_path / "hf", format="hf")
+    pytest.importorskip("onnxscript")
+    with pytest.raises(ValueError, match="frontend='mel'"):
+        export_run(tmp_path / "model", tmp_path / "onnx", format="onnx")
