@@ -49,7 +49,8 @@ def conformer_flops(config: EncoderConfig, num_samples: int, batch: int = 1) -> 
         c = config.subsampler_channels[0]
         t1, f1 = -(-s // config.subsampler_strides[0]), m // 2
         t2, f2 = -(-t1 // config.subsampler_strides[1]), m // 4
-        parts["subsampler"] = 2 * 9 * (t1 * f1 * (c + c + c * c) + t2 * f2 * (c * c + c * c + c * c)) + 2 * t2 * c * f2 * d
+        convs = 2 * 9 * (t1 * f1 * (c + c + c * c) + t2 * f2 * 3 * c * c)  # 3x3 convs: 1->c twice, c->c four times
+        parts["subsampler"] = convs + 2 * t2 * c * f2 * d
         t = t2
     else:
         total, t, c_in = 0.0, s, m
@@ -103,7 +104,8 @@ def reference_models(enc: Encoder):
             continue
         name = (k.replace("self_attn_layer_norm", "attn_norm").replace("ffn1_layer_norm", "ffn1_norm")
                 .replace("ffn2_layer_norm", "ffn2_norm").replace("final_layer_norm", "final_norm")
-                .replace("intermediate_dense", "fc1").replace("output_dense", "fc2").replace("self_attn.linear_out", "attn.out")
+                .replace("intermediate_dense", "fc1").replace("output_dense", "fc2")
+                .replace("self_attn.linear_out", "attn.out")
                 .replace("conv_module.layer_norm", "conv.norm").replace("conv_module.pointwise_conv1", "conv.pw1")
                 .replace("conv_module.depthwise_conv", "conv.dw").replace("conv_module.batch_norm", "conv.mid_norm")
                 .replace("conv_module.pointwise_conv2", "conv.pw2"))  # fmt: skip
@@ -118,12 +120,13 @@ def reference_models(enc: Encoder):
     front = None
     if conv_mod is not None:
         c = cfg.subsampler_channels[0]
-        conv = conv_mod.Conv2dSubsampling(1, c, cfg.hidden_size, strides=list(cfg.subsampler_strides), n_bands=cfg.n_mels)
+        strides = list(cfg.subsampler_strides)
+        conv = conv_mod.Conv2dSubsampling(1, c, cfg.hidden_size, strides=strides, n_bands=cfg.n_mels).eval()
         conv.load_state_dict({k.replace("blocks.", "conv."): v for k, v in enc.subsampler.state_dict().items()})
         mel = feat_mod.MelSTFT(n_fft=cfg.n_fft, hop_length=cfg.mel_hop, is_db=True)
         mean, std = float(enc.frontend.mel_mean[0]), float(enc.frontend.mel_std[0])
 
-        def front(wav, conv=conv.eval(), mel=mel, mean=mean, std=std):
+        def front(wav, conv=conv, mel=mel, mean=mean, std=std):
             return conv((mel(wav)[..., :-1] - mean) / std)
 
     return front, conformer
@@ -157,7 +160,7 @@ def run_encoders(args) -> None:
         times = interleaved(systems, args.repeats)
     peaks = gemm_peaks()
     print(machine_line())
-    print(f"\nGEMM peaks (2048^3, this run): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    print("\nGEMM peaks (2048^3, this run): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     print(f"\n{cfg.name}, {cfg.num_layers} layers x {cfg.hidden_size}, {args.batch} x {args.seconds:g} s; "
           f"max |ours - transformers| on the last state: {err:.1e}\n")  # fmt: skip
     print("| system | s / pass | its time / ours | GFLOP/s | share of fp32 peak |")
