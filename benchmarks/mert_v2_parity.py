@@ -1,7 +1,7 @@
 """Compare `mert`'s MERT-v2 with the published remote-code model, layer by layer, on the same audio.
 
-    pip install "transformers<4.50" nnAudio   # the version range MERT-v2's remote code was written for
-    pip install "transformers<4.50"   # the version range MERT-v2's remote code was written for
+    pip install "transformers<5"   # a version MERT-v2's remote code runs on (transformers 5 is not one)
+    python benchmarks/mert_v2_parity.py --model MERT-v2-FullSong      # the registry's pinned commit d8ba1c7
     python benchmarks/mert_v2_parity.py --model /path/to/downloaded/MERT-v2-30s --seconds 10
 
 Needs network access (or a downloaded folder), the weights (2.5 GB) and a transformers version that runs
@@ -47,7 +47,7 @@ def remote_hidden_states(folder: Path, wav: torch.Tensor) -> list[torch.Tensor]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="m-a-p/MERT-v2-FullSong", help="hub id or local folder")
+    ap.add_argument("--model", default="MERT-v2-FullSong", help="registry name, hub id or local folder")
     ap.add_argument("--revision", default=None, help="commit of a hub id (default: the registry's pin)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--atol", type=float, default=1e-4)
