@@ -234,3 +234,16 @@ def test_hydra_model_files_are_the_presets(name):
 
     path = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf" / "model" / f"{name}.yaml"
     assert EncoderConfig.from_dict(yaml.safe_load(path.read_text())) == EncoderConfig.preset(name)
+
+
+def test_embed_preset_choices_are_the_presets():
+    """`mert embed --preset` offers every preset (its list is spelled out to keep `mert --help` free of torch)."""
+    import argparse
+
+    from mert.cli import embed
+    from mert.models.config import PRESETS
+
+    parser = argparse.ArgumentParser()
+    embed.add_parser(parser.add_subparsers())
+    action = next(a for a in parser._subparsers._group_actions[0].choices["embed"]._actions if a.dest == "preset")
+    assert sorted(action.choices) == sorted(PRESETS)
