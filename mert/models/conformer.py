@@ -102,6 +102,15 @@ class MelFrontEnd(nn.Module):
         self.mel_mean.fill_(MUQ_MEL_MEAN)
         self.mel_std.fill_(MUQ_MEL_STD)
 
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        """Moves follow ``model.to(device)``, but the buffers stay float32 under ``model.to(torch.bfloat16)``:
+        a bf16 filterbank and statistics would shift every dB value."""
+        super()._apply(fn, recurse)
+        for name, buf in self._buffers.items():
+            if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
+                self._buffers[name] = buf.float()
+        return self
+
     def frame_lengths(self, lengths: Tensor) -> Tensor:
         """Mel frames for ``lengths (b,)`` samples: ``1 + l // hop`` STFT frames less the dropped last one."""
         return torch.div(lengths, self.hop, rounding_mode="floor")
