@@ -195,37 +195,45 @@ def _rounds(fns: dict, repeats: int) -> tuple[dict[str, float], list[dict[str, f
 def run_small(args) -> None:
     wav = music_like(int(args.seconds * SR), batch=args.batch, seed=0)
     audio = args.batch * args.seconds
-    small = EncoderConfig.from_dict(_small_yaml())
-    rows = {}
-    for name, cfg in (("small", small), ("conformer_small", EncoderConfig.preset("conformer_small"))):
+    configs = {"small": EncoderConfig.from_dict(_small_yaml())}
+    configs["conformer_small"] = EncoderConfig.preset("conformer_small")
+    steps, params = {}, {}
+    for name, cfg in configs.items():
         torch.manual_seed(0)
         enc = Encoder(cfg).train()
         opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
-        mask = None
 
-        def step(enc=enc, opt=opt, mask=mask):
+        def step(enc=enc, opt=opt):
             out = enc(wav, sample_rate=SR)
             loss = out.last_hidden_state.float().pow(2).mean() + out.features.float().pow(2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
 
-        step()
-        best_wall, best_cpu = float("inf"), float("inf")
-        for _ in range(args.repeats):
+        step()  # warm-up
+        steps[name], params[name] = step, sum(p.numel() for p in enc.parameters())
+    # The models take turns, so each round's ratio compares steps made under the same machine load.
+    rounds = []
+    for _ in range(args.repeats):
+        r = {}
+        for name, step in steps.items():
             w0, c0 = time.perf_counter(), time.process_time()
             step()
-            best_wall = min(best_wall, time.perf_counter() - w0)
-            best_cpu = min(best_cpu, time.process_time() - c0)
-        rows[name] = (best_wall, best_cpu, sum(p.numel() for p in enc.parameters()), cfg.frame_rate)
+            r[name] = (time.perf_counter() - w0, time.process_time() - c0)
+        rounds.append(r)
     print(machine_line())
-    print(f"\nTraining step (forward + backward + AdamW), batch {args.batch} x {args.seconds:g} s\n")
-    print("| model | parameters | frames/s | s / step (wall) | audio s per CPU s | audio s per wall s |")
+    print(f"\nTraining step (forward + backward + AdamW), batch {args.batch} x {args.seconds:g} s, {args.repeats} "
+          "rounds\n")  # fmt: skip
+    print("| model | parameters | frames/s | s / step (wall, best) | audio s per CPU s (best) | audio s per wall s "
+          "(best) |")  # fmt: skip
     print("|---|---|---|---|---|---|")
-    for name, (wall, cpu, params, rate) in rows.items():
-        print(f"| {name} | {params / 1e6:.2f} M | {rate:g} | {wall:.3f} | {audio / cpu:.1f} | {audio / wall:.1f} |")
-    ratio = (audio / rows["conformer_small"][1]) / (audio / rows["small"][1])
-    print(f"\nconformer_small / small, audio seconds per CPU second: {ratio:.2f}x")
+    for name, cfg in configs.items():
+        wall, cpu = min(r[name][0] for r in rounds), min(r[name][1] for r in rounds)
+        print(f"| {name} | {params[name] / 1e6:.2f} M | {cfg.frame_rate:g} | {wall:.3f} | {audio / cpu:.1f} | "
+              f"{audio / wall:.1f} |")  # fmt: skip
+    ratios = sorted(r["small"][1] / r["conformer_small"][1] for r in rounds)
+    print(f"\nconformer_small / small, audio seconds per CPU second: median {ratios[len(ratios) // 2]:.2f}x over "
+          f"{len(ratios)} rounds (range {ratios[0]:.2f}-{ratios[-1]:.2f})")
 
 
 def _small_yaml() -> dict:
