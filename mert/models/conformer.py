@@ -130,7 +130,8 @@ class MelFrontEnd(nn.Module):
             for i, n in enumerate(lengths.tolist()):
                 x[i, : n + 2 * pad] = F.pad(wav[i : i + 1, None, :n], (pad, pad), mode="reflect")[0, 0]
         spec = torch.stft(x, self.n_fft, self.hop, window=self.window.float(), center=False, return_complex=True)
-        power = spec.abs().pow(2)  # (b, f, s + 1), as torchaudio's Spectrogram(power=2)
+        # |X|^2 as re^2 + im^2: torchaudio's abs().pow(2) up to rounding, at a fraction of the complex abs's cost.
+        power = torch.view_as_real(spec).pow(2).sum(-1)  # (b, f, s + 1)
         mel = torch.matmul(rearrange(power, "b f s -> b s f"), self.fb.float())[:, :-1]  # (b, s, m)
         db = 10.0 * torch.log10(mel.clamp(min=1e-10))
         return (db - self.mel_mean.float()) / self.mel_std.float().clamp(min=1e-5)
