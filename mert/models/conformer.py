@@ -27,8 +27,6 @@ statistics, which padding changes.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -458,7 +456,3 @@ class Conformer(nn.Module):
             states[-1] = self.norm(x)
         return states
 
-
-def count_parameters(module: nn.Module) -> int:
-    """Trainable-or-not parameters of ``module`` (buffers such as the mel filterbank excluded)."""
-    return sum(math.prod(p.shape) for p in module.parameters())
