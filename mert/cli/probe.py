@@ -8,6 +8,7 @@ mert probe manifest gtzan ~/data/gtzan --out gtzan.csv                         (
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,8 @@ from mert.probe.layouts import LAYOUTS, MARBLE_VOCALSET_TECHNIQUES
 from mert.probe.manifest import write_manifest
 
 __all__ = ["compare_cli", "main", "manifest_cli"]
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,21 +40,55 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def compare_cli(argv: Sequence[str]) -> int:
-    """``mert probe compare RUN_DIRS... [--out table.md]``: 0, or 1 with a one-line error."""
+    """``mert probe compare RUNS... [--out table.md|.csv|.json] [--plot-hours x.png]``: 0, or 1 with a one-line
+    error."""
     ap = argparse.ArgumentParser(prog="mert probe compare", description="side-by-side table of probe runs")
-    ap.add_argument("runs", nargs="+", help="run directories (or results.json files) of `mert probe`")
-    ap.add_argument("--out", help="also write the table to this Markdown file")
+    ap.add_argument("runs", nargs="+", help="run folders, folders holding runs, or results.json files of `mert probe`")
+    ap.add_argument("--out", help="also write the table to this file: .md (Markdown), .csv or .json")
+    ap.add_argument(
+        "--plot-hours",
+        metavar="PNG",
+        help="also plot the best layer's score against audio-hours seen in pretraining (log x axis)",
+    )
     args = ap.parse_args(list(argv))
-    from mert.probe.run import compare_runs
+    from mert.fileio import UnsafeOutputError, check_outputs, write_json_atomic, write_text_atomic
+    from mert.probe.run import compare_csv, compare_markdown, compare_table, find_results, load_results, plot_hours
 
-    try:
-        table = compare_runs(args.runs)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"mert probe compare: error: {e}", file=sys.stderr)
+    prog = "mert probe compare"
+    formats = {".md": "md", ".markdown": "md", ".csv": "csv", ".json": "json"}
+    if args.out and Path(args.out).suffix.lower() not in formats:
+        print(f"{prog}: error: --out {args.out}: use a .md, .csv or .json file name", file=sys.stderr)
         return 1
-    print(table, end="")
-    if args.out:
-        Path(args.out).write_text(table)
+    try:
+        files = find_results(args.runs)
+        outputs = [(o, w) for o, w in ((args.out, "--out"), (args.plot_hours, "--plot-hours")) if o]
+        for out, what in outputs:
+            check_outputs([out], files, what=what)
+            if Path(out).name == "results.json":
+                raise UnsafeOutputError(
+                    f"{what} {out}: a file named results.json is a probe run's result; use another name"
+                )
+        check_outputs([o for o, _ in outputs])
+        results = [load_results(f) for f in files]
+        table = compare_table(results)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    md = compare_markdown(table)
+    print(md, end="")
+    try:
+        if args.out:
+            kind = formats[Path(args.out).suffix.lower()]
+            if kind == "json":
+                write_json_atomic(args.out, {**table, "runs": [str(f) for f in files]})
+            else:
+                write_text_atomic(args.out, md if kind == "md" else compare_csv(table))
+        if args.plot_hours:
+            for msg in plot_hours(results, args.plot_hours):
+                log.warning("%s: %s", prog, msg)
+    except (OSError, ValueError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
