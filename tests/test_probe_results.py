@@ -199,3 +199,104 @@ def test_plot_hours_reads_audio_hours_and_skips_unknown_runs(one_run, tmp_path, 
     assert "no run has known audio-hours" in capsys.readouterr().err
     assert not (tmp_path / "none.png").exists()
     np.testing.assert_equal(png.stat().st_size > 1000, True)
+
+
+# --- run folders ------------------------------------------------------------------------------------------------
+
+
+def _probe_under(runs: Path, manifest: Path, cache: Path, *extra: str) -> None:
+    args = [f"data.manifest={manifest}", f"features.cache_dir={cache}", f"runs_root={runs}"]
+    assert cli(["probe", *ARGS, *args, *extra]) == 0
+
+
+def _results_under(runs: Path) -> dict[str, dict]:
+    return {str(p.parent.relative_to(runs)): json.loads(p.read_text()) for p in sorted(runs.rglob("results.json"))}
+
+
+@pytest.mark.slow
+def test_protocols_and_data_sets_write_separate_folders(small_set, tmp_path):
+    runs, cache, manifest = tmp_path / "runs", tmp_path / "cache", small_set["manifest"]
+    _probe_under(runs, manifest, cache)
+    _probe_under(runs, manifest, cache, "protocol=marble", "probe.lrs=[0.01]", "probe.seeds=[0]")
+    # Two manifests with one file name (the same clips, another label set): another data set.
+    other = tmp_path / "setB" / "set.csv"
+    other.parent.mkdir()
+    other.write_text(manifest.read_text().replace("sine", "tone").replace("\naudio/", f"\n{small_set['root']}/audio/"))
+    _probe_under(runs, other, cache)
+    got = _results_under(runs)
+    names = sorted(got)
+    assert len(names) == 3, names
+    quick = "quick-features.window_seconds_1.0_probe.max_epochs_5"  # ARGS: the protocol, then the settings given
+    assert sum(n.endswith(f"random_tiny/{quick}") for n in names) == 2  # same settings, two data sets
+    marble = "marble-features.window_seconds_1.0_probe.lrs_0.01_probe.max_epochs_5_probe.seeds_0"
+    assert any(n.endswith(f"random_tiny/{marble}") for n in names)
+    assert len({n.split("/")[1] for n in names}) == 2 and all(n.split("/")[1].startswith("set-") for n in names)
+    assert {tuple(r["task"]["classes"]) for r in got.values()} == {("pluck", "saw", "sine"), ("pluck", "saw", "tone")}
+    assert {r["probe"]["head"] for r in got.values()} == {"linear", "mlp"}
+
+
+def test_settings_fingerprint_follows_what_changes_scores(small_set):
+    from mert.probe.run import manifest_identity, settings_fingerprint
+    from mert.probe.tasks import TaskSpec
+
+    mid = manifest_identity(small_set["manifest"])
+    base = {"encoder": "random:tiny", "data": {"manifest": "m.csv"}, "probe": {"head": "linear", "max_parallel": 96}}
+    fp = settings_fingerprint(base, TaskSpec(name="auto"), mid)
+    same = [
+        {**base, "progress": False, "run_dir": "x", "device": "cuda"},
+        {**base, "probe": {"head": "linear", "max_parallel": 8}},
+        {**base, "features": {"cache_dir": "/elsewhere", "batch_size": 2}},
+    ]
+    assert all(settings_fingerprint(c, TaskSpec(name="auto"), mid) == fp for c in same)
+    other = [
+        {**base, "random_seed": 1},
+        {**base, "probe": {"head": "mlp"}},
+        {**base, "features": {"window_seconds": 2.0}},
+        {**base, "data": {"manifest": "m.csv", "split_seed": 1}},
+        {**base, "encoder": "random:small"},
+    ]
+    fps = [settings_fingerprint(c, TaskSpec(name="auto"), mid) for c in other]
+    fps.append(settings_fingerprint(base, TaskSpec(name="auto", type="regression"), mid))
+    fps.append(settings_fingerprint(base, TaskSpec(name="auto"), manifest_identity(small_set["manifest"], "/other")))
+    assert len(set(fps) | {fp}) == len(fps) + 1
+
+
+def test_a_folder_holding_other_settings_is_never_reused(small_set, tmp_path, capsys):
+    from mert.probe.run import probe_run_dir
+    from mert.probe.tasks import TaskSpec
+
+    cfg = {"encoder": "random:tiny", "runs_root": str(tmp_path), "data": {"manifest": "x/set.csv"}}
+    first = probe_run_dir(cfg, TaskSpec(name="auto"), "ab" * 32, "f" * 12)
+    first.mkdir(parents=True)
+    (first / "results.json").write_text(json.dumps({"settings_fingerprint": "e" * 12}))
+    second = probe_run_dir(cfg, TaskSpec(name="auto"), "ab" * 32, "f" * 12)
+    assert second != first and second.name.endswith("f" * 12) and second.parent == first.parent
+    (first / "results.json").write_text(json.dumps({"settings_fingerprint": "f" * 12}))
+    assert probe_run_dir(cfg, TaskSpec(name="auto"), "ab" * 32, "f" * 12) == first  # a rerun: same folder
+
+
+@pytest.mark.slow
+def test_an_explicit_run_dir_of_other_settings_is_refused_unless_overwrite(small_set, tmp_path, capsys):
+    run_dir, _ = _run(small_set, tmp_path)
+    capsys.readouterr()
+    args = [f"data.manifest={small_set['manifest']}", f"features.cache_dir={tmp_path / 'cache'}", f"run_dir={run_dir}"]
+    assert cli(["probe", *ARGS, *args, "random_seed=5"]) == 1
+    err = capsys.readouterr().err
+    assert f"run_dir={run_dir} holds the results of a probe with other settings" in err and "overwrite=true" in err
+    assert err.count("error:") == 1
+    assert cli(["probe", *ARGS, *args, "random_seed=5", "overwrite=true"]) == 0
+
+
+@pytest.mark.slow
+def test_multirun_writes_under_runs_root_only(small_set, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    runs = tmp_path / "runs"
+    _probe_under(runs, small_set["manifest"], tmp_path / "cache", "-m", "probe.max_epochs=3,4", "probe.seeds=[0]")
+    assert list(work.iterdir()) == []  # no multirun/DATE/TIME folders in the working directory
+    names = sorted(_results_under(runs))
+    assert len(names) == 2, names
+    assert names[0].endswith("_probe.max_epochs_3_probe.seeds_0") and names[1].endswith(
+        "_probe.max_epochs_4_probe.seeds_0"
+    )

@@ -32,14 +32,30 @@ def run_hydra(fn: Callable[[Any], None], config_name: str, argv0: str, overrides
     from omegaconf.errors import OmegaConfBaseException
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises; we decide what the user sees
-    entry = hydra.main(config_path="pkg://mert.conf", config_name=config_name, version_base="1.3")(fn)
+    errors: list[BaseException] = []
+
+    def task(cfg: Any) -> None:
+        # Caught inside the job: an exception leaving it makes Hydra print its own "Error executing job" line
+        # first (the error twice), and would end a multirun sweep at its first failed job.
+        try:
+            fn(cfg)
+        except (ValueError, FileNotFoundError, PermissionError) as e:
+            if os.environ.get("MERT_TRACEBACK"):
+                raise
+            errors.append(e)
+
+    entry = hydra.main(config_path="pkg://mert.conf", config_name=config_name, version_base="1.3")(task)
     saved = sys.argv
     sys.argv = [argv0, *overrides]
     try:
         entry()
+        for e in errors:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+        if errors:
+            return 1
     except SystemExit as e:  # --help, --cfg and Hydra's own usage errors exit
         return int(e.code or 0) if not isinstance(e.code, str) else 1
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, PermissionError) as e:
         if os.environ.get("MERT_TRACEBACK"):
             raise
         print(f"{prog}: error: {e}", file=sys.stderr)

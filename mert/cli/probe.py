@@ -97,8 +97,10 @@ _ALIASES = {"task": "probe_task@task", "protocol": "probe_protocol@probe"}
 
 
 def _rewrite(argv: Sequence[str]) -> list[str]:
-    out = []
-    for a in argv:
+    # Hydra's parser takes -m/--multirun only before the overrides; users put it anywhere.
+    flags = [a for a in argv if a in ("-m", "--multirun")]
+    out = list(dict.fromkeys(flags))
+    for a in (a for a in argv if a not in flags):
         key, sep, value = a.partition("=")
         out.append(f"{_ALIASES[key]}={value}" if sep and key in _ALIASES else a)
     return out

@@ -8,7 +8,8 @@ Shape legend: ``N`` examples, ``n`` layers, ``d`` width, ``t`` label frames, ``P
     mert probe compare runs/probe/x/*                                    # side-by-side table
 
 Hydra composes ``conf/probe.yaml``; everything below the entry point takes plain values. The run directory is
-``runs_root/probe/<manifest stem>-<task>/<encoder>`` unless ``run_dir`` is set; features live in the shared cache
+``runs_root/probe/<manifest stem>-<manifest digest>-<task>/<encoder>/<protocol>[-<overrides>]`` unless ``run_dir``
+is set (:func:`probe_run_dir`); features live in the shared cache
 (``features.cache_dir``, default ``$MERT_CACHE/features``) so a second run of the same encoder and data set
 skips extraction.
 """
@@ -45,8 +46,11 @@ __all__ = [
     "hydra_entry",
     "load_encoder",
     "load_results",
+    "manifest_identity",
     "plot_hours",
+    "probe_run_dir",
     "run",
+    "settings_fingerprint",
 ]
 
 
@@ -82,6 +86,91 @@ def load_encoder(source: str, *, random_seed: int = 0, device: str = "cpu"):
 def _slug(text: str, limit: int = 60) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "encoder"
     return s if len(s) <= limit else s[: limit - 13] + "-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# Settings that never change a score (where files go, speed, what is printed): left out of run names.
+_NOT_SCIENTIFIC = {
+    "encoder",
+    "data.manifest",
+    "run_dir",
+    "runs_root",
+    "progress",
+    "device",
+    "overwrite",
+    "features.cache_dir",
+    "features.batch_size",
+    "probe.max_parallel",
+    "min_test_items",
+    "task",
+    "protocol",
+    "probe_task@task",
+    "probe_protocol@probe",
+}
+
+
+def manifest_identity(manifest: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """SHA-256 of the manifest's bytes and the folder its relative paths resolve against: two manifests with one
+    file name, or one manifest read against two roots, are different data sets."""
+    p = Path(manifest)
+    h = hashlib.sha256(p.read_bytes())
+    h.update(b"\0" + str(Path(root).resolve() if root else p.resolve().parent).encode())
+    return h.hexdigest()
+
+
+def settings_fingerprint(cfg: dict[str, Any], task: TaskSpec, manifest_id: str) -> str:
+    """A 12-hex digest of everything that changes a probe's scores: encoder, data, task, features, protocol."""
+    fcfg, pcfg = cfg.get("features") or {}, dict(cfg.get("probe") or {})
+    pcfg.pop("max_parallel", None)
+    data = cfg.get("data") or {}
+    settings = {
+        "encoder": str(cfg.get("encoder")),
+        "random_seed": int(cfg.get("random_seed", 0)) if str(cfg.get("encoder")).startswith("random:") else None,
+        "manifest": manifest_id,
+        "split": [data.get("split_seed", 0), list(data.get("split_fractions", (0.8, 0.1, 0.1)))],
+        "task": {k: v for k, v in task.__dict__.items()},
+        "features": {k: fcfg.get(k) for k in ("window_seconds", "min_window_seconds", "layers")},
+        "probe": pcfg,
+        "bootstrap": cfg.get("bootstrap"),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _stored_fingerprint(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "results.json").read_text(encoding="utf-8")).get("settings_fingerprint", "")
+    except (OSError, ValueError, AttributeError):
+        return None  # no results yet (or unreadable): nothing to lose
+
+
+def probe_run_dir(cfg: dict[str, Any], task: TaskSpec, manifest_id: str, fingerprint: str) -> Path:
+    """Where a probe run writes: ``run_dir`` if set, else
+    ``runs_root/probe/<manifest stem>-<manifest digest>-<task>/<encoder>/<protocol>[-<settings given>]``.
+
+    A folder whose ``results.json`` came from other settings is never reused: the default name gets the settings
+    digest appended, and an explicit ``run_dir`` is refused unless ``overwrite=true``.
+    """
+    if cfg.get("run_dir"):
+        run_dir = Path(cfg["run_dir"])
+        stored = _stored_fingerprint(run_dir)
+        if stored is not None and stored != fingerprint and not cfg.get("overwrite"):
+            raise ValueError(
+                f"run_dir={run_dir} holds the results of a probe with other settings or data "
+                f"(settings {stored or 'unknown'}, these {fingerprint}): choose another run_dir or pass overwrite=true"
+            )
+        return run_dir
+    given = [o for o in cfg.get("overrides") or [] if o.partition("=")[0].lstrip("+~") not in _NOT_SCIENTIFIC]
+    leaf = str(cfg.get("protocol_name") or "custom") + ("-" + ",".join(sorted(given)) if given else "")
+    base = (
+        Path(cfg.get("runs_root", "runs"))
+        / "probe"
+        / f"{_slug(Path(cfg['data']['manifest']).stem, 40)}-{manifest_id[:8]}-{task.name}"
+        / _slug(cfg["encoder"])
+    )
+    run_dir = base / _slug(leaf, 120)
+    stored = _stored_fingerprint(run_dir)
+    if stored is not None and stored != fingerprint:
+        run_dir = base / f"{_slug(leaf, 106)}-{fingerprint}"
+    return run_dir
 
 
 def build_probe_data(ds: ProbeDataset, feats: list[np.ndarray | None], ok: np.ndarray):
@@ -345,13 +434,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     device = cfg.get("device") or "cpu"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    run_dir = Path(
-        cfg.get("run_dir")
-        or Path(cfg.get("runs_root", "runs"))
-        / "probe"
-        / f"{_slug(Path(data_cfg['manifest']).stem)}-{task.name}"
-        / _slug(cfg["encoder"])
-    )
+    manifest_id = manifest_identity(data_cfg["manifest"], data_cfg.get("root"))
+    fingerprint = settings_fingerprint(cfg, task, manifest_id)
+    run_dir = probe_run_dir(cfg, task, manifest_id, fingerprint)
     encoder = load_encoder(cfg["encoder"], random_seed=int(cfg.get("random_seed", 0)), device=device)
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("mert probe: %s -> %s", ds.summary(), run_dir)
@@ -406,7 +491,13 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             "config": encoder_config,
             "num_hidden_states": num_layers,
         },
-        "data": {"manifest": str(data_cfg["manifest"]), "examples": len(ds.examples), "splits": counts},
+        "data": {
+            "manifest": str(data_cfg["manifest"]),
+            "manifest_sha256": manifest_id,
+            "examples": len(ds.examples),
+            "splits": counts,
+        },
+        "settings_fingerprint": fingerprint,
         "features": {
             "cache": str(cache.folder),
             "spec": spec.__dict__,
@@ -697,7 +788,11 @@ def plot_hours(results: Sequence[dict], path: str | os.PathLike) -> list[str]:
 
 
 def hydra_entry(cfg: Any) -> None:
-    """The Hydra task of ``mert probe``: the composed config as plain values, then :func:`run`."""
+    """The Hydra task of ``mert probe``: the composed config as plain values, then :func:`run`.
+
+    The protocol chosen and the overrides typed name the run folder (:func:`probe_run_dir`).
+    """
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue
 
@@ -705,4 +800,9 @@ def hydra_entry(cfg: Any) -> None:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as e:  # `???` in conf/probe.yaml: encoder= and data.manifest= are required
         raise ValueError(f"missing required setting {e.full_key}=... (docs/probing.md)") from None
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        choices = dict(hc.runtime.choices)
+        plain["protocol_name"] = choices.get("probe_protocol@probe") or choices.get("protocol@probe")
+        plain["overrides"] = list(hc.overrides.task)
     run(plain)
