@@ -133,14 +133,14 @@ def test_compare_shows_protocol_chance_and_n_test_and_flags_other_protocols(one_
     capsys.readouterr()
     assert cli(["probe", "compare", str(runs), "--out", str(tmp_path / "t.csv")]) == 0  # a parent folder
     table = capsys.readouterr().out
-    assert "| row | random:tiny (linear, 2 LRs, 2 seeds, <= 5 epochs) | random:other (mlp, 2 LRs, 3 seeds" in table
+    assert "| metric | random:tiny (linear, 2 LRs, 2 seeds, <= 5 epochs) | random:other (mlp, 2 LRs, 3 seeds" in table
     assert "|  | protocol | linear, 2 LRs, 2 seeds, <= 5 epochs | mlp, 2 LRs, 3 seeds, <= 5 epochs |" in table
     assert "different protocols" in table
     assert "| set.csv: auto | n_test | 3 | 3 |" in table
     chance = 100 * one_run["chance"]["accuracy"]
     assert f"| set.csv: auto | accuracy (chance) | {chance:.1f} | {chance:.1f} |" in table
     rows = list(csv.reader(io.StringIO((tmp_path / "t.csv").read_text())))
-    assert rows[0][:3] == ["data", "row", "random:tiny (linear, 2 LRs, 2 seeds, <= 5 epochs) mean"]
+    assert rows[0][:3] == ["data", "metric", "random:tiny (linear, 2 LRs, 2 seeds, <= 5 epochs) mean"]
     best = [r for r in rows if r[1] == "accuracy (best layer)"][0]
     cand = one_run["results"]["candidates"][one_run["results"]["best_candidate"]]["test"]["accuracy"]
     assert [float(v) for v in best[2:6]] == pytest.approx([cand["mean"], cand["std"], cand["ci_low"], cand["ci_high"]])

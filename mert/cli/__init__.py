@@ -61,8 +61,10 @@ def setup_logging(verbosity: int = 0) -> None:
         logger.removeHandler(h)
     handler = _ConsoleHandler()
     handler.setFormatter(_Format("%(message)s"))
+    handler.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else logging.WARNING)
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else logging.WARNING)
+    # The logger passes info on even with -q: a run folder's log file keeps it; only the console is quieter.
+    logger.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
 
 
 def _verbosity(argv: list[str]) -> tuple[int, list[str]]:

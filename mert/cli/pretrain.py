@@ -32,4 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # imported: rank_entry imports this module.
     rerun = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rank_entry.py")
     overrides = argv if argv is not None else sys.argv[1:]
-    return run_hydra(train.hydra_entry, "train", rerun, overrides, "mert pretrain")
+    return run_hydra(train.hydra_entry, "train", rerun, overrides, "mert pretrain", usage=USAGE)
+
+
+USAGE = """\
+usage: mert pretrain [experiment=NAME] [GROUP=OPTION ...] [KEY=VALUE ...]
+       mert pretrain -m hydra/launcher=mert_slurm ...    (a sweep or a cluster launch)
+
+Pretrain an encoder (docs/pretraining.md); the run folder is run_dir (default runs/<name>[/<settings given>])."""

@@ -36,7 +36,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mert.cli.hydra_app import run_hydra
     from mert.probe.run import hydra_entry
 
-    return run_hydra(hydra_entry, "probe", sys.argv[0], _rewrite(argv), "mert probe")
+    return run_hydra(hydra_entry, "probe", sys.argv[0], _rewrite(argv), "mert probe", usage=USAGE)
+
+
+USAGE = """\
+usage: mert probe encoder=SOURCE data.manifest=FILE [task=NAME] [protocol=NAME] [KEY=VALUE ...]
+       mert probe compare RUNS... [--out table.md|.csv|.json] [--plot-hours hours.png]
+       mert probe manifest LAYOUT ROOT --out FILE
+
+Probe an encoder's hidden states on a labelled manifest (docs/probing.md). Results go to
+runs/probe/<manifest>-<digest>-<task>/<encoder>/<protocol>[-<settings given>]/results.json."""
 
 
 def compare_cli(argv: Sequence[str]) -> int:
@@ -92,8 +101,13 @@ def compare_cli(argv: Sequence[str]) -> int:
     return 0
 
 
-# `task=gtzan_genre` and `protocol=quick` are the documented spellings of Hydra's package overrides.
-_ALIASES = {"task": "probe_task@task", "protocol": "probe_protocol@probe"}
+# Earlier spellings of the `task` and `protocol` config groups, still accepted.
+_ALIASES = {
+    "probe_task": "task",
+    "probe_task@task": "task",
+    "probe_protocol": "protocol",
+    "probe_protocol@probe": "protocol",
+}
 
 
 def _rewrite(argv: Sequence[str]) -> list[str]:

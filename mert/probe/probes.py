@@ -77,9 +77,9 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if self.head not in ("mlp", "linear"):
-            raise ValueError(f"probe head must be 'mlp' or 'linear', got {self.head!r}")
+            raise ValueError(f"probe.head must be 'mlp' or 'linear', got {self.head!r}")
         if not self.lrs or not self.seeds:
-            raise ValueError("the probe needs at least one learning rate and one seed")
+            raise ValueError("probe.lrs and probe.seeds need at least one value each")
         object.__setattr__(self, "lrs", tuple(float(x) for x in self.lrs))
         object.__setattr__(self, "seeds", tuple(int(x) for x in self.seeds))
 

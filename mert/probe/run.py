@@ -103,8 +103,6 @@ _NOT_SCIENTIFIC = {
     "min_test_items",
     "task",
     "protocol",
-    "probe_task@task",
-    "probe_protocol@probe",
 }
 
 
@@ -406,11 +404,10 @@ def _plot(summary: dict, path: Path) -> bool:
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Probe as configured (a plain mapping shaped like ``conf/probe.yaml``); returns the results summary."""
-    from mert.download import default_cache_dir
-    from mert.probe.cache import FeatureCache, FeatureSpec
-    from mert.probe.probes import ProbeConfig, run_probes
+    """Probe as configured (a plain mapping shaped like ``conf/probe.yaml``); returns the results summary.
 
+    Messages go to the ``mert.probe.run`` logger and to ``probe.log`` in the run folder.
+    """
     t0 = time.time()
     if cfg.get("encoder") in (None, "", "???"):
         raise ValueError(
@@ -421,6 +418,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         from mert.probe.handcrafted import parse_kinds
 
         parse_kinds(cfg["encoder"][len("features:") :])
+    _probe_config(cfg)  # a bad protocol setting is reported before any audio is read
     task = TaskSpec(**cfg["task"])
     data_cfg = cfg["data"]
     ds = ProbeDataset.from_manifest(
@@ -439,6 +437,43 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     run_dir = probe_run_dir(cfg, task, manifest_id, fingerprint)
     encoder = load_encoder(cfg["encoder"], random_seed=int(cfg.get("random_seed", 0)), device=device)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # The run's own log: what was printed, kept beside the results (a rerun of the same settings appends).
+    log_file = logging.FileHandler(run_dir / "probe.log", encoding="utf-8")
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("mert").addHandler(log_file)
+    try:
+        return _run_in(cfg, ds, task, encoder, run_dir, device, t0, manifest_id, fingerprint)
+    finally:
+        logging.getLogger("mert").removeHandler(log_file)
+        log_file.close()
+
+
+def _probe_config(cfg: dict[str, Any]) -> Any:
+    from mert.probe.probes import ProbeConfig
+
+    pcfg = dict(cfg.get("probe", {}))
+    if isinstance(pcfg.get("layers"), list | tuple):
+        pcfg["layers"] = [int(i) for i in pcfg["layers"]]
+    return ProbeConfig(**pcfg)
+
+
+def _run_in(
+    cfg: dict[str, Any],
+    ds: ProbeDataset,
+    task: TaskSpec,
+    encoder: Any,
+    run_dir: Path,
+    device: str,
+    t0: float,
+    manifest_id: str,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """The part of :func:`run` that writes into ``run_dir`` (its log file attached)."""
+    from mert.download import default_cache_dir
+    from mert.probe.cache import FeatureCache, FeatureSpec
+    from mert.probe.probes import run_probes
+
+    data_cfg = cfg["data"]
     log.info("mert probe: %s -> %s", ds.summary(), run_dir)
     fcfg = cfg.get("features", {})
     spec = FeatureSpec(
@@ -457,10 +492,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
 
-    pcfg = dict(cfg.get("probe", {}))
-    if isinstance(pcfg.get("layers"), list | tuple):
-        pcfg["layers"] = [int(i) for i in pcfg["layers"]]
-    probe_cfg = ProbeConfig(**pcfg)
+    probe_cfg = _probe_config(cfg)
     data = build_probe_data(ds, feats, ok)
     num_layers = data.x["train"].shape[1]
     bcfg = cfg.get("bootstrap") or {}
@@ -659,7 +691,7 @@ def _text_cell(c: Any) -> str:
 def compare_markdown(table: dict[str, Any]) -> str:
     """The comparison as a Markdown table (scores in %, mean +- std over seeds [bootstrap interval])."""
     lines = [
-        "| data: task | row | " + " | ".join(table["columns"]) + " |",
+        "| data: task | metric | " + " | ".join(table["columns"]) + " |",
         "|---|---|" + "---|" * len(table["columns"]),
     ]
     for row in table["rows"]:
@@ -682,7 +714,7 @@ def compare_csv(table: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     parts = ("mean", "std", "ci_low", "ci_high")
-    w.writerow(["data", "row", *(f"{c} {p}" for c in table["columns"] for p in parts)])
+    w.writerow(["data", "metric", *(f"{c} {p}" for c in table["columns"] for p in parts)])
     for row in table["rows"]:
         out = [row["data"], row["metric"]]
         for c in row["cells"]:
@@ -803,6 +835,6 @@ def hydra_entry(cfg: Any) -> None:
     if HydraConfig.initialized():
         hc = HydraConfig.get()
         choices = dict(hc.runtime.choices)
-        plain["protocol_name"] = choices.get("probe_protocol@probe") or choices.get("protocol@probe")
+        plain["protocol_name"] = choices.get("protocol")
         plain["overrides"] = list(hc.overrides.task)
     run(plain)
