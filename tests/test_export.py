@@ -165,3 +165,76 @@ def test_card_carries_the_probe_table(tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"a": 1}')
     assert cli(["export", str(run), str(tmp_path / "out2"), "--probe-results", str(tmp_path / "bad.json")]) == 1
     assert "is not a `mert probe` results file" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+
+class _UploadHub:
+    """The Hugging Face Hub's upload endpoints as huggingface-hub calls them (create, validate-yaml, preupload,
+    commit); every file is offered as a regular (non-LFS) upload, so the LFS/Xet path is not exercised here."""
+
+    def __init__(self) -> None:
+        import base64
+
+        from tests.helpers import Quiet
+
+        self.files: dict[str, bytes] = {}
+        self.calls: list[str] = []
+        hub = self
+
+        class Handler(Quiet):
+            def _send(self, obj: dict, code: int = 200) -> None:
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._send({"error": "not here"}, 404)
+
+            def do_POST(self) -> None:
+                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                base = f"http://{self.headers['Host']}"
+                hub.calls.append(self.path)
+                if self.headers.get("authorization") != "Bearer hf_loopback":
+                    return self._send({"error": "unauthorized"}, 401)
+                if self.path == "/api/repos/create":
+                    return self._send({"url": f"{base}/user/repo"})
+                if self.path == "/api/validate-yaml":
+                    return self._send({})
+                if self.path == "/api/models/user/repo/preupload/main":
+                    files = json.loads(data)["files"]
+                    return self._send(
+                        {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                    )
+                if self.path == "/api/models/user/repo/commit/main":
+                    for line in data.decode().splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "file":
+                            hub.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                    return self._send({"commitUrl": f"{base}/user/repo/commit/{'a' * 40}", "commitOid": "a" * 40})
+                return self._send({"error": "not here"}, 404)
+
+        self.handler = Handler
+
+
+def test_push_to_hub_uploads_the_export_through_huggingface_hub(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("huggingface_hub")
+    from tests.helpers import serving
+
+    hub = _UploadHub()
+    run = _run(tmp_path / "run", 0)
+    with serving(hub.handler) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setenv("HF_TOKEN", "hf_loopback")
+        # Weights without a licence are not published.
+        assert cli(["export", str(run), str(tmp_path / "out"), "--push-to-hub", "user/repo"]) == 1
+        assert "licence is unspecified" in capsys.readouterr().err and hub.files == {}
+        assert cli(["export", str(run), str(tmp_path / "out"), "--licence", "MIT", "--push-to-hub", "user/repo"]) == 0
+        assert f"pushed {tmp_path / 'out'} to {url}/user/repo/commit/" in capsys.readouterr().out
+        monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+        assert cli(["export", str(run), str(tmp_path / "out"), "--licence", "MIT", "--push-to-hub", "user/repo"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("mert export: could not push") and "401" in err and err.count("\n") == 1
+    assert hub.files == {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert "/api/models/user/repo/commit/main" in hub.calls

@@ -186,7 +186,8 @@ def test_plot_hours_reads_audio_hours_and_skips_unknown_runs(one_run, tmp_path, 
     for hours in (2.0, 40.0):
         enc = tmp_path / f"enc{hours:g}"
         enc.mkdir()
-        (enc / "meta.json").write_text(json.dumps({"training": {"audio_hours_seen": hours}}))
+        key = "audio_hours_seen" if hours < 10 else "audio_hours"  # the second: an older export's meta.json
+        (enc / "meta.json").write_text(json.dumps({"training": {key: hours}}))
         encs.append(_copy_run(one_run, tmp_path / f"run{hours:g}", encoder=dict(one_run["encoder"], source=str(enc))))
     unknown = _copy_run(one_run, tmp_path / "hub", encoder=dict(one_run["encoder"], source="m-a-p/MERT-v1-95M"))
     capsys.readouterr()

@@ -114,7 +114,7 @@ def push_to_hub(folder: Path, repo: str) -> int:
         info = api.upload_folder(
             folder_path=str(folder), repo_id=repo, repo_type="model", commit_message=f"mert export of {folder.name}"
         )
-    except (HfHubHTTPError, OSError, ValueError) as e:
+    except (HfHubHTTPError, OSError, ValueError, KeyError) as e:  # KeyError: a reply the client cannot parse
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"mert export: could not push {folder} to {repo}: {first}", file=sys.stderr)
         return 1

@@ -156,7 +156,7 @@ def model_card(
         "",
         "Frozen features for music information retrieval research: probing (genre, key, tagging, beat), "
         "retrieval, and as a starting point for further pretraining. Not evaluated for speech, for safety-critical "
-        "decisions, or for identifying people; scores depend on the probe protocol and test size (see below).",
+        "decisions, or for identifying people. Probe scores depend on the protocol and on the test size.",
     ]
     if probe_markdown:
         lines += ["", "## Probe results", "", "Test scores in % (mean +- std over seeds [bootstrap interval]).", ""]

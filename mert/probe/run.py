@@ -522,6 +522,7 @@ def _run_in(
             "fingerprint": cache.fingerprint,
             "config": encoder_config,
             "num_hidden_states": num_layers,
+            "audio_hours_seen": audio_hours({"encoder": {"source": cfg["encoder"]}}),
         },
         "data": {
             "manifest": str(data_cfg["manifest"]),
@@ -740,10 +741,9 @@ def audio_hours(result: dict) -> float | None:
     if enc.get("audio_hours_seen") is not None:
         return float(enc["audio_hours_seen"])
     source = str(enc.get("source", ""))
-    folder = Path(source.split(":", 1)[1] if source.startswith("random:") else source)
-    if source.startswith(("random:", "features:")):
+    if source.startswith(("random:", "features:")):  # random weights and hand-crafted features saw no audio
         return None
-    return _audio_hours_in(folder)
+    return _audio_hours_in(Path(source))
 
 
 def _audio_hours_in(folder: Path) -> float | None:
@@ -754,9 +754,11 @@ def _audio_hours_in(folder: Path) -> float | None:
                 obj = json.loads(p.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            found = _find_key(obj, "audio_hours_seen")
-            if isinstance(found, int | float) and not isinstance(found, bool):
-                return float(found)
+            # audio_hours_seen: what pretraining counts; audio_hours: what older exports' meta.json recorded.
+            for key in ("audio_hours_seen", "audio_hours"):
+                found = _find_key(obj, key)
+                if isinstance(found, int | float) and not isinstance(found, bool):
+                    return float(found)
     return None
 
 
