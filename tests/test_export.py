@@ -232,9 +232,10 @@ def test_push_to_hub_uploads_the_export_through_huggingface_hub(tmp_path, monkey
         assert "licence is unspecified" in capsys.readouterr().err and hub.files == {}
         assert cli(["export", str(run), str(tmp_path / "out"), "--licence", "MIT", "--push-to-hub", "user/repo"]) == 0
         assert f"pushed {tmp_path / 'out'} to {url}/user/repo/commit/" in capsys.readouterr().out
+        assert hub.files == {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+        pushed = dict(hub.files)
         monkeypatch.setenv("HF_TOKEN", "hf_wrong")
         assert cli(["export", str(run), str(tmp_path / "out"), "--licence", "MIT", "--push-to-hub", "user/repo"]) == 1
         err = capsys.readouterr().err
         assert err.startswith("mert export: could not push") and "401" in err and err.count("\n") == 1
-    assert hub.files == {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
-    assert "/api/models/user/repo/commit/main" in hub.calls
+    assert hub.files == pushed and hub.calls.count("/api/models/user/repo/commit/main") == 1

@@ -59,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
     from mert.pretrain.export import export_run
 
     try:
+        table = None
+        if getattr(args, "probe_results", None):  # a bad results file fails before anything is written
+            from mert.probe.run import compare_markdown, compare_table, find_results, load_results
+
+            table = compare_markdown(compare_table([load_results(p) for p in find_results(args.probe_results)]))
         out = export_run(
             args.run,
             args.out,
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             opset=args.opset,
             overwrite=getattr(args, "overwrite", False),
             licence=getattr(args, "licence", None),
-            probe_results=getattr(args, "probe_results", []) or [],
+            probe_table=table,
         )
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"mert export: {e}", file=sys.stderr)

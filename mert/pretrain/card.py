@@ -9,11 +9,10 @@ a registry entry's licence (:mod:`mert.registry`), or the ``licence`` an earlier
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["inherited_licence", "licence_notice", "model_card", "probe_table"]
+__all__ = ["inherited_licence", "licence_notice", "model_card"]
 
 UNSPECIFIED = "unspecified"
 
@@ -65,13 +64,6 @@ def licence_notice(licence: str, why: str, base: str | None) -> str:
         lines += ["", "The owner of the training run has not chosen a licence (`mert export --licence ID`)."]
     lines += ["", "The `mert` library that wrote them is separate software with its own licence."]
     return "\n".join(lines) + "\n"
-
-
-def probe_table(results_paths: list[str | os.PathLike]) -> str:
-    """A Markdown table of probe results (``mert probe compare`` on the given runs)."""
-    from mert.probe.run import compare_markdown, compare_table, find_results, load_results
-
-    return compare_markdown(compare_table([load_results(p) for p in find_results(results_paths)]))
 
 
 def _data_summary(data: Any) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,7 @@ def export_run(
     opset: int | None = None,
     overwrite: bool = False,
     licence: str | None = None,
-    probe_results: Sequence[str | os.PathLike] = (),
+    probe_table: str | None = None,
 ) -> Path:
     """Write a release folder for the encoder trained in ``run_or_ckpt``; returns the folder.
 
@@ -128,14 +127,14 @@ def export_run(
         overwrite: replace an existing folder that holds another model or other files (whole: nothing stays).
         licence: the licence of weights trained from scratch; weights continued from ``init_from`` inherit its
             licence, and a different ``licence`` is refused.
-        probe_results: ``mert probe`` run folders or ``results.json`` files whose table goes into the model card.
+        probe_table: Markdown probe results for the model card (``mert probe compare``'s table).
     Raises:
         UnsafeOutputError: ``out_dir`` holds another model or foreign files (see :func:`check_export_target`),
             or is the input.
-        ValueError: a checkpoint that is not ours, a conflicting ``licence``, a bad probe results file.
+        ValueError: a checkpoint that is not ours, a conflicting ``licence``.
         OSError: the output folder cannot be written (read-only, no space).
     """
-    from mert.pretrain.card import UNSPECIFIED, inherited_licence, licence_notice, model_card, probe_table
+    from mert.pretrain.card import UNSPECIFIED, inherited_licence, licence_notice, model_card
     from mert.version import __version__
 
     if format not in ("mert", "hf", "onnx"):
@@ -185,7 +184,6 @@ def export_run(
             why = f"stated by the exporter; {why}"
     digest = weights_digest(state)
     full_meta = {**full_meta, "licence": chosen, "weights_sha256": digest}
-    table = probe_table(list(probe_results)) if probe_results else None  # a bad results file fails before writing
     check_export_target(out, digest, overwrite=overwrite)
     card = model_card(
         {"mert_version": __version__, **full_meta},
@@ -193,7 +191,7 @@ def export_run(
         licence=chosen,
         licence_why=why,
         base=base,
-        probe_markdown=table,
+        probe_markdown=probe_table,
         format=format,
     )
     with atomic_dir(out) as tmp:
