@@ -79,3 +79,25 @@ def test_errors_are_printed_once_in_hydra_keys(tmp_path, capsys):
     assert cli(["probe", "encoder=random:tiny", f"data.manifest={manifest}", "probe.head=deep"]) == 1
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "probe.head must be 'mlp' or 'linear', got 'deep'" in err
+
+
+def test_lightning_tips_and_the_resume_checkpoint_warning_are_filtered(capsys, caplog):
+    pytest.importorskip("lightning")
+    import warnings
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+    from mert.cli.pretrain import quiet_lightning
+
+    quiet_lightning()
+    quiet_lightning()  # idempotent
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing litlogger")
+        rank_zero_info("GPU available: False")
+    assert "Tip" not in caplog.text and "GPU available: False" in caplog.text
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        quiet_lightning()
+        rank_zero_warn("Checkpoint directory /runs/x/checkpoints exists and is not empty.")
+        rank_zero_warn("something else")
+    assert [str(w.message) for w in seen] == ["something else"]
