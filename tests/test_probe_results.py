@@ -169,6 +169,20 @@ def test_compare_refuses_to_write_over_its_input_and_non_results_json(one_run, t
         assert cli(["probe", "compare", str(run), "--out", str(out)]) == 1
         assert "--out" in capsys.readouterr().err
     assert hashlib.sha256((run / "results.json").read_bytes()).hexdigest() == before
+    # Nor over another file that is not a table of ours (a manifest, notes), while its own tables are replaced.
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    assert cli(["probe", "compare", str(run), "--out", str(notes)]) == 1
+    assert "was not written by `mert probe compare`" in capsys.readouterr().err and notes.read_text() == "# my notes\n"
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,label\na.wav,x\n")
+    other = _copy_run(one_run, tmp_path / "run2", data=dict(one_run["data"], manifest=str(manifest)))
+    assert cli(["probe", "compare", str(other), "--out", str(manifest)]) == 1
+    assert "would destroy the input" in capsys.readouterr().err and manifest.read_text() == "path,label\na.wav,x\n"
+    for name in ("t.md", "t.csv", "t.json"):
+        for _ in range(2):  # the second time over its own earlier table
+            assert cli(["probe", "compare", str(run), "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
     assert cli(["probe", "compare", str(run), "--out", str(tmp_path / "x.txt")]) == 1
     assert ".md, .csv or .json" in capsys.readouterr().err
     other = tmp_path / "other.json"

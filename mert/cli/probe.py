@@ -79,6 +79,10 @@ def compare_cli(argv: Sequence[str]) -> int:
                 )
         check_outputs([o for o, _ in outputs])
         results = [load_results(f) for f in files]
+        manifests = [r["data"]["manifest"] for r in results if Path(str(r["data"]["manifest"])).exists()]
+        for out, what in outputs:
+            check_outputs([out], manifests, what=what)  # a run's manifest is data too
+            _check_replaceable(Path(out), what)
         table = compare_table(results)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
@@ -99,6 +103,27 @@ def compare_cli(argv: Sequence[str]) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_replaceable(out: Path, what: str) -> None:
+    """An existing output is replaced only when it is what this command writes (a table, a PNG plot)."""
+    from mert.fileio import UnsafeOutputError
+
+    if not out.exists():
+        return
+    if not out.is_file():
+        raise UnsafeOutputError(f"{what} {out} exists and is not a file; choose another name")
+    head = out.open("rb").read(64)
+    ours = (
+        head.startswith(b"\x89PNG")
+        if what == "--plot-hours"
+        else head.startswith((b"| data: task |", b"data,metric,", b'{\n  "columns"'))
+    )
+    if not ours:
+        raise UnsafeOutputError(
+            f"{what} {out} exists and was not written by `mert probe compare`: refusing to replace it; "
+            "choose another name or remove it first"
+        )
 
 
 # Earlier spellings of the `task` and `protocol` config groups, still accepted.
