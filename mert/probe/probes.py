@@ -106,7 +106,7 @@ class ProbeData:
     kind: str
     num_outputs: int
     metrics: tuple[str, ...]
-    score: Callable[[str, Tensor], dict[str, np.ndarray]]
+    score: Callable[..., dict[str, np.ndarray]]  # (split, outputs[, items])
     pos_weight: Tensor | None = None
     test_items: int | None = None
 
