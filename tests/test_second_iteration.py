@@ -1,0 +1,97 @@
+"""The second-iteration teacher: k-means of an encoder's own layer features, fitted from a run, trained on, and
+refused on another frame grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+pytest.importorskip("lightning")
+pytest.importorskip("hydra")
+
+from mert import Encoder, EncoderConfig  # noqa: E402
+from mert.cli import main as cli  # noqa: E402
+from mert.targets import EncoderKMeansTargets, build_teacher, teacher_from_settings  # noqa: E402
+from mert.targets.kmeans import _nearest  # noqa: E402
+from tests.helpers import music_like  # noqa: E402
+
+FAST = ["trainer.log_every_n_steps=1", "logger=csv", "data.dataset.num_clips=16", "data.dataset.seconds=1.0"]
+FAST += ["callbacks=default", "data.global_batch_size=4", "data.micro_batch_size=4"]
+
+
+def _audio_dir(root: Path) -> Path:
+    root.mkdir()
+    for i in range(3):
+        sf.write(root / f"clip{i}.wav", music_like(24000, seed=i)[0].numpy(), 24000)
+    return root
+
+
+def test_fit_from_a_run_train_on_it_and_refuse_another_grid(tmp_path, capsys):
+    run = tmp_path / "first"
+    assert cli(["pretrain", "experiment=tiny_cpu", *FAST, "trainer.max_steps=2", f"run_dir={run}"]) == 0
+    audio = _audio_dir(tmp_path / "audio")
+    km2 = tmp_path / "km2.pt"
+    args = ["targets", "fit-kmeans", str(audio), "--out", str(km2), "--clusters", "6", "--quiet"]
+    assert cli([*args, "--from-encoder", str(run), "--layer", "1"]) == 0
+    assert "layer 1 of tiny" in capsys.readouterr().out
+
+    teacher = EncoderKMeansTargets.load(km2)
+    state = torch.load(km2, map_location="cpu", weights_only=True)
+    assert state["layer"] == 1 and state["encoder"]["global_step"] == 2
+    assert state["grid"] == {
+        "sample_rate": 24000,
+        "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+        "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+        "hop_length": 320,
+        "frame_rate": 75.0,
+    }
+    # The codes are the nearest centroids of the run's own (standardised) layer-1 features.
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    enc = Encoder(EncoderConfig.from_dict(ckpt["mert"]["encoder_config"]))
+    enc.load_state_dict({k[len("objective.encoder.") :]: v for k, v in ckpt["state_dict"].items() if "encoder." in k})
+    wav = music_like(24000, seed=7)
+    codes = teacher(wav)
+    assert codes.shape == (1, 74, 1) and codes.dtype == torch.int64
+    with torch.no_grad():
+        f = (enc.eval()(wav).hidden_states[1] - state["mean"]) / state["std"]
+    assert torch.equal(codes[0, :, 0], _nearest(f[0], state["centroids"])[0])
+    assert codes.unique().numel() > 1
+    settings = teacher.settings()
+    assert settings["layer"] == 1 and settings["encoder_sha256"] == state["encoder_sha256"]
+    assert torch.equal(teacher_from_settings(settings)(wav), codes)
+    with pytest.raises(ValueError, match="layer 1, not the layer 3"):
+        build_teacher("encoder_kmeans", path=str(km2), layer=3)
+
+    # The next run trains on it.
+    second = tmp_path / "second"
+    over = ["targets=encoder_kmeans_cqt", f"targets.code_teacher.path={km2}", "trainer.max_steps=3"]
+    assert cli(["pretrain", "experiment=tiny_cpu", *FAST, *over, f"run_dir={second}"]) == 0
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["final_loss"] is not None
+
+    # Another front end (the `small` model's 40x2x2x2 strides): refused, naming both grids.
+    with pytest.raises(ValueError, match="frame grid of the encoder it was fitted from"):
+        EncoderKMeansTargets.load(km2, conv_kernel=[1024, 3, 3, 2], conv_stride=[40, 2, 2, 2])
+    third = tmp_path / "third"
+    code = cli(["pretrain", "experiment=tiny_cpu", *FAST, *over, "model=small", f"run_dir={third}"])
+    assert code != 0
+    assert "frame grid of the encoder it was fitted from" in capsys.readouterr().err
+
+
+def test_cli_usage_errors(tmp_path, capsys):
+    audio = _audio_dir(tmp_path / "audio")
+    base = ["targets", "fit-kmeans", str(audio), "--out", str(tmp_path / "k.pt")]
+    with pytest.raises(SystemExit) as e:
+        cli([*base, "--from-encoder", str(tmp_path)])
+    assert e.value.code == 2 and "--from-encoder and --layer go together" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli([*base, "--from-encoder", "x", "--layer", "1", "--features", "mfcc"])
+    assert e.value.code == 2
+    torch.manual_seed(0)
+    Encoder(EncoderConfig.preset("tiny")).save_pretrained(tmp_path / "release")
+    assert cli([*base, "--from-encoder", str(tmp_path / "release"), "--layer", "9", "--quiet"]) == 1
+    assert "layer must be in [0, 2]" in capsys.readouterr().err
