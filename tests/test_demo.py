@@ -1,4 +1,5 @@
-"""`mert demo`'s parts without a training run: probe clip sets, the table, the pass/fail rule, progress lines.
+"""`mert demo`'s parts without a training run: probe clip sets, the table, the verdict and the --strict rule,
+progress lines.
 
 (The whole demo runs, tiny, in test_readme.py.)"""
 
@@ -11,7 +12,7 @@ import pytest
 
 from mert.data.splits import seeded_split
 from mert.data.synthetic import ARRANGEMENTS, ClipLabels
-from mert.demo import TASKS, format_table, probe_jobs, progress_lines, split_clips, verdict
+from mert.demo import TASKS, format_table, probe_jobs, progress_lines, split_clips, verdict, verdict_line
 
 
 def _results(pretrained: dict, random: dict, hand: dict) -> dict:
@@ -48,12 +49,21 @@ def test_table_and_verdict():
     assert table[-1].startswith("| **mean** | 12.7% | 40.0% | 50.0% | 60.0% | +20.0 |")
     assert len(table) == 2 + len(names) + 1 and all(line.count("|") == 7 for line in table)
 
-    tie = _results({**dict.fromkeys(names, 0.6), "pitch": 0.4}, rnd, dict.fromkeys(names, 0.5))
-    assert verdict(tie) == ["on pitch the pretrained encoder (40.0%) does not beat the random one (40.0%)"]
-    behind = _results(dict.fromkeys(names, 0.6), rnd, dict.fromkeys(names, 0.7))
-    (failure,) = verdict(behind)
-    assert "mean (60.0%) does not beat the hand-crafted features' mean (70.0%)" in failure
-    assert len(verdict(_results(rnd, rnd, dict.fromkeys(names, 0.7)))) == len(names) + 1
+    assert verdict_line(good) == (
+        "pretrained 60.0% on the mean: ahead of the random encoder (40.0%, +20.0; ahead on 5 of 5 tasks), "
+        "ahead of hand-crafted features (50.0%, +10.0)"
+    )
+
+    # --strict asks only for the mean over random: one task level, hand-crafted ahead, still no failure.
+    mixed = _results({**dict.fromkeys(names, 0.6), "pitch": 0.4}, rnd, dict.fromkeys(names, 0.7))
+    assert verdict(mixed) == []
+    assert verdict_line(mixed) == (
+        "pretrained 56.0% on the mean: ahead of the random encoder (40.0%, +16.0; ahead on 4 of 5 tasks), "
+        "behind hand-crafted features (70.0%, -14.0)"
+    )
+    level = _results(rnd, rnd, dict.fromkeys(names, 0.7))
+    assert verdict(level) == ["the pretrained encoder's mean (40.0%) is not ahead of the random encoder's (40.0%)"]
+    assert verdict_line(level).startswith("pretrained 40.0% on the mean: not ahead of the random encoder (40.0%, +0.0;")
 
 
 def test_probe_clips_are_balanced_held_out_and_fit_their_task():
