@@ -118,11 +118,15 @@ def test_tiny_cpu_run_resume_and_export(tmp_path):
         assert abs(resumed[step] - full[step]) <= 1e-6, (step, resumed[step], full[step])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["accumulate_grad_batches"] == 2 and summary["micro_batches"] == 16
+    # Audio seen, the learning-curve axis: 8 steps x 8 clips x 1.5 s.
+    assert summary["global_batch_size"] == 8 and summary["seconds_per_sample"] == 1.5
+    assert summary["audio_hours"] == round(8 * 8 * 1.5 / 3600, 4)
 
     assert cli(["export", str(run), str(tmp_path / "release")]) == 0
     enc = Encoder.from_pretrained(tmp_path / "release")
     meta = json.loads((tmp_path / "release" / "meta.json").read_text())
     assert meta["training"]["global_step"] == 8
+    assert meta["training"]["audio_hours"] == summary["audio_hours"] and meta["training"]["seconds_per_sample"] == 1.5
     assert set(meta["teachers"]) == {"codes", "features"}
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     for k, v in enc.state_dict().items():

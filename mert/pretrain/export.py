@@ -96,7 +96,9 @@ def export_run(
     }
     run_dir = ckpt_path.parent.parent
     if (run_dir / "summary.json").is_file():
-        summary["final_loss"] = json.loads((run_dir / "summary.json").read_text()).get("final_loss")
+        done = json.loads((run_dir / "summary.json").read_text())
+        summary["final_loss"] = done.get("final_loss")
+        summary.update({k: done[k] for k in ("global_batch_size", "seconds_per_sample") if k in done})
     full_meta = {
         "training": summary,
         "teachers": info.get("teachers", {}),
