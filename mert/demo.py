@@ -262,6 +262,11 @@ DEMO_TEACHERS = {
     "kmeans+rvq": "k-means + learned RVQ",
     "random_projection": "random-projection",
 }
+# The pretraining recipes `mert demo --experiment` runs (conf/experiment/): both read cached targets from shards.
+DEMO_EXPERIMENTS = {
+    "demo_cpu": "the demo: 500 steps, a few minutes on 2 CPU cores",
+    "cpu_hour": "the hour: 6000 steps, at most an hour of pretraining on an idle 2-core machine",
+}
 # The demo-sized RVQ teacher: 4 x 128 codes of 128-band log-mel frames (the corpus has ~72k frames), 600 steps.
 DEMO_RVQ = {"num_codebooks": 4, "codebook_size": 128, "dim": 32, "n_mels": 128}
 DEMO_RVQ_STEPS = 600
@@ -334,7 +339,7 @@ class DemoOptions:
     """What ``mert demo`` runs: the defaults are the README's run (``mert demo --help`` explains each)."""
 
     out: str | os.PathLike = "mert-demo"
-    max_steps: int = 500
+    max_steps: int | None = None  # None: the experiment's trainer.max_steps (demo_cpu: 500)
     corpus_clips: int = 960
     probe_clips: int = 240
     seconds: float = 4.0
@@ -344,11 +349,14 @@ class DemoOptions:
     teacher: str = "kmeans"
     rvq_input: str = "logmel"
     seed: int = 0
+    experiment: str = "demo_cpu"
     overrides: Sequence[str] = ()
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.corpus_clips < 1:
+        if (self.max_steps is not None and self.max_steps < 1) or self.corpus_clips < 1:
             raise ValueError("--max-steps and --corpus-clips must be positive")
+        if self.experiment not in DEMO_EXPERIMENTS:
+            raise ValueError(f"--experiment must be one of {list(DEMO_EXPERIMENTS)}, not {self.experiment!r}")
         most = max(len(t.classes) for t in TASKS.values())
         if self.probe_clips < 4 * most:  # four clips per class: at least 2/1/1 in train/validation/test
             raise ValueError(f"--probe-clips must be at least {4 * most} (four clips per class of every task)")
@@ -411,21 +419,24 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
     # The run's configuration first: the shards cache the targets of the teachers it configures (a CQT with the
     # recipe's compression), and the run refuses shards made by other teachers.
     overrides = [
-        "experiment=demo_cpu",
+        f"experiment={args.experiment}",
         f"model={args.model}",
         *teacher_overrides,
         f"data.shards={out / 'shards'}",
-        f"trainer.max_steps={args.max_steps}",
-        # demo_cpu decays the LR to 0 at max_steps; the warm-up (50 steps at the default 500) must fit inside it.
-        f"scheduler.warmup_steps={min(50, max(1, args.max_steps // 10))}",
+        *([f"trainer.max_steps={args.max_steps}"] if args.max_steps is not None else []),
         f"run_dir={out / 'run'}",
         f"seed={args.seed}",
     ]
+    with initialize_config_module("mert.conf", version_base="1.3"):
+        first = compose("train", overrides=[*overrides, *args.overrides])
+    steps = int(first.trainer.max_steps)
+    # The recipes decay the LR to 0 at max_steps; the warm-up (a tenth of the steps at most) must fit inside it.
+    overrides.append(f"scheduler.warmup_steps={min(int(first.scheduler.warmup_steps), max(1, steps // 10))}")
     if not is_terminal(sys.stderr):  # a log file: ten plain lines instead of a progress bar
         overrides += [
             "~callbacks.progress",
             "+callbacks.progress_lines._target_=mert.demo.progress_lines",
-            f"+callbacks.progress_lines.total_steps={args.max_steps}",
+            f"+callbacks.progress_lines.total_steps={steps}",
         ]
     overrides += args.overrides
     with initialize_config_module("mert.conf", version_base="1.3"):
@@ -461,8 +472,8 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
     timings["data_and_teacher"] = time.perf_counter() - t0
 
     stage(
-        f"3/5 pretraining a '{args.model}' encoder: {args.max_steps} steps (cached {DEMO_TEACHERS[args.teacher]} "
-        "codes + CQT targets)"
+        f"3/5 pretraining a '{args.model}' encoder ({args.experiment}): {steps} steps "
+        f"(cached {DEMO_TEACHERS[args.teacher]} codes + CQT targets)"
     )
     t_train = time.perf_counter()
     if (out / "run").exists():

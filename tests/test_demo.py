@@ -111,3 +111,29 @@ def test_progress_lines_print_about_ten_lines(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 10 and lines[0].startswith("pretrain: step 5/50 | loss 4.900 |") and "ETA" in lines[0]
     assert lines[-1].startswith("pretrain: step 50/50 |") and lines[-1].endswith("ETA 0:00")
+
+
+def test_demo_options_name_a_known_experiment():
+    from mert.demo import DEMO_EXPERIMENTS, DemoOptions
+
+    assert set(DEMO_EXPERIMENTS) == {"demo_cpu", "cpu_hour"} and DemoOptions().max_steps is None
+    with pytest.raises(ValueError, match="--experiment must be one of"):
+        DemoOptions(experiment="tiny_cpu")
+    with pytest.raises(ValueError, match="--max-steps"):
+        DemoOptions(max_steps=0)
+
+
+@pytest.mark.slow
+def test_cpu_hour_runs_through_the_demo_for_a_few_steps(tmp_path, capsys):
+    """The hour recipe through `mert demo --experiment cpu_hour`, cut to 3 steps on a tiny model."""
+    import json
+
+    pytest.importorskip("lightning")
+    from mert.cli import main as cli
+
+    quick = ["--max-steps", "3", "--corpus-clips", "12", "--probe-clips", "48", "--model", "tiny", "--seconds", "1"]
+    quick += ["--note-seconds", "1", "--segment-seconds", "1", "--out", str(tmp_path / "d")]
+    assert cli(["demo", "--experiment", "cpu_hour", *quick]) == 0
+    summary = json.loads((tmp_path / "d" / "results.json").read_text())["pretraining"]
+    assert summary["steps"] == 3 and summary["seconds_per_sample"] == 1.0
+    assert "name: cpu_hour" in (tmp_path / "d" / "run" / "config.yaml").read_text()

@@ -52,6 +52,7 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
         "mert_95m": ["data.manifest=x.tsv"],
         "mert_330m": ["data.manifest=x.tsv"],
         "demo_cpu": ["data.shards=x", "targets.code_teacher.path=km.pt"],
+        "cpu_hour": ["data.shards=x", "targets.code_teacher.path=km.pt"],
     }.get(experiment, [])
     cfg = _compose([f"experiment={experiment}", f"run_dir={tmp_path}", *extra])
     OmegaConf.resolve(cfg)

@@ -1,6 +1,7 @@
 """``mert demo``: the whole loop on one CPU, nothing downloaded (what it runs: :mod:`mert.demo`).
 
-mert demo [--max-steps 500] [--out mert-demo] [--teacher kmeans|rvq|random_projection] [--strict] [hydra overrides]
+mert demo [--experiment demo_cpu|cpu_hour] [--max-steps N] [--out mert-demo] [--teacher kmeans|rvq|random_projection]
+          [--strict] [hydra overrides]
 """
 
 from __future__ import annotations
@@ -24,7 +25,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--out", default=d.out, help="output folder (default ./%(default)s)")
     ap.add_argument(
-        "--max-steps", type=int, default=d.max_steps, help="pretraining steps, run to the end (default %(default)s)"
+        "--max-steps",
+        type=int,
+        default=d.max_steps,
+        help="pretraining steps, run to the end (default: the experiment's, 500 for demo_cpu)",
+    )
+    ap.add_argument(
+        "--experiment",
+        choices=list(demo.DEMO_EXPERIMENTS),
+        default=d.experiment,
+        help="pretraining recipe: "
+        + "; ".join(f"{k} ({v})" for k, v in demo.DEMO_EXPERIMENTS.items())
+        + " (default %(default)s)",
     )
     ap.add_argument(
         "--corpus-clips", type=int, default=d.corpus_clips, help="clips in the pretraining corpus (default %(default)s)"
