@@ -266,7 +266,13 @@ DEMO_TEACHERS = {
 DEMO_EXPERIMENTS = {
     "demo_cpu": "the demo: 500 steps, a few minutes on 2 CPU cores",
     "cpu_hour": "the hour: 6000 steps, at most an hour of pretraining on an idle 2-core machine",
+    "conformer_kmeans": "mel + Conformer, 25 Hz, block masking: 500 steps",
+    "conformer_melrvq": "conformer_kmeans with Mel-RVQ codes",
+    "conformer_rp": "conformer_kmeans with random-projection codes",
+    "conformer_cpu_hour": "mel + Conformer: 7000 steps, at most an hour of pretraining on an idle 2-core machine",
 }
+# The acoustic teacher of an experiment when --teacher is not given.
+EXPERIMENT_TEACHERS = {"conformer_melrvq": "rvq", "conformer_rp": "random_projection"}
 # The demo-sized RVQ teacher: 4 x 128 codes of 128-band log-mel frames (the corpus has ~72k frames), 600 steps.
 DEMO_RVQ = {"num_codebooks": 4, "codebook_size": 128, "dim": 32, "n_mels": 128}
 DEMO_RVQ_STEPS = 600
@@ -281,12 +287,22 @@ def _teacher_files(settings: Any) -> list[str]:
     return []
 
 
-def _fit_kmeans(path: Path, wavs: list[Path], seed: int, stage: Any) -> None:
+def _hop_grid(hop: int) -> dict[str, tuple[int, ...]]:
+    """Front-end arguments of a teacher fitted for encoders of this hop (the defaults at 320 samples)."""
+    return {} if hop == 320 else {"conv_kernel": (hop,), "conv_stride": (hop,)}
+
+
+def _hop_name(name: str, hop: int) -> str:
+    """A fitted teacher's file name: ``kmeans.pt`` at a 320-sample hop, ``kmeans-hop960.pt`` at 960."""
+    return f"{name}.pt" if hop == 320 else f"{name}-hop{hop}.pt"
+
+
+def _fit_kmeans(path: Path, wavs: list[Path], seed: int, stage: Any, hop: int = 320) -> None:
     from mert.targets import KMeansTargets
 
     if not path.is_file():
         stage("2/5 fitting the acoustic teacher: k-means on MFCC and chroma frames")
-        KMeansTargets.fit(wavs, num_clusters=64, seed=seed, progress=False).save(path)
+        KMeansTargets.fit(wavs, num_clusters=64, seed=seed, progress=False, **_hop_grid(hop)).save(path)
 
 
 def _fit_rvq(path: Path, wavs: list[Path], seed: int, stage: Any, config: Any) -> None:
@@ -304,31 +320,40 @@ def _fit_rvq(path: Path, wavs: list[Path], seed: int, stage: Any, config: Any) -
             "2/5 fitting the acoustic teacher: residual VQ "
             f"({config.num_codebooks} x {config.codebook_size} codes) on {config.input} frames"
         )
-        teacher = fit_rvq(wavs, config, steps=DEMO_RVQ_STEPS, batch_frames=2048, seed=seed, progress=False)
+        teacher = fit_rvq(
+            wavs, config, steps=DEMO_RVQ_STEPS, batch_frames=2048, seed=seed, progress=False,
+            **_hop_grid(config.hop_length),
+        )  # fmt: skip
         teacher.save(path)
         ppl = ", ".join(f"{p:.0f}" for p in teacher.fit_info["perplexity"])
         stage(f"    held-out reconstruction MSE {teacher.fit_info['held_out_mse']:.3f}, perplexity {ppl}")
 
 
-def _fit_teacher(name: str, corpus: Path, out: Path, seed: int, stage: Any, *, rvq_input: str = "logmel") -> list[str]:
-    """Fit (or reuse) the demo's acoustic teacher; return the Hydra overrides that select it."""
+def _fit_teacher(
+    name: str, corpus: Path, out: Path, seed: int, stage: Any, *, rvq_input: str = "logmel", hop: int = 320
+) -> list[str]:
+    """Fit (or reuse) the demo's acoustic teacher for encoders of hop ``hop``; return the Hydra overrides that
+    select it."""
     from mert.targets import RVQConfig
 
     wavs = sorted(corpus.glob("*.wav"))
+    km = out / _hop_name("kmeans", hop)
     if name == "kmeans":
-        _fit_kmeans(out / "kmeans.pt", wavs, seed, stage)
-        return [f"targets.code_teacher.path={out / 'kmeans.pt'}"]
+        _fit_kmeans(km, wavs, seed, stage, hop)
+        return [f"targets.code_teacher.path={km}"]
     if name == "rvq":
-        _fit_rvq(out / "rvq.pt", wavs, seed, stage, RVQConfig(**DEMO_RVQ, input=rvq_input))
-        return ["targets=rvq_cqt", f"targets.code_teacher.path={out / 'rvq.pt'}"]
+        rvq = out / _hop_name("rvq", hop)
+        _fit_rvq(rvq, wavs, seed, stage, RVQConfig(**DEMO_RVQ, input=rvq_input, hop_length=hop))
+        return ["targets=rvq_cqt", f"targets.code_teacher.path={rvq}"]
     if name == "kmeans+rvq":  # 2 x 64 k-means codes (MFCC, chroma) + 2 x 64 RVQ codes
-        _fit_kmeans(out / "kmeans.pt", wavs, seed, stage)
-        config = RVQConfig(**{**DEMO_RVQ, "num_codebooks": 2, "codebook_size": 64}, input=rvq_input)
-        _fit_rvq(out / "rvq64.pt", wavs, seed, stage, config)
+        _fit_kmeans(km, wavs, seed, stage, hop)
+        config = RVQConfig(**{**DEMO_RVQ, "num_codebooks": 2, "codebook_size": 64}, input=rvq_input, hop_length=hop)
+        rvq64 = out / _hop_name("rvq64", hop)
+        _fit_rvq(rvq64, wavs, seed, stage, config)
         return [
             "targets=kmeans_rvq_cqt",
-            f"targets.code_teacher.teachers.0.path={out / 'kmeans.pt'}",
-            f"targets.code_teacher.teachers.1.path={out / 'rvq64.pt'}",
+            f"targets.code_teacher.teachers.0.path={km}",
+            f"targets.code_teacher.teachers.1.path={rvq64}",
         ]
     stage("2/5 acoustic teacher: random projections of log-mel frames (BEST-RQ; nothing to fit)")
     return ["targets=rp_cqt"]
@@ -345,8 +370,8 @@ class DemoOptions:
     seconds: float = 4.0
     note_seconds: float = 2.0
     segment_seconds: float = 2.0
-    model: str = "small"
-    teacher: str = "kmeans"
+    model: str | None = None  # None: the experiment's model (demo_cpu: small)
+    teacher: str | None = None  # None: the experiment's (k-means for most)
     rvq_input: str = "logmel"
     seed: int = 0
     experiment: str = "demo_cpu"
@@ -360,6 +385,8 @@ class DemoOptions:
         most = max(len(t.classes) for t in TASKS.values())
         if self.probe_clips < 4 * most:  # four clips per class: at least 2/1/1 in train/validation/test
             raise ValueError(f"--probe-clips must be at least {4 * most} (four clips per class of every task)")
+        if self.teacher is None:
+            self.teacher = EXPERIMENT_TEACHERS.get(self.experiment, "kmeans")
         if self.teacher not in DEMO_TEACHERS:
             raise ValueError(f"--teacher must be one of {list(DEMO_TEACHERS)}, not {self.teacher!r}")
 
@@ -378,7 +405,7 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
     import torch
     from hydra import compose, initialize_config_module
 
-    from mert import Encoder
+    from mert import Encoder, EncoderConfig
     from mert.data.manifest import scan_audio, write_manifest
     from mert.data.shards import write_shards
     from mert.data.synthetic import GENERATOR_VERSION, render_clips, write_synthetic_corpus
@@ -401,7 +428,8 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
     spec.update(generator=GENERATOR_VERSION, segment_seconds=args.segment_seconds)
     spec_file = out / "corpus_spec.json"
     if not spec_file.is_file() or json.loads(spec_file.read_text()) != spec:
-        for stale in (corpus, out / "shards", out / "kmeans.pt", out / "rvq.pt", out / "rvq64.pt"):
+        fitted = [p for pattern in ("kmeans*.pt", "rvq*.pt") for p in out.glob(pattern)]
+        for stale in (corpus, out / "shards", *fitted):
             if stale.is_dir():
                 shutil.rmtree(stale)
             elif stale.exists():
@@ -415,12 +443,20 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
     manifest = out / "train.tsv"
     write_manifest(manifest, scan_audio(corpus, progress=False).entries)
 
-    teacher_overrides = _fit_teacher(args.teacher, corpus, out, args.seed, stage, rvq_input=args.rvq_input)
-    # The run's configuration first: the shards cache the targets of the teachers it configures (a CQT with the
+    # The model's frame grid first: fitted teachers are fitted on its hop (320 samples at 75 Hz, 960 at 25 Hz).
+    base = [f"experiment={args.experiment}", *([f"model={args.model}"] if args.model else [])]
+    with initialize_config_module("mert.conf", version_base="1.3"):
+        model_cfg = compose("train", overrides=[*base, *args.overrides]).model
+    from omegaconf import OmegaConf
+
+    grid = EncoderConfig.from_dict(OmegaConf.to_container(model_cfg, resolve=True))
+    teacher_overrides = _fit_teacher(
+        args.teacher, corpus, out, args.seed, stage, rvq_input=args.rvq_input, hop=grid.hop_length
+    )
+    # The run's configuration next: the shards cache the targets of the teachers it configures (a CQT with the
     # recipe's compression), and the run refuses shards made by other teachers.
     overrides = [
-        f"experiment={args.experiment}",
-        f"model={args.model}",
+        *base,
         *teacher_overrides,
         f"data.shards={out / 'shards'}",
         *([f"trainer.max_steps={args.max_steps}"] if args.max_steps is not None else []),
@@ -442,7 +478,7 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
     with initialize_config_module("mert.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     # One shard folder per teacher configuration, so changing the recipe's targets never reuses stale ones.
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
     teacher_key = OmegaConf.to_yaml(cfg.targets, resolve=True) + f"segment={args.segment_seconds}"
     for fitted in _teacher_files(OmegaConf.to_container(cfg.targets.code_teacher, resolve=True)):
@@ -472,7 +508,7 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
     timings["data_and_teacher"] = time.perf_counter() - t0
 
     stage(
-        f"3/5 pretraining a '{args.model}' encoder ({args.experiment}): {steps} steps "
+        f"3/5 pretraining a '{grid.name}' encoder ({args.experiment}): {steps} steps "
         f"(cached {DEMO_TEACHERS[args.teacher]} codes + CQT targets)"
     )
     t_train = time.perf_counter()

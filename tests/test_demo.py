@@ -116,7 +116,10 @@ def test_progress_lines_print_about_ten_lines(capsys):
 def test_demo_options_name_a_known_experiment():
     from mert.demo import DEMO_EXPERIMENTS, DemoOptions
 
-    assert set(DEMO_EXPERIMENTS) == {"demo_cpu", "cpu_hour"} and DemoOptions().max_steps is None
+    assert {"demo_cpu", "cpu_hour", "conformer_kmeans", "conformer_cpu_hour"} <= set(DEMO_EXPERIMENTS)
+    assert DemoOptions().max_steps is None and DemoOptions().teacher == "kmeans"
+    assert DemoOptions(experiment="conformer_melrvq").teacher == "rvq"
+    assert DemoOptions(experiment="conformer_rp", teacher="kmeans").teacher == "kmeans"
     with pytest.raises(ValueError, match="--experiment must be one of"):
         DemoOptions(experiment="tiny_cpu")
     with pytest.raises(ValueError, match="--max-steps"):

@@ -56,13 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--segment-seconds", type=float, default=d.segment_seconds, help="length of the pretraining segments"
     )
-    ap.add_argument("--model", default=d.model, help="model config group (small, tiny)")
+    ap.add_argument(
+        "--model", default=d.model, help="model config group (default: the experiment's, small or conformer_small)"
+    )
     ap.add_argument(
         "--teacher",
         choices=list(demo.DEMO_TEACHERS),
-        default=d.teacher,
-        help="acoustic teacher next to the CQT: kmeans (MFCC + chroma, the default), rvq (a residual VQ fitted on "
-        "the corpus's log-mel frames) or random_projection (BEST-RQ); docs/teachers.md compares them",
+        default=None,
+        help="acoustic teacher next to the CQT (default: the experiment's, kmeans for most): kmeans (MFCC + chroma), "
+        "rvq (a residual VQ fitted on the corpus's log-mel frames) or random_projection (BEST-RQ); docs/teachers.md "
+        "compares them",
     )
     ap.add_argument(
         "--rvq-input",

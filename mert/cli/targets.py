@@ -2,7 +2,7 @@
 
     mert targets fit-kmeans AUDIO_DIR --out km.pt [--clusters 100] [--features mfcc,chroma]
     mert targets fit-kmeans AUDIO_DIR --out km2.pt --from-encoder RUN_OR_EXPORT --layer K [--clusters 500]
-    mert targets fit-rvq AUDIO_DIR_OR_MANIFEST --out rvq.pt [--input logmel|cqt] [--codebooks 8]
+    mert targets fit-rvq AUDIO_DIR_OR_MANIFEST --out rvq.pt [--rvq-input logmel|cqt] [--codebooks 8]
 
 Both return 0 on success (also when some files were skipped; they are listed on stderr), 1 when nothing could
 be used, 2 on usage errors.
@@ -98,6 +98,12 @@ def fit_kmeans_cli(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--iters", type=int, default=50, help="maximum k-means iterations")
     parser.add_argument(
+        "--hop-length",
+        type=int,
+        default=320,
+        help="samples per frame: the encoder's hop (320 for 75 Hz encoders, 960 for the 25 Hz mel family)",
+    )
+    parser.add_argument(
         "--from-encoder",
         metavar="RUN_OR_EXPORT",
         default=None,
@@ -120,6 +126,9 @@ def fit_kmeans_cli(argv: list[str] | None = None) -> int:
     if args.from_encoder is not None:
         return _fit_encoder_kmeans(prog, args, files)
     sets = [s.strip() for s in (args.features or "mfcc,chroma").split(",") if s.strip()]
+    # The teacher serves any encoder with this hop (load() takes the encoder's own kernels and strides).
+    hop = args.hop_length
+    grid = {} if hop == 320 else {"conv_kernel": (hop,), "conv_stride": (hop,)}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # skips are reported below, in full
@@ -132,6 +141,7 @@ def fit_kmeans_cli(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 progress=not args.quiet,
                 sample_rate=args.sample_rate,
+                **grid,
             )
     except ValueError as e:
         print(f"{prog}: {e}", file=sys.stderr)
@@ -215,7 +225,9 @@ def fit_rvq_cli(argv: list[str] | None = None) -> int:
         max_frames=(300_000, "frames sampled from the corpus"),
         sample_rate=d.sample_rate,
     )
-    parser.add_argument("--input", choices=INPUTS, default=d.input, help=f"frame features (default {d.input})")
+    parser.add_argument(
+        "--input", "--rvq-input", dest="input", choices=INPUTS, default=d.input, help=f"frames (default {d.input})"
+    )
     parser.add_argument("--n-mels", type=int, default=d.n_mels, help=f"log-mel bands (default {d.n_mels})")
     parser.add_argument("--context", type=int, default=d.context, help="frames stacked on each side (default 0)")
     parser.add_argument("--dim", type=int, default=d.dim, help=f"latent size (default {d.dim})")

@@ -73,7 +73,8 @@ class EncoderKMeansTargets(FittedTeacher):
     Attributes:
         kind: ``"codes"``; ``num_codebooks`` 1; ``codebook_size`` ``v``.
         encoder_sha256: digest of the source encoder's weights (:func:`state_digest`).
-        grid: the frame grid of the codes (sample rate, kernels, strides, hop, frame rate).
+        grid: the frame grid of the codes (sample rate, the grid's kernels and strides, hop, frame rate; for the
+            mel family the kernels and strides of ``EncoderConfig.frame_kernel``/``frame_stride``).
     """
 
     kind = "codes"
@@ -93,7 +94,7 @@ class EncoderKMeansTargets(FittedTeacher):
         identity: Mapping[str, Any] | None = None,
     ):
         cfg = encoder.config
-        super().__init__(sample_rate=cfg.sample_rate, conv_kernel=cfg.conv_kernel, conv_stride=cfg.conv_stride)
+        super().__init__(sample_rate=cfg.sample_rate, conv_kernel=cfg.frame_kernel, conv_stride=cfg.frame_stride)
         if not 0 <= int(layer) < cfg.num_hidden_states:
             raise ValueError(
                 f"layer must be in [0, {cfg.num_hidden_states - 1}] for a {cfg.num_layers}-layer encoder, got {layer}"
@@ -113,7 +114,7 @@ class EncoderKMeansTargets(FittedTeacher):
         self.register_buffer("std", std.detach().float().clamp_min(1e-5).clone(), persistent=False)
         self.identity = dict(identity or {})
         self.encoder_sha256 = state_digest(encoder.state_dict())
-        self.grid = _grid(cfg.sample_rate, cfg.conv_kernel, cfg.conv_stride)
+        self.grid = _grid(cfg.sample_rate, cfg.frame_kernel, cfg.frame_stride)
         self.path: Path | None = None
         self.skipped_files: list[tuple[str, str]] = []
         self.fit_info: dict[str, Any] = {}
@@ -250,12 +251,12 @@ class EncoderKMeansTargets(FittedTeacher):
         from mert.models.encoder import Encoder
 
         config = EncoderConfig.from_dict(state["encoder_config"])
-        grid = _grid(config.sample_rate, config.conv_kernel, config.conv_stride)
+        grid = _grid(config.sample_rate, config.frame_kernel, config.frame_stride)
         kernel, stride = front_end
         asked = _grid(
             config.sample_rate,
-            config.conv_kernel if kernel is None else kernel,
-            config.conv_stride if stride is None else stride,
+            config.frame_kernel if kernel is None else kernel,
+            config.frame_stride if stride is None else stride,
         )
         if asked != grid:
             raise ValueError(
