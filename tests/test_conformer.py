@@ -226,3 +226,11 @@ def test_hear_adapter_and_export_formats_on_the_conformer_family(tmp_path):
     pytest.importorskip("onnxscript")
     with pytest.raises(ValueError, match="frontend='mel'"):
         export_run(tmp_path / "model", tmp_path / "onnx", format="onnx")
+
+
+@pytest.mark.parametrize("name", ["conformer_tiny", "conformer_small"])
+def test_hydra_model_files_are_the_presets(name):
+    import yaml
+
+    path = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf" / "model" / f"{name}.yaml"
+    assert EncoderConfig.from_dict(yaml.safe_load(path.read_text())) == EncoderConfig.preset(name)

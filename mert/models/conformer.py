@@ -35,7 +35,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from mert.models.config import MUQ_MEL_MEAN, MUQ_MEL_STD, EncoderConfig
-from mert.models.fast_path import attention, linear
+from mert.models.fast_path import attention, inference_cached, linear
 from mert.models.pooling import valid_mask
 
 __all__ = [
@@ -229,6 +229,25 @@ class ResidualConv2d(nn.Module):
         else:
             self.conv3 = self.bn3 = None
 
+    def conv_bn(self, x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tensor:
+        """``bn(conv(x))``; at inference in eval mode as one conv with the BatchNorm folded into its weights
+        (cached until a weight or statistic changes), which saves a pass over the largest activations."""
+        if self.training or torch.is_grad_enabled():
+            return bn(conv(x))
+
+        def fold() -> Tensor:
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = bn.bias - bn.running_mean * scale + (0 if conv.bias is None else conv.bias * scale)
+            return torch.cat([(conv.weight * scale[:, None, None, None]).flatten(), bias])
+
+        params = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        if conv.bias is not None:
+            params += (conv.bias,)
+        name = "fold" + str([c is conv for c in (self.conv1, self.conv2, self.conv3)].index(True))
+        packed = inference_cached(self, name, params, fold)
+        w, b = packed[: conv.weight.numel()].view_as(conv.weight), packed[conv.weight.numel() :]
+        return F.conv2d(x, w, b, conv.stride, conv.padding)
+
     def forward(self, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """``x (b, c, m, s)``, ``lengths (b,)`` valid frames or None -> ``(b, c', m / 2, s')`` and its lengths."""
 
@@ -237,9 +256,9 @@ class ResidualConv2d(nn.Module):
 
         x = zero(x, lengths)
         out_lengths = _conv_lengths(lengths, 3, self.time_stride, padding=1)
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(zero(y, out_lengths)))
-        skip = x if self.conv3 is None else self.bn3(self.conv3(x))
+        y = F.relu(self.conv_bn(x, self.conv1, self.bn1))
+        y = self.conv_bn(zero(y, out_lengths), self.conv2, self.bn2)
+        skip = x if self.conv3 is None else self.conv_bn(x, self.conv3, self.bn3)
         return F.relu(skip + y), out_lengths
 
 
