@@ -95,3 +95,16 @@ def test_cli_usage_errors(tmp_path, capsys):
     Encoder(EncoderConfig.preset("tiny")).save_pretrained(tmp_path / "release")
     assert cli([*base, "--from-encoder", str(tmp_path / "release"), "--layer", "9", "--quiet"]) == 1
     assert "layer must be in [0, 2]" in capsys.readouterr().err
+
+
+def test_fit_from_a_mel_family_encoder_keeps_its_25_hz_grid(tmp_path):
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig.preset("conformer_tiny"))
+    wavs = [music_like(24000 * 2, seed=i)[0] for i in range(2)]
+    teacher = EncoderKMeansTargets.fit(enc, wavs, layer=2, num_clusters=4, max_frames=60, progress=False)
+    assert teacher.grid["frame_rate"] == 25.0 and teacher.grid["conv_stride"] == [240, 2, 2]
+    path = teacher.save(tmp_path / "km2.pt")
+    codes = EncoderKMeansTargets.load(path, conv_kernel=[240, 2, 2], conv_stride=[240, 2, 2])(wavs[0][None])
+    assert codes.shape == (1, 50, 1)  # N // 960 frames
+    with pytest.raises(ValueError, match="25 Hz.*75 Hz"):
+        EncoderKMeansTargets.load(path, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2])
