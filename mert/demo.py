@@ -389,6 +389,9 @@ class DemoOptions:
             self.teacher = EXPERIMENT_TEACHERS.get(self.experiment, "kmeans")
         if self.teacher not in DEMO_TEACHERS:
             raise ValueError(f"--teacher must be one of {list(DEMO_TEACHERS)}, not {self.teacher!r}")
+        if self.teacher == "kmeans+rvq" and self.experiment.startswith("conformer"):
+            # Its two teachers sit under code_teacher.teachers, where the experiment's 25 Hz grid does not reach.
+            raise ValueError(f"--teacher kmeans+rvq works with the 75 Hz experiments, not {self.experiment}")
 
 
 def run_demo(args: DemoOptions) -> dict[str, Any]:

@@ -124,6 +124,8 @@ def test_demo_options_name_a_known_experiment():
         DemoOptions(experiment="tiny_cpu")
     with pytest.raises(ValueError, match="--max-steps"):
         DemoOptions(max_steps=0)
+    with pytest.raises(ValueError, match="kmeans\\+rvq works with the 75 Hz experiments"):
+        DemoOptions(experiment="conformer_kmeans", teacher="kmeans+rvq")
 
 
 @pytest.mark.slow
