@@ -1,5 +1,5 @@
-"""The pretraining recipes of the mel + Conformer family (and the hour recipes): each experiment composes and trains
-3 steps on a tiny override (conformer_tiny, a few short clips), its teachers on the 25 Hz grid."""
+"""The pretraining recipes of the mel + Conformer family: each experiment trains 3 steps on a tiny override
+(conformer_tiny, a few short clips), its teachers on the 25 Hz grid (composition: tests/test_train.py)."""
 
 from __future__ import annotations
 
@@ -56,9 +56,16 @@ def _extra(experiment: str, files: dict[str, Path]) -> list[str]:
     return [*SYNTH, "~callbacks.probe_monitor", *([f"targets.code_teacher.path={path}"] if path else [])]
 
 
+SLOW = pytest.mark.slow  # each a few seconds on an idle machine; one stays in the fast tier
+
+
 @pytest.mark.parametrize(
     "experiment",
-    ["conformer_kmeans", "conformer_melrvq", "conformer_rp", "conformer_cpu_hour", "gpu_mert_v2_632m", "gpu_muq_300m"],
+    [
+        "conformer_kmeans",
+        *(pytest.param(e, marks=SLOW) for e in ("conformer_melrvq", "conformer_rp", "conformer_cpu_hour")),
+        *(pytest.param(e, marks=SLOW) for e in ("gpu_mert_v2_632m", "gpu_muq_300m")),
+    ],
 )
 def test_recipe_trains_three_steps_on_a_tiny_override(experiment, files, tmp_path):
     run = tmp_path / "run"

@@ -30,6 +30,7 @@ def _audio_dir(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_fit_from_a_run_train_on_it_and_refuse_another_grid(tmp_path, capsys):
     run = tmp_path / "first"
     assert cli(["pretrain", "experiment=tiny_cpu", *FAST, "trainer.max_steps=2", f"run_dir={run}"]) == 0
@@ -108,3 +109,20 @@ def test_fit_from_a_mel_family_encoder_keeps_its_25_hz_grid(tmp_path):
     assert codes.shape == (1, 50, 1)  # N // 960 frames
     with pytest.raises(ValueError, match="25 Hz.*75 Hz"):
         EncoderKMeansTargets.load(path, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2])
+    # The next model of the same family trains on it: two steps of the objective, the loss falls.
+    from mert.pretrain import MERTObjective
+
+    torch.manual_seed(1)
+    student = Encoder(EncoderConfig.preset("conformer_tiny"))
+    teacher = EncoderKMeansTargets.load(path)
+    objective = MERTObjective(student, teacher, final_dim=8, mix_prob=0.0, mask_span_seconds=0.4)
+    opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=3e-3)
+    batch = torch.stack(wavs)
+    losses = []
+    for _ in range(4):
+        out = objective(batch, sample_seeds=[0, 1])
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(out.loss.detach()))
+    assert objective.code_head.codebook_size == 4 and losses[-1] < losses[0], losses
