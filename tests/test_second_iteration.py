@@ -1,5 +1,5 @@
 """The second-iteration teacher: k-means of an encoder's own layer features, fitted from a run, trained on, and
-refused on another frame grid."""
+refused on another frame grid; and `fit-kmeans --hop-length` for the 25 Hz grid."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ pytest.importorskip("hydra")
 
 from mert import Encoder, EncoderConfig  # noqa: E402
 from mert.cli import main as cli  # noqa: E402
-from mert.targets import EncoderKMeansTargets, build_teacher, teacher_from_settings  # noqa: E402
+from mert.targets import EncoderKMeansTargets, KMeansTargets, build_teacher, teacher_from_settings  # noqa: E402
 from mert.targets.kmeans import _nearest  # noqa: E402
 from tests.helpers import music_like  # noqa: E402
 
@@ -126,3 +126,14 @@ def test_fit_from_a_mel_family_encoder_keeps_its_25_hz_grid(tmp_path):
         opt.zero_grad()
         losses.append(float(out.loss.detach()))
     assert objective.code_head.codebook_size == 4 and losses[-1] < losses[0], losses
+
+
+def test_fit_kmeans_on_the_25_hz_hop(tmp_path):
+    audio = _audio_dir(tmp_path / "audio")
+    out = tmp_path / "km25.pt"
+    argv = ["targets", "fit-kmeans", str(audio), "--out", str(out), "--clusters", "4", "--hop-length", "960"]
+    assert cli([*argv, "--quiet"]) == 0
+    teacher = KMeansTargets.load(out, conv_kernel=[240, 2, 2], conv_stride=[240, 2, 2])
+    assert teacher(music_like(48000)).shape == (1, 50, 2)  # 25 Hz: N // 960 frames, MFCC and chroma codes
+    with pytest.raises(ValueError, match="960-sample hop"):
+        KMeansTargets.load(out, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2])
