@@ -6,7 +6,8 @@ from mert.pretrain.mixing import MixedSegment, mix_in_batch
 from mert.pretrain.objective import MERTObjective, PretrainOutput
 
 __all__ = [
-    "CodeHead", "FeatureHead",
+    "CodeHead",
+    "FeatureHead",
     "MERTObjective",
     "MixedSegment",
     "PretrainOutput",
