@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import gemm_peaks, interleaved, machine_line  # noqa: E402
+from benchmarks.common import gemm_peaks, machine_line  # noqa: E402
 from mert import Encoder, EncoderConfig  # noqa: E402
 from tests.helpers import music_like  # noqa: E402
 
@@ -157,57 +157,83 @@ def run_encoders(args) -> None:
         ref = conformer(x).last_hidden_state
         ours = enc.transformer(x, None)[-1]
         err = (ref - ours).abs().max().item()
-        times = interleaved(systems, args.repeats)
+        times, ratios = _rounds(systems, args.repeats)
     peaks = gemm_peaks()
     print(machine_line())
     print("\nGEMM peaks (2048^3, this run): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     print(f"\n{cfg.name}, {cfg.num_layers} layers x {cfg.hidden_size}, {args.batch} x {args.seconds:g} s; "
           f"max |ours - transformers| on the last state: {err:.1e}\n")  # fmt: skip
-    print("| system | s / pass | its time / ours | GFLOP/s | share of fp32 peak |")
-    print("|---|---|---|---|---|")
+    print("| system | s / pass (best) | its time / ours (best) | its time / ours (median of rounds) | GFLOP/s | "
+          "share of fp32 peak |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     peak = max(peaks["fp32 oneDNN"], peaks["fp32 torch.mm"])
     for name, sec in times.items():
         whole = name in ("mert",) or name.startswith("muq")
         work = flops["total"] if whole else enc_flops
-        ours_time = times["mert"] if whole else times["mert conformer"]
+        ours = "mert" if whole else "mert conformer"
+        median = sorted(r[name] / r[ours] for r in ratios)[len(ratios) // 2]
         gf = work / sec / 1e9
-        print(f"| {name} | {sec:.3f} | {sec / ours_time:.2f} | {gf:.0f} | {gf / peak:.0%} |")
+        print(f"| {name} | {sec:.3f} | {sec / times[ours]:.2f} | {median:.2f} | {gf:.0f} | {gf / peak:.0%} |")
+
+
+def _rounds(fns: dict, repeats: int) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Best time of each system, and each round's times: the systems run in turn, so a round's ratios compare
+    runs made under the same machine load."""
+    for fn in fns.values():
+        fn()  # warm-up: allocator, oneDNN primitive caches
+    rounds = []
+    for _ in range(repeats):
+        r = {}
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            r[k] = time.perf_counter() - t0
+        rounds.append(r)
+    return {k: min(r[k] for r in rounds) for k in fns}, rounds
 
 
 def run_small(args) -> None:
     wav = music_like(int(args.seconds * SR), batch=args.batch, seed=0)
     audio = args.batch * args.seconds
-    small = EncoderConfig.from_dict(_small_yaml())
-    rows = {}
-    for name, cfg in (("small", small), ("conformer_small", EncoderConfig.preset("conformer_small"))):
+    configs = {"small": EncoderConfig.from_dict(_small_yaml())}
+    configs["conformer_small"] = EncoderConfig.preset("conformer_small")
+    steps, params = {}, {}
+    for name, cfg in configs.items():
         torch.manual_seed(0)
         enc = Encoder(cfg).train()
         opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
-        mask = None
 
-        def step(enc=enc, opt=opt, mask=mask):
+        def step(enc=enc, opt=opt):
             out = enc(wav, sample_rate=SR)
             loss = out.last_hidden_state.float().pow(2).mean() + out.features.float().pow(2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
 
-        step()
-        best_wall, best_cpu = float("inf"), float("inf")
-        for _ in range(args.repeats):
+        step()  # warm-up
+        steps[name], params[name] = step, sum(p.numel() for p in enc.parameters())
+    # The models take turns, so each round's ratio compares steps made under the same machine load.
+    rounds = []
+    for _ in range(args.repeats):
+        r = {}
+        for name, step in steps.items():
             w0, c0 = time.perf_counter(), time.process_time()
             step()
-            best_wall = min(best_wall, time.perf_counter() - w0)
-            best_cpu = min(best_cpu, time.process_time() - c0)
-        rows[name] = (best_wall, best_cpu, sum(p.numel() for p in enc.parameters()), cfg.frame_rate)
+            r[name] = (time.perf_counter() - w0, time.process_time() - c0)
+        rounds.append(r)
     print(machine_line())
-    print(f"\nTraining step (forward + backward + AdamW), batch {args.batch} x {args.seconds:g} s\n")
-    print("| model | parameters | frames/s | s / step (wall) | audio s per CPU s | audio s per wall s |")
+    print(f"\nTraining step (forward + backward + AdamW), batch {args.batch} x {args.seconds:g} s, {args.repeats} "
+          "rounds\n")  # fmt: skip
+    print("| model | parameters | frames/s | s / step (wall, best) | audio s per CPU s (best) | audio s per wall s "
+          "(best) |")  # fmt: skip
     print("|---|---|---|---|---|---|")
-    for name, (wall, cpu, params, rate) in rows.items():
-        print(f"| {name} | {params / 1e6:.2f} M | {rate:g} | {wall:.3f} | {audio / cpu:.1f} | {audio / wall:.1f} |")
-    ratio = (audio / rows["conformer_small"][1]) / (audio / rows["small"][1])
-    print(f"\nconformer_small / small, audio seconds per CPU second: {ratio:.2f}x")
+    for name, cfg in configs.items():
+        wall, cpu = min(r[name][0] for r in rounds), min(r[name][1] for r in rounds)
+        print(f"| {name} | {params[name] / 1e6:.2f} M | {cfg.frame_rate:g} | {wall:.3f} | {audio / cpu:.1f} | "
+              f"{audio / wall:.1f} |")  # fmt: skip
+    ratios = sorted(r["small"][1] / r["conformer_small"][1] for r in rounds)
+    print(f"\nconformer_small / small, audio seconds per CPU second: median {ratios[len(ratios) // 2]:.2f}x over "
+          f"{len(ratios)} rounds (range {ratios[0]:.2f}-{ratios[-1]:.2f})")
 
 
 def _small_yaml() -> dict:

@@ -234,3 +234,31 @@ def test_hydra_model_files_are_the_presets(name):
 
     path = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf" / "model" / f"{name}.yaml"
     assert EncoderConfig.from_dict(yaml.safe_load(path.read_text())) == EncoderConfig.preset(name)
+
+
+def test_embed_preset_choices_are_the_presets():
+    """`mert embed --preset` offers every preset (its list is spelled out to keep `mert --help` free of torch)."""
+    import argparse
+
+    from mert.cli import embed
+    from mert.models.config import PRESETS
+
+    parser = argparse.ArgumentParser()
+    embed.add_parser(parser.add_subparsers())
+    action = next(a for a in parser._subparsers._group_actions[0].choices["embed"]._actions if a.dest == "preset")
+    assert sorted(action.choices) == sorted(PRESETS)
+
+
+def test_bf16_model_keeps_the_spectrogram_in_float32():
+    torch.manual_seed(0)
+    enc = Encoder("conformer_tiny").eval()
+    wav = torch.randn(24000) * 0.1
+    with torch.no_grad():
+        ref = enc(wav, sample_rate=SR).last_hidden_state
+        enc.to(torch.bfloat16)
+        assert enc.frontend.fb.dtype == torch.float32
+        assert enc.subsampler.stages[0].resample.weight.dtype == torch.bfloat16
+        out = enc(wav, sample_rate=SR).last_hidden_state
+    assert out.dtype == torch.bfloat16
+    cos = nn.functional.cosine_similarity(out.float(), ref, dim=-1)
+    assert cos.mean() > 0.99, cos.mean()

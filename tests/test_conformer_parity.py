@@ -311,3 +311,30 @@ def test_mel_front_end_matches_torchaudio():
     ref = (ref - enc.frontend.mel_mean[:, None]) / enc.frontend.mel_std[:, None]
     torch.testing.assert_close(enc.frontend(wav), ref.transpose(1, 2), atol=1e-4, rtol=0)
     assert EncoderConfig.preset("muq_large").frame_lengths(30000) == 32
+
+
+def test_mert_v2_hub_id_resolves_through_the_registry(tmp_path, monkeypatch):
+    """``Encoder.from_pretrained("m-a-p/MERT-v2-30s")`` fetches the repo's config.json and weights from the Hub
+    (a loopback stand-in here) and reads MERT-v2's layout."""
+    from safetensors.torch import save_file
+
+    from tests.helpers import serving
+    from tests.test_registry import MAIN_COMMIT, PinnedHub, _isolated_env
+
+    _isolated_env.__wrapped__(tmp_path, monkeypatch)
+    sizes = dict(width=32, layers=2, ffn=64, channels=(128, 64, 32), depths=(1, 1, 1), kernel=7)
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(s, generator=g) * 0.1 for k, s in mert_v2_published_shapes(**sizes).items()}
+    state["feature_extractor.mel_std"] = torch.full((128,), 20.0)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    config = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+              "conv_depthwise_kernel_size": 7, "subsampling_channels": [128, 64, 32], "subsampling_depths": [1, 1, 1]}
+    weights = (tmp_path / "model.safetensors").read_bytes()
+    files = {"config.json": json.dumps(config).encode(), "model.safetensors": weights}
+    hub = PinnedHub({"m-a-p/MERT-v2-30s": files})
+    with serving(hub.handler()) as url:
+        hub.url = url
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        enc = Encoder.from_pretrained("m-a-p/MERT-v2-30s")
+    assert hub.revisions() == {"main", MAIN_COMMIT}  # not pinned: main, then the commit it names
+    assert enc.frame_rate == 25.0 and enc.config.num_layers == 2

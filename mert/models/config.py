@@ -433,6 +433,6 @@ PRESETS.update({
     # `small` waveform model).
     "conformer_small": EncoderConfig(
         name="conformer_small", **_MEL_CONFORMER, subsampler_channels=(64, 128), subsampler_depths=(1, 1),
-        subsampler_strides=(2, 2), hidden_size=128, num_layers=4, num_heads=4, ffn_size=384, conv_module_kernel=15,
+        subsampler_strides=(2, 2), hidden_size=128, num_layers=4, num_heads=4, ffn_size=256, conv_module_kernel=7,
     ),
 })  # fmt: skip

@@ -3,7 +3,7 @@
 Shape legend:
     b  batch
     l  samples (at the encoder's sample rate unless said otherwise)
-    t  frames (75 Hz for MERT-v1)
+    t  frames (75 Hz for MERT-v1, 25 Hz for MERT-v2 and MuQ)
     d  model width
     c  front-end channels
     n  hidden-state layers (num_layers + 1)
@@ -53,7 +53,8 @@ class EncoderOutput:
             With ``layers=`` the layers past the deepest one asked for are not computed and their slots are None.
         lengths: ``(b,)`` valid frames per item; frames beyond are padding (zeros unless strict_mert_compat).
         frame_rate: frames per second (75.0 for MERT-v1).
-        features: ``(b, t, c)`` front-end output before the projection (used by the pretraining penalty).
+        features: ``(b, t, c)`` front-end output before the projection (used by the pretraining penalty); for
+            the spectrogram family (``frontend="mel"``) the subsampler's output, ``(b, t, d)``.
     """
 
     last_hidden_state: Tensor
@@ -105,13 +106,15 @@ class _GradScale(torch.autograd.Function):
 
 
 class Encoder(EncoderNetwork):
-    """MERT-style music encoder (conv front end + transformer), plain PyTorch.
+    """MERT-style music encoder, plain PyTorch: waveform conv front end + transformer (MERT-v1, HuBERT, music2vec)
+    or mel spectrogram + subsampler + Conformer (MERT-v2, MuQ), as its config says.
 
     The network and its initialisation are :class:`~mert.models.modules.EncoderNetwork`; this class adds the
     input contract (checks, resampling, padding, long-audio windows), precision helpers and loading.
 
     Args:
-        config: an :class:`EncoderConfig` or a preset name (``"tiny"``, ``"95m"``, ``"330m"``).
+        config: an :class:`EncoderConfig` or a preset name (``"tiny"``, ``"95m"``, ``"330m"``, ``"mert_v2"``,
+            ``"muq_large"``, ``"conformer_tiny"``, ``"conformer_small"``).
         strict_mert_compat: reproduce the original numerics on padded batches (GroupNorm statistics over the
             padded length, as transformers' HubertModel); the default is padding-invariant.
 
