@@ -22,6 +22,8 @@ and every use of a private torch API (``torch.ops.mkldnn.*``, ``torch.ops.aten.g
   the GEMM form cannot compute.
 * :func:`attention`: :func:`shifted_attention` (bf16 inference on CPU), else
   ``F.scaled_dot_product_attention``.
+* :func:`conv1d`: ``F.conv1d``, except for a bf16 conv on CPU whose oneDNN kernel gives wrong numbers on this
+  CPU (checked once per layout, :func:`onednn_bf16_conv_ok`), which runs in float32 instead.
 
 Each fast form gives the reference's numbers up to float rounding (``tests/test_fast_path.py``); the figures
 that justify each are in ``docs/benchmarks.md``, measured with the benchmark named at the dispatch point.
@@ -44,6 +46,8 @@ __all__ = [
     "linear",
     "conv_frontend",
     "attention",
+    "conv1d",
+    "onednn_bf16_conv_ok",
     "strided_conv",
     "fold_group_norm",
     "folded_group_norm_conv",
@@ -516,3 +520,81 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout
         return rearrange(shifted_attention(q, k, v, valid), "b t h e -> b t (h e)")
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     return rearrange(y, "b h t e -> b t (h e)")
+
+
+# --------------------------------------------------------------------------------------------- other convs
+# Per conv layout (input channels, weight shape, stride, padding, dilation, groups): whether oneDNN's bf16 kernel
+# gives float32's numbers up to bf16 rounding on this CPU. A property of the CPU and the torch build.
+_BF16_CONV_OK: dict[tuple, bool] = {}
+
+
+def onednn_bf16_conv_ok(
+    c_in: int, weight_shape: Sequence[int], stride: int, padding: int, dilation: int, groups: int
+) -> bool:
+    """Whether ``F.conv1d`` in bf16 on CPU computes this layout correctly; probed once per layout and cached.
+
+    torch sends bf16 convs to oneDNN only where oneDNN has bf16 kernels (``_is_mkldnn_bf16_supported``: AVX-512
+    cores, AVX512-BF16, AMX); elsewhere (an AVX2-only CPU) they take torch's own im2col + GEMM, which is correct.
+    With torch 2.9.1 on an Intel Sapphire Rapids (AVX512-BF16, AMX), oneDNN's grouped bf16 conv returns
+    numbers unrelated to the convolution (relative error ~1) when a group has 2 to 12 input channels and the
+    kernel width is even: the tiny presets' positional conv (32 channels in 4 groups, 16 taps), while the
+    published models' (48 or 64 channels per group, 128 taps) are correct. Which layouts fail depends on the CPU
+    and the oneDNN version, so instead of a rule this runs the layout once on a short random input in bf16 and
+    in float32 and compares (a correct kernel is off by bf16 rounding, ~2e-3; a failing one by ~1).
+
+    Args:
+        c_in: input channels.
+        weight_shape: ``(o, c_in / groups, k)``.
+        stride, padding, dilation, groups: as ``F.conv1d`` takes them.
+    """
+    o, cpg, k = (int(n) for n in weight_shape)
+    key = (int(c_in), o, cpg, k, int(stride), int(padding), int(dilation), int(groups))
+    ok = _BF16_CONV_OK.get(key)
+    if ok is None:
+        gen = torch.Generator().manual_seed(0)
+        t = max(dilation * (k - 1) + 1 - 2 * padding, 1) + 8 * stride  # a few output frames past the borders
+        x = torch.randn(1, c_in, t, generator=gen).to(torch.bfloat16)
+        w = (torch.randn(o, cpg, k, generator=gen) * (cpg * k) ** -0.5).to(torch.bfloat16)
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+            got = F.conv1d(x, w, None, stride, padding, dilation, groups).float()
+            ref = F.conv1d(x.float(), w.float(), None, stride, padding, dilation, groups)
+        ok = bool(torch.isfinite(got).all()) and float((got - ref).norm()) <= 2e-2 * float(ref.norm())
+        _BF16_CONV_OK[key] = ok
+    return ok
+
+
+def _int1(v: int | Sequence[int]) -> int:
+    return int(v if isinstance(v, int) else v[0])
+
+
+def conv1d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> Tensor:
+    """Dispatch point for a plain ``F.conv1d``: ``x (b, c, t)``, ``weight (o, c / groups, k)`` -> ``(b, o, t')``.
+
+    A bf16 conv on CPU (bf16 tensors, or CPU autocast to bf16) that would run oneDNN's bf16 kernel, where that
+    kernel is wrong for this layout on this CPU (:func:`onednn_bf16_conv_ok`), runs in float32 and returns bf16,
+    as ``F.conv1d`` would have. Everything else is ``F.conv1d`` itself.
+    """
+    if isinstance(padding, str):
+        return F.conv1d(x, weight, bias, stride, padding, dilation, groups)
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if (
+        x.device.type == "cpu"
+        and _ONEDNN_BF16
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and (autocast_bf16 or (x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16))
+        and not onednn_bf16_conv_ok(x.shape[1], weight.shape, _int1(stride), _int1(padding), _int1(dilation), groups)
+    ):
+        with torch.autocast("cpu", enabled=False):
+            y = F.conv1d(x.float(), weight.float(), None if bias is None else bias.float(), stride, padding,
+                         dilation, groups)  # fmt: skip
+        return y.to(torch.bfloat16)
+    return F.conv1d(x, weight, bias, stride, padding, dilation, groups)
