@@ -236,6 +236,25 @@ def test_shifted_attention_edge_cases(monkeypatch):
     assert not torch.isfinite(shifted_attention(q * 30000, k, v)).all()
 
 
+@pytest.mark.parametrize("wins", [False, True])
+def test_bf16_attention_dispatch_follows_the_cpu_probe(monkeypatch, wins):
+    """bf16 inference takes shifted_attention only where it is the faster kernel (no AMX), else torch's own."""
+    import mert.models.fast_path as fast_path
+    from mert.models.fast_path import attention
+
+    monkeypatch.setattr(fast_path, "_SHIFTED_ATTENTION_WINS", wins)
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, 2, 30, 8).bfloat16() for _ in range(3))
+    mask = torch.ones(2, 1, 1, 30, dtype=torch.bool)
+    mask[1, ..., 20:] = False
+    with torch.inference_mode():
+        got = attention(q, k, v, mask, 0.0)
+        shifted = shifted_attention(q, k, v, mask[:, 0, 0]).flatten(2)
+        flash = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2)
+    assert not torch.equal(shifted, flash)  # the two kernels round differently: the check below can tell them apart
+    assert torch.equal(got, shifted if wins else flash)
+
+
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return F.cosine_similarity(a.float().flatten(0, 1), b.float().flatten(0, 1), dim=-1).min().item()
 

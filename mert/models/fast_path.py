@@ -20,7 +20,7 @@ and every use of a private torch API (``torch.ops.mkldnn.*``, ``torch.ops.aten.g
   folded into conv 0 (every device, also under autograd: this *is* the front end's formulation since the
   first release), else ``ConvFrontEnd.reference`` (plain ``F.conv1d`` over the whole clip) for a layer
   the GEMM form cannot compute.
-* :func:`attention`: :func:`shifted_attention` (bf16 inference on CPU), else
+* :func:`attention`: :func:`shifted_attention` (bf16 inference on a CPU without AMX), else
   ``F.scaled_dot_product_attention``.
 * :func:`conv1d`: ``F.conv1d``, except for a bf16 conv on CPU whose oneDNN kernel gives wrong numbers on this
   CPU (checked once per layout, :func:`onednn_bf16_conv_ok`), which runs in float32 instead.
@@ -432,10 +432,29 @@ def conv_frontend(frontend: nn.Module, wav: Tensor, lengths: Tensor | None) -> T
 
 
 # --------------------------------------------------------------------------------------------- attention
+def _shifted_attention_wins() -> bool:
+    """Whether :func:`shifted_attention` beats torch's bf16 flash kernel on this CPU: where oneDNN has no AMX.
+
+    Zen 5 (AVX512-BF16, no AMX), 95M shape (12 heads, 2250 frames): 53 ms per layer against 93 ms for flash.
+    Intel Sapphire Rapids (AMX), one thread, the same inputs: 169-232 ms against 71-95 ms, and a whole 10 s bf16
+    pass of the 95M model 0.82 s against 0.61 s with flash. There the per-head GEMMs, whose reduction is one
+    head wide (64), run at 160-270 GFLOP/s against 600-730 for a square bf16 GEMM, and the bf16 row maxima and
+    ``exp`` take a third of the kernel's time.
+    """
+    try:
+        return not bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without the probe: keep the kernel measured fastest where it was measured
+        return True
+
+
+_SHIFTED_ATTENTION_WINS = _shifted_attention_wins()  # a CPU property: probed once
+
+
 def _use_shifted_attention(q: Tensor, dropout_p: float) -> bool:
     # bfloat16 inference on CPU only: in float32 the flash kernel is the faster one (docs/benchmarks.md).
     return (
-        dropout_p == 0.0
+        _SHIFTED_ATTENTION_WINS
+        and dropout_p == 0.0
         and q.device.type == "cpu"
         and q.dtype == torch.bfloat16
         and not torch.is_autocast_enabled("cpu")
@@ -510,9 +529,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout
     """Dispatch point for softmax attention: ``q, k, v (b, h, t, e)``, ``attn_mask (b, 1, 1, t)`` True = may
     attend, or None -> ``(b, t, d)``.
 
-    bf16 inference on CPU runs :func:`shifted_attention`: 53 ms per layer against 93 ms for torch's bf16 flash
-    kernel at the 95M shape (2250 frames), with the same error to a float64 reference
-    (``benchmarks/attention.py``, ``docs/benchmarks.md``). Everything else, float32 included (per-head float32
+    bf16 inference on a CPU without AMX runs :func:`shifted_attention`: 53 ms per layer against 93 ms for torch's
+    bf16 flash kernel at the 95M shape (2250 frames) on Zen 5, with the same error to a float64 reference
+    (``benchmarks/attention.py``, ``docs/benchmarks.md``); with AMX flash is the faster one (see
+    ``_shifted_attention_wins``). Everything else, float32 included (per-head float32
     GEMMs were 1.3-2.8x slower than flash there), is the reference ``F.scaled_dot_product_attention``.
     """
     if _use_shifted_attention(q, dropout_p):
@@ -535,10 +555,12 @@ def onednn_bf16_conv_ok(
 
     torch sends bf16 convs to oneDNN only where oneDNN has bf16 kernels (``_is_mkldnn_bf16_supported``: AVX-512
     cores, AVX512-BF16, AMX); elsewhere (an AVX2-only CPU) they take torch's own im2col + GEMM, which is correct.
-    With torch 2.9.1 on an Intel Sapphire Rapids (AVX512-BF16, AMX), oneDNN's grouped bf16 conv returns
-    numbers unrelated to the convolution (relative error ~1) when a group has 2 to 12 input channels and the
-    kernel width is even: the tiny presets' positional conv (32 channels in 4 groups, 16 taps), while the
-    published models' (48 or 64 channels per group, 128 taps) are correct. Which layouts fail depends on the CPU
+    With torch 2.9.1 on an Intel Sapphire Rapids (AMX), oneDNN's AMX conv kernel (``brg_conv_fwd`` with AMX in
+    ``ONEDNN_VERBOSE=1``) returns numbers unrelated to the convolution (relative error ~1) for grouped bf16 convs
+    whose groups have 2 to 12 input channels and whose kernel width is even: the tiny presets' positional conv
+    (32 channels in 4 groups, 16 taps). The published models' (48 or 64 channels per group, 128 taps) are
+    correct, and so is every layout under ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``, the kernels a CPU with
+    AVX512-BF16 but no AMX (AMD Zen 4/5) runs. Which layouts fail depends on the CPU
     and the oneDNN version, so instead of a rule this runs the layout once on a short random input in bf16 and
     in float32 and compares (a correct kernel is off by bf16 rounding, ~2e-3; a failing one by ~1).
 
