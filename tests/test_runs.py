@@ -120,7 +120,9 @@ def test_data_identity_follows_content_not_path(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- preflight, the lock
-@pytest.mark.parametrize("case", ["run_dir_file", "parent_file", "checkpoints_file", "missing_manifest"])
+@pytest.mark.parametrize(
+    "case", ["run_dir_file", "parent_file", "checkpoints_file", "missing_manifest", "empty_manifest", "teacher_file"]
+)
 def test_preflight_refuses_in_one_line_and_creates_nothing(tmp_path, capsys, case):
     run_dir = tmp_path / "run"
     extra = []
@@ -132,17 +134,25 @@ def test_preflight_refuses_in_one_line_and_creates_nothing(tmp_path, capsys, cas
     elif case == "checkpoints_file":
         run_dir.mkdir()
         (run_dir / "checkpoints").write_text("x\n")
+    elif case == "teacher_file":
+        extra = ["targets=encodec_cqt", f"targets.code_teacher.weights={tmp_path / 'encodec.th'}"]
     else:
+        if case == "empty_manifest":
+            (tmp_path / "nope.tsv").write_text("")
         extra = ["data=manifest", f"data.manifest={tmp_path / 'nope.tsv'}"]
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    args = [a for a in SMALL if not a.startswith("data.dataset.")] if extra else SMALL
+    args = [a for a in SMALL if not a.startswith("data.dataset.")] if "manifest" in case else SMALL
     assert cli(["pretrain", *args, *extra, "trainer.max_steps=2", f"run_dir={run_dir}"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1:]
     assert err[0].startswith("mert pretrain: error: ") and "Traceback" not in err[0], err
     expected = {"run_dir_file": "is a file, not a folder", "parent_file": "is a file, not a folder",
                 "checkpoints_file": "holds a file named 'checkpoints'",
-                "missing_manifest": "data.manifest="}[case]  # fmt: skip
-    assert expected in err[0] and ("run_dir=" in err[0] or case == "missing_manifest")
+                "missing_manifest": "nope.tsv does not exist", "empty_manifest": "nope.tsv is empty, not a manifest",
+                "teacher_file": "targets.code_teacher.weights="}[case]  # fmt: skip
+    assert expected in err[0], err
+    key = {"missing_manifest": "data.manifest=", "empty_manifest": "data.manifest=",
+           "teacher_file": "targets.code_teacher.weights="}.get(case, "run_dir=")  # fmt: skip
+    assert key in err[0], err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing created
     if case == "run_dir_file":
         assert run_dir.read_text() == "precious\n"

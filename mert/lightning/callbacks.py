@@ -28,6 +28,8 @@ def stop_signal() -> int | None:
 
 
 def _on_signal(signum: int, frame: Any) -> None:
+    if _STOP["pid"] != os.getpid():
+        return  # a forked DataLoader worker inherited the handler: the training process decides
     first = _STOP["signum"]
     # A terminal's Ctrl-C reaches every process of the job at once, and a parent forwards SIGTERM to spawned
     # ranks: the same stop can arrive twice within a moment. A repeat later than that means "stop now".

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -218,6 +219,9 @@ def _check_folder(path: Path, key: str) -> None:
                     f"{key}={path} cannot be a run folder{where}: {p} is a file, not a folder; pass another {key} "
                     "or move the file away"
                 )
+            if not os.access(p, os.W_OK | os.X_OK):
+                verb = "written to" if p == path else "created"
+                raise ValueError(f"{key}={path} cannot be {verb}: no write permission on {p}; pass another {key}")
             return
 
 
@@ -288,11 +292,14 @@ def build_teachers(cfg: Any) -> dict[str, Any]:
             teachers[role] = instantiate(cfg.targets[role], _convert_="all")
         except InstantiationException as e:
             cause = e.__cause__ or e
-            hint = ""
+            text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
             node = cfg.targets[role]
             if node is not None and "weights" in node:
-                hint = f"; set targets.{role}.weights=PATH to a local copy of the weights"
-            raise ValueError(f"targets.{role} could not be built: {str(cause).splitlines()[0]}{hint}") from cause
+                # The teacher's own advice names its Python argument; a `mert pretrain` user sets a config key.
+                text = re.sub(r"\w+\(weights='([^']*)'\)", rf"targets.{role}.weights=\1", text)
+                if f"targets.{role}.weights" not in text:
+                    text += f"; set targets.{role}.weights=PATH to a local copy of the weights"
+            raise ValueError(f"targets.{role} could not be built: {text}") from cause
     return teachers
 
 

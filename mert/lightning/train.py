@@ -260,7 +260,10 @@ def run(cfg: Any, overrides: Sequence[str] = ()) -> dict[str, Any]:
     # Teachers (weights loaded) and data before the run folder exists: a missing file creates nothing.
     teachers = runfolder.build_teachers(cfg)
     dataset = instantiate(cfg.data.dataset)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"run_dir={run_dir} cannot be created ({e.strerror}); pass another run_dir") from None
     with contextlib.ExitStack() as stack:
         if rank_zero:  # other ranks of a launched (not spawned) DDP job rerun this in the same folder
             stack.enter_context(runfolder.lock_run_dir(run_dir))
