@@ -287,3 +287,32 @@ def test_an_allowed_lr_change_takes_effect_and_is_recorded_per_launch(tmp_path, 
     assert '"+resume.allow_changes=[optim.lr]"' in (launches[1] / "overrides.yaml").read_text()
     log = (run_dir / "train.log").read_text()
     assert "max_steps=6" in log and "Tip" not in log
+
+
+class LastCheckpointSteps(pl.Callback):
+    """Test helper: before each optimiser step, append the step of ``last.ckpt`` (or -1) to ``out``."""
+
+    def __init__(self, last: str, out: str):
+        self.last, self.out = Path(last), Path(out)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx % 2 == 0:
+            step = torch.load(self.last, weights_only=True, mmap=True)["global_step"] if self.last.exists() else -1
+            with open(self.out, "a") as f:
+                f.write(f"{trainer.global_step} {step}\n")
+
+
+@pytest.mark.slow
+def test_checkpoint_every_minutes_saves_last_between_periodic_checkpoints(tmp_path):
+    run_dir = tmp_path / "run"
+    last, out = run_dir / "checkpoints" / "last.ckpt", tmp_path / "seen.txt"
+    probe = [f"+callbacks.probe._target_={__name__}.LastCheckpointSteps", f"+callbacks.probe.last={last}",
+             f"+callbacks.probe.out={out}"]  # fmt: skip
+    common = ["pretrain", *SMALL, f"run_dir={run_dir}", "trainer.max_steps=3", *probe,
+              "callbacks.model_checkpoint.every_n_train_steps=100"]  # fmt: skip
+    assert cli([*common, "checkpoint_every_minutes=1.0e-6"]) == 0
+    assert out.read_text().split("\n")[:3] == ["0 -1", "1 1", "2 2"]  # saved at every step boundary
+    shutil.rmtree(run_dir)
+    out.unlink()
+    assert cli([*common, "checkpoint_every_minutes=null"]) == 0
+    assert out.read_text().split("\n")[:3] == ["0 -1", "1 -1", "2 -1"]

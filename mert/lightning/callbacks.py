@@ -216,6 +216,8 @@ class RunGuard(pl.Callback):
         boundary = self._boundary
         if boundary is None or boundary["step"] == 0:
             return
+        if (boundary["counters"] or {}).get("usable_samples", 1) == 0:
+            return  # nothing was learnt from real audio: no checkpoint that `mert export` would release
         restore = getattr(pl_module, "restore_counters", None)
         if callable(restore) and boundary["counters"] is not None:
             restore(boundary["counters"])
