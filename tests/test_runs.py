@@ -310,9 +310,15 @@ def test_checkpoint_every_minutes_saves_last_between_periodic_checkpoints(tmp_pa
              f"+callbacks.probe.out={out}"]  # fmt: skip
     common = ["pretrain", *SMALL, f"run_dir={run_dir}", "trainer.max_steps=3", *probe,
               "callbacks.model_checkpoint.every_n_train_steps=100"]  # fmt: skip
-    assert cli([*common, "checkpoint_every_minutes=1.0e-6"]) == 0
+    assert cli([*common, "++checkpoint_every_minutes=1.0e-6"]) == 0
     assert out.read_text().split("\n")[:3] == ["0 -1", "1 1", "2 2"]  # saved at every step boundary
     shutil.rmtree(run_dir)
     out.unlink()
-    assert cli([*common, "checkpoint_every_minutes=null"]) == 0
+    assert cli([*common, "++checkpoint_every_minutes=null"]) == 0
     assert out.read_text().split("\n")[:3] == ["0 -1", "1 -1", "2 -1"]
+
+
+def test_real_recipes_checkpoint_on_a_clock_by_default():
+    train = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "train.yaml")
+    assert train.checkpoint_every_minutes == 30
+    assert not runfolder.is_scientific("checkpoint_every_minutes")
