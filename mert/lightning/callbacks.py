@@ -39,7 +39,8 @@ def _on_signal(signum: int, frame: Any) -> None:
     if first is None:
         _STOP.update(signum=signum, at=time.monotonic())
         name = signal.Signals(signum).name
-        print(f"mert pretrain: {name} received; saving a checkpoint at the end of this step", flush=True)
+        if not _STOP.get("quiet"):
+            print(f"mert pretrain: {name} received; saving a checkpoint at the end of this step", flush=True)
     if _STOP.get("forward"):
         import multiprocessing
 
@@ -48,15 +49,16 @@ def _on_signal(signum: int, frame: Any) -> None:
                 os.kill(child.pid, signum)
 
 
-def install_stop_handlers(forward: bool = False) -> dict[int, Any] | None:
+def install_stop_handlers(forward: bool = False, quiet: bool = False) -> dict[int, Any] | None:
     """Make SIGINT and SIGTERM ask for a stop at the next optimiser step (a second one, later, stops at once);
-    ``forward`` also sends them to this process's children (spawned ranks). Returns the previous handlers, or
-    None when this is not the main thread (signals can only be handled there)."""
+    ``forward`` also sends them to this process's children (spawned ranks); ``quiet`` does not announce the
+    stop (another process does). Returns the previous handlers, or None when this is not the main thread
+    (signals can only be handled there)."""
     if threading.current_thread() is not threading.main_thread():
         return None
     if _STOP["pid"] != os.getpid():
         _STOP.update(signum=None, at=0.0, pid=os.getpid())
-    _STOP["forward"] = forward
+    _STOP.update(forward=forward, quiet=quiet)
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.getsignal(signum)
@@ -69,7 +71,7 @@ def reset_stop(previous: dict[int, Any] | None) -> None:
     if previous:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    _STOP.update(signum=None, at=0.0, forward=False)
+    _STOP.update(signum=None, at=0.0, forward=False, quiet=False)
 
 
 class StepProgressBar(pl.Callback):
@@ -158,7 +160,7 @@ class RunGuard(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After Lightning's own signal handlers (its SIGTERM handler would end the run at once, exit status 0).
-        self._previous = install_stop_handlers()
+        self._previous = install_stop_handlers(quiet=not trainer.is_global_zero)
         self._last_save = time.monotonic()
         self._snapshot(trainer, pl_module)
 

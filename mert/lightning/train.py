@@ -363,16 +363,25 @@ def _run_locked(
         )
     # This process stops at a step on SIGINT/SIGTERM (RunGuard re-installs the same in the training processes);
     # spawned ranks get the signal forwarded.
-    previous = install_stop_handlers(forward=_spawned(trainer))
+    previous = install_stop_handlers(forward=_spawned(trainer), quiet=_spawned(trainer))
     try:
         # Our checkpoints hold only tensors and plain containers, so resuming never unpickles arbitrary objects.
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except BaseException as e:
+        signum = guard.stopped_by or stop_signal()
+        interrupted = isinstance(e, (SystemExit, KeyboardInterrupt)) and signum is not None
         if rank_zero:
-            where = {"checkpoint": guard.crash_checkpoint} if guard.crash_checkpoint else {}
-            error = f"{type(e).__name__}: {e}".strip()
-            _write_summary(run_dir, {"run_dir": str(run_dir), "completed": False, "status": "failed", "error": error,
-                                     **where})  # fmt: skip
+            record: dict[str, Any] = {"run_dir": str(run_dir), "completed": False}
+            if interrupted:
+                record["status"] = f"stopped by a second {signal.Signals(signum).name}, without a checkpoint"
+            else:
+                record.update(status="failed", error=f"{type(e).__name__}: {e}".strip())
+            if guard.crash_checkpoint:
+                record["checkpoint"] = guard.crash_checkpoint
+            _write_summary(run_dir, record)
+        if interrupted:
+            # Lightning exits 1 on KeyboardInterrupt: keep the signal's exit status.
+            raise SystemExit(128 + int(signum)) from None
         raise
     finally:
         signum = guard.stopped_by or stop_signal()
