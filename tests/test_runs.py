@@ -67,7 +67,8 @@ def _fake_checkpoint(run_dir: Path, overrides: list[str]) -> Path:
     path = run_dir / "checkpoints" / "last.ckpt"
     path.parent.mkdir(parents=True)
     run = OmegaConf.to_container(cfg, resolve=True)
-    torch.save({"hyper_parameters": {"run": run}, "mert": {"data": {"kind": "SyntheticDataset", "length": 16}}}, path)
+    mert = {"data": {"kind": "SyntheticDataset", "length": 16}}
+    torch.save({"state_dict": {}, "hyper_parameters": {"run": run}, "mert": mert}, path)
     return path
 
 
@@ -121,7 +122,9 @@ def test_data_identity_follows_content_not_path(tmp_path):
 
 # ------------------------------------------------------------------------------------------- preflight, the lock
 @pytest.mark.parametrize(
-    "case", ["run_dir_file", "parent_file", "checkpoints_file", "missing_manifest", "empty_manifest", "teacher_file"]
+    "case",
+    ["run_dir_file", "parent_file", "checkpoints_file", "missing_manifest", "empty_manifest", "teacher_file",
+     "ckpt_folder", "init_from_missing"],
 )
 def test_preflight_refuses_in_one_line_and_creates_nothing(tmp_path, capsys, case):
     run_dir = tmp_path / "run"
@@ -134,6 +137,11 @@ def test_preflight_refuses_in_one_line_and_creates_nothing(tmp_path, capsys, cas
     elif case == "checkpoints_file":
         run_dir.mkdir()
         (run_dir / "checkpoints").write_text("x\n")
+    elif case == "ckpt_folder":
+        (tmp_path / "other" / "checkpoints").mkdir(parents=True)
+        extra = [f"ckpt_path={tmp_path / 'other'}"]
+    elif case == "init_from_missing":
+        extra = [f"init_from={tmp_path / 'release'}"]
     elif case == "teacher_file":
         extra = ["targets=encodec_cqt", f"targets.code_teacher.weights={tmp_path / 'encodec.th'}"]
     else:
@@ -148,10 +156,13 @@ def test_preflight_refuses_in_one_line_and_creates_nothing(tmp_path, capsys, cas
     expected = {"run_dir_file": "is a file, not a folder", "parent_file": "is a file, not a folder",
                 "checkpoints_file": "holds a file named 'checkpoints'",
                 "missing_manifest": "nope.tsv does not exist", "empty_manifest": "nope.tsv is empty, not a manifest",
-                "teacher_file": "targets.code_teacher.weights="}[case]  # fmt: skip
+                "teacher_file": "targets.code_teacher.weights=",
+                "ckpt_folder": "is a folder, not a checkpoint file; to resume that run pass run_dir=",
+                "init_from_missing": "release does not exist"}[case]  # fmt: skip
     assert expected in err[0], err
     key = {"missing_manifest": "data.manifest=", "empty_manifest": "data.manifest=",
-           "teacher_file": "targets.code_teacher.weights="}.get(case, "run_dir=")  # fmt: skip
+           "teacher_file": "targets.code_teacher.weights=", "ckpt_folder": "ckpt_path=",
+           "init_from_missing": "init_from="}.get(case, "run_dir=")  # fmt: skip
     assert key in err[0], err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing created
     if case == "run_dir_file":
@@ -226,14 +237,21 @@ def test_a_signal_saves_a_checkpoint_at_that_step_exits_nonzero_and_the_rerun_co
 ):
     run_dir = tmp_path / "run"
     common = ["pretrain", *SMALL, f"run_dir={run_dir}", "trainer.max_steps=4"]
-    assert cli([*common, *_kill_at(2, int(signum))]) == code
+    # As in a terminal (a background job started by a script ignores SIGINT, and so does the run then).
+    before = {s: signal.signal(s, h) for s, h in [(signal.SIGINT, signal.default_int_handler),
+                                                   (signal.SIGTERM, signal.SIG_DFL)]}  # fmt: skip
+    try:
+        assert cli([*common, *_kill_at(2, int(signum))]) == code
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
     out = capsys.readouterr().out
     last = run_dir / "checkpoints" / "last.ckpt"
     assert f"stopped by {signal.Signals(signum).name} at step 2; checkpoint {last}" in out
     assert torch.load(last, weights_only=True, mmap=True)["global_step"] == 2
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["completed"] is False and summary["steps"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
     assert cli(common) == 0
     assert json.loads((run_dir / "summary.json").read_text())["completed"] is True
     resumed, full = _losses(run_dir), _losses(reference)
@@ -322,3 +340,20 @@ def test_real_recipes_checkpoint_on_a_clock_by_default():
     train = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "train.yaml")
     assert train.checkpoint_every_minutes == 30
     assert not runfolder.is_scientific("checkpoint_every_minutes")
+
+
+def test_stop_handlers_keep_an_ignored_sigint_and_put_everything_back():
+    from mert.lightning.callbacks import install_stop_handlers, reset_stop, stop_signal
+
+    before = {s: signal.signal(s, h) for s, h in [(signal.SIGINT, signal.SIG_IGN), (signal.SIGTERM, signal.SIG_DFL)]}
+    try:
+        previous = install_stop_handlers()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a background job's Ctrl-C stays ignored
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop_signal() == signal.SIGTERM
+        reset_stop(previous)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and stop_signal() is None
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)

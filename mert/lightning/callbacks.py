@@ -61,7 +61,10 @@ def install_stop_handlers(forward: bool = False, quiet: bool = False) -> dict[in
     _STOP.update(forward=forward, quiet=quiet)
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.getsignal(signum)
+        handler = signal.getsignal(signum)
+        if handler is signal.SIG_IGN:
+            continue  # ignored by whoever started us (a background job ignores Ctrl-C): keep it so
+        previous[signum] = handler
         signal.signal(signum, _on_signal)
     return previous
 

@@ -273,6 +273,23 @@ def preflight(cfg: Any) -> None:
             raise ValueError(f"{key}={value} is {what}, not a manifest; {hint}")
         if key == "data.shards" and path.is_dir() and not any(path.glob("*.tar")):
             raise ValueError(f"{key}={value} holds no shard-*.tar; write them with `mert data shard`")
+    init_from = cfg.get("init_from")
+    local = isinstance(init_from, str) and init_from.startswith(("/", ".", "~"))
+    if local and not Path(init_from).expanduser().exists():
+        raise FileNotFoundError(f"init_from={init_from} does not exist; pass a released encoder's folder or Hub id")
+    ckpt = cfg.get("ckpt_path")
+    if isinstance(ckpt, str) and ckpt != "last":
+        path = Path(ckpt)
+        if not path.exists():
+            raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; pass a .ckpt file, or ckpt_path=last")
+        sharded = (path / ".metadata").exists() or (path / "meta.pt").exists()  # an FSDP sharded checkpoint
+        if path.is_dir() and not sharded:
+            hint = (
+                f"to resume that run pass run_dir={ckpt}"
+                if (path / "checkpoints").is_dir()
+                else "to start from released weights pass init_from=FOLDER"
+            )
+            raise ValueError(f"ckpt_path={ckpt} is a folder, not a checkpoint file; {hint}")
     targets = OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {}
     for key, value in _teacher_paths(targets, "targets"):
         path = Path(value).expanduser()

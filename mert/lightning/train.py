@@ -303,6 +303,11 @@ def _run_locked(
     changed: list[str] = []
     if ckpt_path is not None and not Path(ckpt_path).is_dir():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(state, dict) or "state_dict" not in state or "mert" not in state:
+            raise ValueError(
+                f"ckpt_path={ckpt_path} is not a mert pretraining checkpoint (no 'state_dict' and 'mert' sections); "
+                "to start from released weights pass init_from=... instead"
+            )
         old_config = (state.get("hyper_parameters") or {}).get("run") or None
         old_data = (state.get("mert") or {}).get("data")
         changed = runfolder.check_resume(
