@@ -1,4 +1,5 @@
-"""Named checkpoints: the published MERT-v1 releases, pinned to a commit, plus entries users add themselves.
+"""Named checkpoints: the published MERT-v1, MERT-v2 and MuQ releases (pinned to a commit where one is public), plus
+entries users add themselves.
 
 A name (``MERT-v1-95M``, any capitalisation, or an alias such as the hub id ``m-a-p/MERT-v1-95M``) stands for a
 source (a Hugging Face repo id or an ``http(s)://`` URL) with the revision and digest to check it against.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -123,6 +123,29 @@ _BUILTIN = tuple(
             315_430_000,
             "MERT-v1 large: 24 layers x 1024, pre-LN, 24 kHz in, 75 Hz frames, 160k h of music",
         ),
+    )  # fmt: skip
+) + tuple(
+    # The spectrogram + Conformer generation (docs/embeddings.md, "Which model"): 24 kHz in, 25 Hz frames,
+    # CC-BY-NC-4.0. Only MERT-v2-FullSong's commit is named by public sources (third-party ports pin it); the
+    # other two follow their repo's main branch until a commit can be named (docs/checkpoints.md).
+    CheckpointEntry(
+        name=name,
+        source=source,
+        revision=revision,
+        licence="CC-BY-NC-4.0",
+        description=description,
+        aliases=(source,),
+        sample_rate=24000,
+        parameters=parameters,
+        builtin=True,
+    )
+    for name, source, revision, parameters, description in (
+        ("MERT-v2-30s", "m-a-p/MERT-v2-30s", None, 632_295_808,
+         "MERT-v2 (30 s clips): mel + ConvNeXt-V2 subsampler + 24 conformer blocks x 1024, 25 Hz frames"),
+        ("MERT-v2-FullSong", "m-a-p/MERT-v2-FullSong", "d8ba1c745e733b3908ce6ad16ebeb17ac7600a42", 632_295_808,
+         "MERT-v2 (full songs): mel + ConvNeXt-V2 subsampler + 24 conformer blocks x 1024, 25 Hz frames"),
+        ("MuQ-large-msd-iter", "OpenMuQ/MuQ-large-msd-iter", None, 316_343_296,
+         "MuQ large: mel + 2-D conv subsampler + 12 conformer blocks x 1024, 25 Hz frames"),
     )  # fmt: skip
 )
 
@@ -338,11 +361,6 @@ def _read_user(file: Path) -> list[CheckpointEntry]:
 def _write_user(file: Path, entries: Iterable[CheckpointEntry]) -> None:
     """Write the file atomically, so a reader never sees half of it."""
     data = {e.name: e.to_json() for e in sorted(entries, key=lambda e: e.name.casefold())}
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, file)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    from mert.fileio import write_json_atomic
+
+    write_json_atomic(file, data)

@@ -71,7 +71,14 @@ def export_onnx(
         ``path``. The model's metadata holds ``sample_rate``, ``frame_rate``, ``layers`` and ``mert_config``.
     Raises:
         ImportError: ``onnx``/``onnxscript`` are not installed (``pip install "mert[onnx]"``).
+        ValueError: a spectrogram-family encoder (MERT-v2, MuQ), which this exporter does not trace.
     """
+    if encoder.config.frontend != "conv":
+        raise ValueError(
+            f"ONNX export covers the waveform front end (MERT-v1, HuBERT, music2vec); this encoder has "
+            f"frontend={encoder.config.frontend!r} (the MERT-v2/MuQ family), whose per-clip STFT edge padding "
+            "does not trace yet: use the mert format"
+        )
     try:
         import onnx
         import onnxscript  # noqa: F401  (the dynamo exporter's translator)
@@ -111,9 +118,10 @@ def export_onnx(
     }
     for k, v in meta.items():
         onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, k: v})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    from mert.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
     if check:
         _check(path, module, names)
     return path
