@@ -120,6 +120,16 @@ def test_data_identity_follows_content_not_path(tmp_path):
     assert runfolder.check_resume("c.ckpt", {}, {}, first, edited, allow=["data"]) == ["data"]
 
 
+def test_settings_newer_than_the_checkpoint_are_reported_unless_this_command_added_them(caplog):
+    old = {"optim": {"lr": 0.1}}
+    new = {"optim": {"lr": 0.1}, "objective": {"mask_span_seconds": None}, "trainer": {"accumulate_grad_batches": 4}}
+    with caplog.at_level("WARNING", logger="mert.pretrain"):
+        assert runfolder.check_resume("c.ckpt", old, new, None, None, allow=[]) == []
+    assert "c.ckpt predates these settings" in caplog.text and "objective.mask_span_seconds=None" in caplog.text
+    with pytest.raises(ValueError, match=r"trainer.accumulate_grad_batches: <unset> -> 4"):
+        runfolder.check_resume("c.ckpt", old, new, None, None, allow=[], added=["trainer.accumulate_grad_batches"])
+
+
 # ------------------------------------------------------------------------------------------- preflight, the lock
 @pytest.mark.parametrize(
     "case",
@@ -305,6 +315,7 @@ def test_an_allowed_lr_change_takes_effect_and_is_recorded_per_launch(tmp_path, 
     assert '"+resume.allow_changes=[optim.lr]"' in (launches[1] / "overrides.yaml").read_text()
     log = (run_dir / "train.log").read_text()
     assert "max_steps=6" in log and "Tip" not in log
+    assert "continuing with changed settings: optim.lr" in log and "done at step 6" in log
 
 
 class LastCheckpointSteps(pl.Callback):

@@ -40,7 +40,9 @@ def _on_signal(signum: int, frame: Any) -> None:
         _STOP.update(signum=signum, at=time.monotonic())
         name = signal.Signals(signum).name
         if not _STOP.get("quiet"):
-            print(f"mert pretrain: {name} received; saving a checkpoint at the end of this step", flush=True)
+            from mert.lightning.runfolder import say
+
+            say(f"mert pretrain: {name} received; saving a checkpoint at the end of this step")
     if _STOP.get("forward"):
         import multiprocessing
 
@@ -230,11 +232,12 @@ class RunGuard(pl.Callback):
         try:
             trainer.save_checkpoint(self.path, weights_only=False)
             self.crash_checkpoint = self.path
-            print(
+            from mert.lightning.runfolder import say
+
+            say(
                 f"mert pretrain: training failed during step {trainer.global_step + 1}; saved {self.path} at step "
                 f"{boundary['step']}: fix the cause and rerun the same command to continue",
-                file=sys.stderr,
-                flush=True,
+                err=True,
             )
         except Exception as e:  # report the original failure, not this one
             print(f"mert pretrain: could not save a checkpoint after the failure: {e}", file=sys.stderr, flush=True)

@@ -143,15 +143,24 @@ def check_resume(
     old_data: Mapping[str, Any] | None,
     new_data: Mapping[str, Any] | None,
     allow: Sequence[str],
+    added: Sequence[str] = (),
 ) -> list[str]:
     """Refuse a resume whose scientific settings or data differ from the checkpoint's, unless allowed.
 
+    A setting the checkpoint's config does not have at all was added to ``mert`` after it was written; its
+    default keeps the earlier behaviour, so it is reported (a warning) rather than refused, unless this command
+    line added it (``added``: keys given as ``+KEY=...``), which is a change like any other.
     Returns the changed keys that ``allow`` (``+resume.allow_changes=[...]``) lets through; each entry of
     ``allow`` is a key or a prefix (``optim`` allows every ``optim.*``; ``data`` allows other data).
     Raises:
         ValueError: naming every refused change as ``key: old -> new`` and how to allow it.
     """
     changes = [] if old_config is None else config_changes(old_config, new_config)
+    unknown = [c for c in changes if c[1] == "<unset>" and not any(_under(c[0], a) for a in added)]
+    if unknown:
+        listed = ", ".join(f"{k}={_show(b)}" for k, _, b in unknown)
+        log.warning("%s predates these settings; resuming with their values: %s", checkpoint, listed)
+        changes = [c for c in changes if c not in unknown]
     if old_data and new_data and dict(old_data) != dict(new_data):
         changes.append(("data", _describe_data(old_data), _describe_data(new_data)))
     refused = [c for c in changes if not _allowed(c[0], allow)]
@@ -372,7 +381,20 @@ def write_launch(run_dir: Path, config_yaml: str, overrides: Sequence[str]) -> P
     return launch
 
 
-_FILE_LOGGERS = ("mert", "lightning.pytorch", "lightning.fabric")
+_FILE_LOGGERS = ("mert", "lightning.pytorch", "lightning.fabric", "mert.runlog")
+# What `mert pretrain` prints on the console (run folder, stops, "done") also goes to train.log through this
+# logger, which does not propagate: the console has it already.
+RUN_LOG = logging.getLogger("mert.runlog")
+RUN_LOG.propagate = False
+RUN_LOG.setLevel(logging.INFO)
+
+
+def say(message: str, *, err: bool = False) -> None:
+    """Print ``message`` (stdout, or stderr) and copy it to the run's ``train.log``."""
+    import sys
+
+    print(message, file=sys.stderr if err else sys.stdout, flush=True)
+    RUN_LOG.info(message)
 
 
 @contextlib.contextmanager

@@ -310,15 +310,14 @@ def _run_locked(
             )
         old_config = (state.get("hyper_parameters") or {}).get("run") or None
         old_data = (state.get("mert") or {}).get("data")
+        added = [o.split("=", 1)[0].lstrip("+") for o in overrides if o.startswith("+")]
         changed = runfolder.check_resume(
-            ckpt_path, old_config, OmegaConf.to_container(cfg, resolve=True), old_data, identity, allow
+            ckpt_path, old_config, OmegaConf.to_container(cfg, resolve=True), old_data, identity, allow, added
         )
         del state
-    print(
-        f"mert pretrain: run directory {run_dir}" + (f" (resuming from {ckpt_path})" if ckpt_path else ""), flush=True
-    )
+    runfolder.say(f"mert pretrain: run directory {run_dir}" + (f" (resuming from {ckpt_path})" if ckpt_path else ""))
     if changed:
-        print(f"mert pretrain: continuing with changed settings: {', '.join(changed)}", flush=True)
+        runfolder.say(f"mert pretrain: continuing with changed settings: {', '.join(changed)}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     encoder = _build_encoder(cfg, ckpt_path, allow)
@@ -409,16 +408,13 @@ def _run_locked(
     if trainer.is_global_zero:
         _write_summary(run_dir, summary)
         if stopped:
-            print(
+            runfolder.say(
                 f"mert pretrain: stopped by {signal.Signals(signum).name} at step {summary['steps']}; checkpoint "
-                f"{last}; rerun the same command to continue",
-                flush=True,
+                f"{last}; rerun the same command to continue"
             )
         else:
-            print(
-                f"mert pretrain: done at step {summary['steps']}; export with `mert export {run_dir} OUT_DIR`",
-                flush=True,
-            )
+            steps = summary["steps"]
+            runfolder.say(f"mert pretrain: done at step {steps}; export with `mert export {run_dir} OUT_DIR`")
     if stopped:
         raise SystemExit(128 + int(signum))
     return summary
