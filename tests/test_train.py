@@ -398,7 +398,7 @@ def test_reruns_keep_one_last_checkpoint_fall_back_past_a_damaged_one_and_refuse
     assert not list(ckpts.glob(".*.tmp"))
     assert cli(["pretrain", *common, "trainer.max_steps=5", "model.num_layers=3"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "trained with another model" in err and "num_layers: 2 -> 3" in err
+    assert "trained with other settings" in err and "model.num_layers: 2 -> 3" in err
 
 
 def test_a_manifest_of_missing_files_fails_with_the_count(tmp_path, capsys):

@@ -99,6 +99,9 @@ class PretrainModule(pl.LightningModule):
         self.health = HealthMonitor()
         self._health_step: int | None = None  # the optimiser step whose statistics are held in _health_logs
         self._health_logs: dict[str, Tensor] = {}
+        self.data_identity: dict[str, Any] | None = None  # what the run trains on (saved; a resume compares it)
+        self.reapply_optimizer = False  # a resume allowed to change optim.* / scheduler.*: apply them after loading
+        self._configured_groups: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -247,8 +250,50 @@ class PretrainModule(pl.LightningModule):
             # Before the scheduler exists: it takes each group's lr as that group's peak.
             opt.param_groups[1]["lr"] *= self.frontend_lr_mult
         if self.scheduler_factory is None:
+            self._configured_groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
             return {"optimizer": opt}
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        scheduler = self.scheduler_factory(opt)
+        # As configured (the scheduler has set each group's initial_lr), before a checkpoint overwrites them.
+        self._configured_groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        if self.reapply_optimizer:
+            self._apply_configured_optimizer()
+
+    def _apply_configured_optimizer(self) -> None:
+        """After a resume that was allowed to change optimiser or scheduler settings: a checkpoint restores the
+        old learning rates (each group's ``lr``/``initial_lr`` and the scheduler's ``base_lrs``) and the old
+        betas, eps, weight decay. Put the configured ones back and recompute the current LR at this step."""
+        optimizer = self.trainer.optimizers[0]
+        configs = self.trainer.lr_scheduler_configs
+        scheduler = configs[0].scheduler if configs else None
+        groups = optimizer.param_groups
+        if len(groups) != len(self._configured_groups):
+            raise ValueError(
+                f"the checkpoint's optimiser has {len(groups)} parameter groups, this run configures "
+                f"{len(self._configured_groups)} (frontend_lr_mult decides them); keep frontend_lr_mult at 1 or "
+                "not 1 as the run had it"
+            )
+        for group, fresh in zip(groups, self._configured_groups):
+            for key, value in fresh.items():
+                if key not in ("lr", "initial_lr"):
+                    group[key] = value
+        if scheduler is None:
+            for group, fresh in zip(groups, self._configured_groups):
+                group["lr"] = fresh["lr"]
+            return
+        old_bases = list(scheduler.base_lrs)
+        new_bases = [fresh.get("initial_lr", fresh["lr"]) for fresh in self._configured_groups]
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            # The factor functions are this run's (a checkpoint cannot hold functions): the closed form is exact.
+            lrs = [b * f(scheduler.last_epoch) for b, f in zip(new_bases, scheduler.lr_lambdas)]
+        else:
+            lrs = [g["lr"] * (new / old if old else 0.0) for g, new, old in zip(groups, new_bases, old_bases)]
+        scheduler.base_lrs = new_bases
+        for group, base, lr in zip(groups, new_bases, lrs):
+            group["initial_lr"], group["lr"] = base, lr
+        scheduler._last_lr = list(lrs)
 
     # ------------------------------------------------------------------ checkpoints
     def _check_usable_audio(self, kept: int) -> None:
@@ -269,6 +314,18 @@ class PretrainModule(pl.LightningModule):
                 f"skipped ({self.skipped_files} on this process: missing, unreadable or too short files; see the "
                 "warnings above); check the manifest's paths and root"
             )
+
+    _COUNTERS = ("micro_batches_seen", "samples_seen", "skipped_steps", "skipped_files", "audio_seconds",
+                 "usable_samples")  # fmt: skip
+
+    def counters(self) -> dict[str, Any]:
+        """The stream and bookkeeping counters (what :meth:`restore_counters` puts back)."""
+        return {k: getattr(self, k) for k in self._COUNTERS}
+
+    def restore_counters(self, counters: dict[str, Any]) -> None:
+        """Roll the counters back to a step boundary (a checkpoint saved after a failure mid-step)."""
+        for k, v in counters.items():
+            setattr(self, k, v)
 
     def restore_summary(self, checkpoint: dict[str, Any]) -> None:
         """Take the counters of :meth:`summary` from a checkpoint: for a run whose steps ran in other processes
@@ -292,6 +349,7 @@ class PretrainModule(pl.LightningModule):
             "usable_samples": self.usable_samples,
             "health": self.health.state_dict(),
             "last_loss": None if not math.isfinite(self._last_loss()) else self._last_loss(),
+            "data": self.data_identity,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

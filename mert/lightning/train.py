@@ -45,6 +45,8 @@ NON_SCIENTIFIC_PREFIXES = (
     "name",
     "data.num_workers",
     "data.micro_batch_size",
+    "resume",
+    "checkpoint_every_minutes",
 )
 
 
@@ -165,7 +167,7 @@ def validate_run_config(cfg: Any) -> None:
             ) from None
 
 
-def _build_encoder(cfg: Any, ckpt_path: str | None):
+def _build_encoder(cfg: Any, ckpt_path: str | None, allow: Sequence[str] = ()):
     from mert import Encoder, EncoderConfig
 
     resuming = ckpt_path is not None
@@ -184,6 +186,10 @@ def _build_encoder(cfg: Any, ckpt_path: str | None):
                     for k in config.to_dict()
                     if k != "name" and getattr(config, k) != getattr(asked, k)
                 ]
+                if changed and all(any(f"model.{k}" == a or a == "model" for a in allow) for k in [
+                    c.split(":", 1)[0] for c in changed
+                ]):
+                    return Encoder(asked)  # +resume.allow_changes lets these model.* changes through
                 if changed:
                     raise ValueError(
                         f"{ckpt_path} was trained with another model than this run configures ({'; '.join(changed)}): "
@@ -231,35 +237,99 @@ def check_cached_targets(dataset: Any, teacher_settings: dict[str, dict[str, Any
             )
 
 
-def run(cfg: Any) -> dict[str, Any]:
-    """Train as configured by a composed Hydra config; returns a summary (also written to the run dir)."""
+def run(cfg: Any, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Train as configured by a composed Hydra config; returns a summary (also written to the run dir).
+
+    Before the run folder is created: config values, the folder itself, data and teachers are checked. Then,
+    holding the folder's lock, a resume is compared with its checkpoint (refused if a scientific setting or the
+    data changed, unless ``+resume.allow_changes`` names it), the launch is recorded under ``launches/``, and
+    training runs with a log file ``train.log``. SIGINT/SIGTERM stop at the next step with a checkpoint and
+    raise ``SystemExit(130/143)``.
+    """
+    import contextlib
+
+    from hydra.utils import instantiate
+
+    from mert.lightning import runfolder
+
+    validate_run_config(cfg)
+    runfolder.preflight(cfg)
+    runfolder.quiet_lightning()
+    run_dir = Path(cfg.run_dir)
+    rank_zero = _is_global_rank_zero()
+    # Teachers (weights loaded) and data before the run folder exists: a missing file creates nothing.
+    teachers = runfolder.build_teachers(cfg)
+    dataset = instantiate(cfg.data.dataset)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"run_dir={run_dir} cannot be created ({e.strerror}); pass another run_dir") from None
+    with contextlib.ExitStack() as stack:
+        if rank_zero:  # other ranks of a launched (not spawned) DDP job rerun this in the same folder
+            stack.enter_context(runfolder.lock_run_dir(run_dir))
+            stack.enter_context(runfolder.attach_log_file(run_dir / "train.log"))
+        return _run_locked(cfg, run_dir, teachers, dataset, list(overrides), rank_zero)
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    from mert.fileio import write_text_atomic
+
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _run_locked(
+    cfg: Any, run_dir: Path, teachers: dict[str, Any], dataset: Any, overrides: list[str], rank_zero: bool
+) -> dict[str, Any]:
+    import signal
+
     import lightning.pytorch as pl
     from hydra.utils import instantiate
     from lightning.pytorch.strategies import FSDPStrategy
     from omegaconf import OmegaConf, open_dict
 
-    from mert.lightning.callbacks import FinalCheckpoint
+    from mert.fileio import write_text_atomic
+    from mert.lightning import runfolder
+    from mert.lightning.callbacks import FinalCheckpoint, RunGuard, install_stop_handlers, reset_stop, stop_signal
     from mert.lightning.data import AudioDataModule, derive_accumulation
     from mert.lightning.module import PretrainModule
     from mert.lightning.strategies import AtomicCheckpointIO
 
-    validate_run_config(cfg)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "checkpoints" / "last.ckpt"
-    if _is_global_rank_zero():
+    if rank_zero:
         remove_stale_partials(run_dir)
     ckpt_path = resume_checkpoint(run_dir, cfg.ckpt_path)
-    print(
-        f"mert pretrain: run directory {run_dir}" + (f" (resuming from {ckpt_path})" if ckpt_path else ""), flush=True
-    )
+    allow = [str(a) for a in (OmegaConf.select(cfg, "resume.allow_changes", default=None) or [])]
+    identity = runfolder.data_identity(cfg, dataset)
+    changed: list[str] = []
+    if ckpt_path is not None and not Path(ckpt_path).is_dir():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(state, dict) or "state_dict" not in state or "mert" not in state:
+            raise ValueError(
+                f"ckpt_path={ckpt_path} is not a mert pretraining checkpoint (no 'state_dict' and 'mert' sections); "
+                "to start from released weights pass init_from=... instead"
+            )
+        old_config = (state.get("hyper_parameters") or {}).get("run") or None
+        old_data = (state.get("mert") or {}).get("data")
+        added = [o.split("=", 1)[0].lstrip("+") for o in overrides if o.startswith("+")]
+        changed = runfolder.check_resume(
+            ckpt_path, old_config, OmegaConf.to_container(cfg, resolve=True), old_data, identity, allow, added
+        )
+        del state
+    runfolder.say(f"mert pretrain: run directory {run_dir}" + (f" (resuming from {ckpt_path})" if ckpt_path else ""))
+    if changed:
+        runfolder.say(f"mert pretrain: continuing with changed settings: {', '.join(changed)}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    encoder = _build_encoder(cfg, ckpt_path)
+    encoder = _build_encoder(cfg, ckpt_path, allow)
     with open_dict(cfg):
         cfg.model = encoder.config.to_dict()  # what is actually trained (a release's or a checkpoint's config)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    teachers = instantiate(cfg.targets, _convert_="all")
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    if rank_zero:
+        # config.yaml is the run's: written by the launch that starts it; every launch keeps its own copy.
+        if ckpt_path is None or not (run_dir / "config.yaml").is_file():
+            write_text_atomic(run_dir / "config.yaml", config_yaml)
+        runfolder.write_launch(run_dir, config_yaml, overrides)
+        _write_summary(run_dir, {"run_dir": str(run_dir), "completed": False, "status": "running"})
     objective = instantiate(cfg.objective, encoder=encoder, **teachers)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     module = PretrainModule(
@@ -270,7 +340,8 @@ def run(cfg: Any) -> dict[str, Any]:
         frontend_lr_mult=float(cfg.get("frontend_lr_mult", 1.0)),
         run_config=run_config,
     )
-    dataset = instantiate(cfg.data.dataset)
+    module.data_identity = identity
+    module.reapply_optimizer = any(k.split(".")[0] in ("optim", "scheduler", "frontend_lr_mult") for k in changed)
     check_cached_targets(dataset, objective.teacher_settings())
     datamodule = AudioDataModule(
         dataset,
@@ -280,7 +351,8 @@ def run(cfg: Any) -> dict[str, Any]:
         seed=cfg.seed,
     )
     callbacks = list(instantiate(cfg.callbacks).values()) if cfg.get("callbacks") else []
-    callbacks.append(FinalCheckpoint(str(last)))
+    guard = RunGuard(str(last), cfg.get("checkpoint_every_minutes"))
+    callbacks += [guard, FinalCheckpoint(str(last))]
     loggers = list(instantiate(cfg.logger)) if cfg.get("logger") else False
     trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()]
@@ -293,8 +365,31 @@ def run(cfg: Any) -> dict[str, Any]:
             f"LayerDrop ({encoder.config.layerdrop}) skips layers per rank, which FSDP cannot shard around; "
             "set model.layerdrop=0 or use trainer=ddp"
         )
-    # Our checkpoints hold only tensors and plain containers, so resuming never unpickles arbitrary objects.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    # This process stops at a step on SIGINT/SIGTERM (RunGuard re-installs the same in the training processes);
+    # spawned ranks get the signal forwarded.
+    previous = install_stop_handlers(forward=_spawned(trainer), quiet=_spawned(trainer))
+    try:
+        # Our checkpoints hold only tensors and plain containers, so resuming never unpickles arbitrary objects.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except BaseException as e:
+        signum = guard.stopped_by or stop_signal()
+        interrupted = isinstance(e, (SystemExit, KeyboardInterrupt)) and signum is not None
+        if rank_zero:
+            record: dict[str, Any] = {"run_dir": str(run_dir), "completed": False}
+            if interrupted:
+                record["status"] = f"stopped by a second {signal.Signals(signum).name}, without a checkpoint"
+            else:
+                record.update(status="failed", error=f"{type(e).__name__}: {e}".strip())
+            if guard.crash_checkpoint:
+                record["checkpoint"] = guard.crash_checkpoint
+            _write_summary(run_dir, record)
+        if interrupted:
+            # Lightning exits 1 on KeyboardInterrupt: keep the signal's exit status.
+            raise SystemExit(128 + int(signum)) from None
+        raise
+    finally:
+        signum = guard.stopped_by or stop_signal()
+        reset_stop(previous)
     if _spawned(trainer) and last.is_file():
         # ddp_spawn trained in child processes: this process's module never saw a step. The final checkpoint,
         # written by rank 0 when training ended, has the run's real counters.
@@ -306,11 +401,22 @@ def run(cfg: Any) -> dict[str, Any]:
         "world_size": trainer.world_size,
         **module.summary(),
     }
+    max_steps = trainer.max_steps
+    stopped = signum is not None and not (max_steps and max_steps > 0 and summary["steps"] >= max_steps)
+    summary["completed"] = not stopped
+    summary["status"] = f"stopped by {signal.Signals(signum).name}" if stopped else "completed"
     if trainer.is_global_zero:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(
-            f"mert pretrain: done at step {summary['steps']}; export with `mert export {run_dir} OUT_DIR`", flush=True
-        )
+        _write_summary(run_dir, summary)
+        if stopped:
+            runfolder.say(
+                f"mert pretrain: stopped by {signal.Signals(signum).name} at step {summary['steps']}; checkpoint "
+                f"{last}; rerun the same command to continue"
+            )
+        else:
+            steps = summary["steps"]
+            runfolder.say(f"mert pretrain: done at step {steps}; export with `mert export {run_dir} OUT_DIR`")
+    if stopped:
+        raise SystemExit(128 + int(signum))
     return summary
 
 
@@ -330,4 +436,4 @@ def hydra_entry(cfg: Any) -> None:
         overrides = HydraConfig.get().overrides.task
         with open_dict(cfg):
             cfg.run_dir = str(derive_run_dir(cfg.runs_root, cfg.name, overrides))
-    run(cfg)
+    run(cfg, list(HydraConfig.get().overrides.task))
