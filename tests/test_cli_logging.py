@@ -87,7 +87,7 @@ def test_lightning_tips_and_the_resume_checkpoint_warning_are_filtered(capsys, c
 
     from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-    from mert.cli.pretrain import quiet_lightning
+    from mert.lightning.runfolder import quiet_lightning
 
     quiet_lightning()
     quiet_lightning()  # idempotent

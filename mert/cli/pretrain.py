@@ -10,27 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main", "quiet_lightning"]
-
-
-class _DropTips:
-    """Drops Lightning's advertising tips ("💡 Tip: ...litlogger / litmodels"), shown on every start."""
-
-    def filter(self, record) -> bool:
-        return not str(record.getMessage()).startswith("💡 Tip:")
-
-
-def quiet_lightning() -> None:
-    """Filter Lightning's messages that say nothing about this run: its product tips, and the warning that the
-    checkpoint folder is not empty (it is, by design, whenever a run resumes)."""
-    import logging
-    import warnings
-
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropTips) for f in logger.filters):
-            logger.addFilter(_DropTips())
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from mert.cli.hydra_app import run_hydra
     from mert.lightning import train
+    from mert.lightning.runfolder import quiet_lightning
 
     torch.set_float32_matmul_precision("high")
     quiet_lightning()

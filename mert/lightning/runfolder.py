@@ -420,7 +420,7 @@ def attach_log_file(path: Path) -> Iterator[None]:
 
 class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.getMessage()).startswith("💡 Tip")
 
 
 def quiet_lightning() -> None:
