@@ -112,6 +112,8 @@ def resolve_source(
     if entry is not None:
         revision, sha256, label = _apply_entry(entry, revision, sha256)
         source, what, from_url = entry.source, f"checkpoint {entry.name!r}", entry.is_url
+    elif not is_url(source) and _looks_local(source):
+        raise _missing_path(source)
     elif is_url(source) or _HUB_ID.match(source):
         from_url = is_url(source)
     else:
@@ -156,6 +158,43 @@ def _apply_entry(
     else:
         label = entry.name if entry.builtin and revision == entry.revision else f"{entry.source} --revision {revision}"
     return revision, digest, label
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".json")
+
+
+def _looks_local(source: str) -> bool:
+    """True for a string meant as a local path, which must never be sent to the Hub as a repo id.
+
+    That is: an absolute, home-relative (``~``) or dot-relative path, Windows separators, more than one ``/``,
+    a weights-file ending, or ``owner/name`` whose ``owner`` is an existing local folder (``runs/exprot`` typed
+    for ``runs/export``).
+    """
+    if re.match(r"^[A-Za-z][\w+.-]*://", source):  # an address of some scheme, not a path
+        return False
+    if source.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in source or re.match(r"^[A-Za-z]:", source):
+        return True
+    if source.count("/") > 1 or source.lower().endswith(_WEIGHT_SUFFIXES):
+        return True
+    first = source.split("/", 1)[0]
+    return "/" in source and Path(first).expanduser().is_dir()
+
+
+def _missing_path(source: str) -> FileNotFoundError:
+    """The error for a local path that does not exist, with the closest name in its parent folder."""
+    path = Path(source).expanduser()
+    parent = path.parent if str(path.parent) else Path(".")
+    hint = ""
+    with contextlib.suppress(OSError):
+        if parent.is_dir():
+            close = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1, cutoff=0.6)
+            hint = f"; did you mean {str(parent / close[0])!r}?" if close else ""
+        else:
+            hint = f" (its folder {str(parent)!r} does not exist either)"
+    return FileNotFoundError(
+        f"checkpoint path {source!r} does not exist (looked for {str(path.absolute())!r}){hint}; it looks like a "
+        "local path, so it was not looked up on the Hugging Face Hub"
+    )
 
 
 def _unknown_source(source: str) -> FileNotFoundError:

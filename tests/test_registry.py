@@ -31,7 +31,7 @@ from tests.helpers import HubHandler, Quiet, cached_files, serving
 
 PIN_95M = lookup_checkpoint("MERT-v1-95M").revision
 MAIN_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
-DATA = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable
+DATA = bytes((i + 0x80) % 256 for i in range(256)) * 40  # 10240 bytes, every offset distinguishable; a pickle start
 
 
 @pytest.fixture(autouse=True)

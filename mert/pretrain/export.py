@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mert.models.checkpoint import load_checkpoint, save_checkpoint, save_hf_checkpoint
+from mert.models.checkpoint import load_checkpoint, load_error_reason, save_checkpoint, save_hf_checkpoint
 from mert.models.config import EncoderConfig
 
 __all__ = ["export_run", "find_checkpoint"]
@@ -79,11 +79,15 @@ def export_run(
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, or a checkpoint that is not ours
-        raise ValueError(f"cannot read checkpoint {str(ckpt_path)!r}: {e}") from None
-    info = ckpt.get("mert")
-    if not isinstance(info, dict) or "encoder_config" not in info:
-        raise ValueError(f"{str(ckpt_path)!r} is not a mert pretraining checkpoint (no 'mert' section)")
-    config = EncoderConfig.from_dict(info["encoder_config"])
+        raise ValueError(f"cannot read checkpoint {str(ckpt_path)!r}: {load_error_reason(e)}") from None
+    info = ckpt.get("mert") if isinstance(ckpt, dict) else None
+    if not isinstance(info, dict) or "encoder_config" not in info or not isinstance(ckpt.get("state_dict"), dict):
+        what = "no 'mert' section" if isinstance(ckpt, dict) else f"it holds a {type(ckpt).__name__}, not a dict"
+        raise ValueError(f"{str(ckpt_path)!r} is not a mert pretraining checkpoint ({what})")
+    try:
+        config = EncoderConfig.from_dict(info["encoder_config"])
+    except ValueError as e:
+        raise ValueError(f"{str(ckpt_path)!r}: its 'mert.encoder_config' is invalid: {e}") from None
     state = {k[len(ENCODER_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(ENCODER_PREFIX)}
     run = (ckpt.get("hyper_parameters") or {}).get("run", {})
     summary = {
