@@ -371,8 +371,19 @@ class _CheckedRedirect(urllib.request.HTTPRedirectHandler):
         super().__init__()
         self.pinned = pinned
 
+    def http_error_302(self, req, fp, code, msg, headers):  # noqa: ANN001, ANN201 (urllib's signature)
+        # Checked before urllib's own scheme check, whose HTTPError would read like a server failure.
+        if newurl := headers.get("location") or headers.get("uri"):
+            self._check(req, urllib.parse.urljoin(req.full_url, newurl))
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 (urllib's signature)
-        newurl = urllib.parse.urljoin(req.full_url, newurl)
+        self._check(req, urllib.parse.urljoin(req.full_url, newurl))
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    def _check(self, req: urllib.request.Request, newurl: str) -> None:
         old_scheme = urllib.parse.urlsplit(req.full_url).scheme.lower()
         new_scheme = urllib.parse.urlsplit(newurl).scheme.lower()
         if new_scheme not in ("http", "https"):
@@ -384,7 +395,6 @@ class _CheckedRedirect(urllib.request.HTTPRedirectHandler):
                 f"refusing the redirect from {req.full_url} to plain-http {newurl}: nothing would vouch for what "
                 "arrives; pin the file with sha256= or a '#sha256=<hex>' fragment, or use the https address"
             )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 # What a file's first bytes must look like, by the ending of its name (tar: "ustar" at byte 257).

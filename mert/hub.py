@@ -197,6 +197,34 @@ def _missing_path(source: str) -> FileNotFoundError:
     )
 
 
+_PROBE_TIMEOUT_S = 3.0
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """None when a TCP connection to the Hub (or the proxy that reaches it) opens within a few seconds, else why.
+
+    One quick connection attempt instead of huggingface_hub's retries with back-off (1+2+4+8+8 s) when the
+    machine is offline or the endpoint is wrong; a Hub that answers slowly or with errors is left to
+    huggingface_hub.
+    """
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(endpoint)
+    proxy = None if urllib.request.proxy_bypass(parts.hostname or "") else urllib.request.getproxies().get(parts.scheme)
+    target = urllib.parse.urlsplit(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else parts
+    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    if not host:
+        return None
+    try:
+        socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        via = f" through the proxy {proxy}" if proxy else ""
+        return f"the Hub at {endpoint} cannot be reached{via}: {err.strerror or err}"
+    return None
+
+
 def _unknown_source(source: str) -> FileNotFoundError:
     """The error for a string that is no path, URL, hub id or name; it lists the names and suggests a close one."""
     try:
@@ -239,6 +267,10 @@ def _from_hub(
     )
 
     hf_cache = _hub_cache_dir(cache_dir)
+    unreachable = None if local_files_only else _unreachable(endpoint or constants.ENDPOINT)
+    if unreachable is not None:  # huggingface_hub would retry for ~25 s before the same answer: use the cache
+        log.info("%s; using the local cache only", unreachable)
+        local_files_only = True
     where = f"Hugging Face repo {repo_id!r} (revision {revision or 'main'!r})"
     if what is not None:
         where = f"{what} ({where})"
@@ -269,10 +301,12 @@ def _from_hub(
     except LocalEntryNotFoundError as err:
         cache = hf_cache if hf_cache is not None else Path(constants.HF_HUB_CACHE)
         repo_folder = cache / f"models--{repo_id.replace('/', '--')}"
+        why = unreachable or (
+            "offline: --offline, local_files_only=True, MERT_OFFLINE=1 or HF_HUB_OFFLINE=1; or the Hub is unreachable"
+        )
         raise FileNotFoundError(
             f"{where} is not in the cache ({repo_folder} has no {tried[-1]}) and cannot be downloaded now "
-            "(offline: --offline, local_files_only=True, MERT_OFFLINE=1 or HF_HUB_OFFLINE=1; or the Hub is "
-            f"unreachable). On a machine with internet access run `mert download {label} --cache-dir DIR`, copy DIR "
+            f"({why}). On a machine with internet access run `mert download {label} --cache-dir DIR`, copy DIR "
             "here (keeping its symlinks, e.g. `cp -a` or `rsync -a`) and set MERT_CACHE to it or pass cache_dir=; "
             f"DIR/hf/models--{repo_id.replace('/', '--')} then holds the files."
         ) from err
