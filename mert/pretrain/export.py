@@ -67,7 +67,7 @@ def export_run(
             enc = Encoder(config)
         enc.load_state_dict(state, assign=True)
         folder = Path(folder).expanduser()
-        export_onnx(enc, folder / "model.onnx", layers=layers, opset=opset or DEFAULT_OPSET)
+        export_onnx(enc, folder / "model.onnx", layers=layers, opset=DEFAULT_OPSET if opset is None else opset)
         (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
         return folder
 
