@@ -409,6 +409,7 @@ _MAGIC: dict[str, tuple[str, tuple[bytes, ...]]] = {
     ".pt": ("PyTorch (zip or pickle)", (b"PK\x03\x04", b"\x80")),
     ".pth": ("PyTorch (zip or pickle)", (b"PK\x03\x04", b"\x80")),
     ".ckpt": ("PyTorch (zip or pickle)", (b"PK\x03\x04", b"\x80")),
+    ".th": ("PyTorch (zip or pickle)", (b"PK\x03\x04", b"\x80")),
 }
 
 
