@@ -452,7 +452,9 @@ def check_format(path: Path, name: str, source: str) -> None:
         what = None if head[257:262] == b"ustar" else "not a tar archive"
     else:
         for suffix, (kind, magics) in _MAGIC.items():
-            if lower.endswith(suffix) and not head.startswith(magics):
+            # A safetensors file under a torch-ish name loads all the same (the loader reads the header).
+            torch_name = kind.startswith("PyTorch")
+            if lower.endswith(suffix) and not head.startswith(magics) and not (torch_name and is_safetensors(path)):
                 what = f"not a {kind} file"
                 break
     if what is not None:

@@ -172,6 +172,11 @@ def test_a_body_that_does_not_fit_its_name_is_not_cached(http_site, name, body, 
     assert http_site.gets[name] == 2
 
 
+def test_a_safetensors_body_under_a_torch_name_is_accepted(http_site):
+    http_site.files["pytorch_model.bin"] = SAFETENSORS
+    assert download_url(f"{http_site.url}/pytorch_model.bin").read_bytes() == SAFETENSORS
+
+
 def test_an_html_content_type_is_refused(http_site):
     http_site.files["weights"] = b"\x80 looks like a pickle"
     http_site.types["weights"] = "text/html; charset=utf-8"
@@ -217,6 +222,8 @@ def _closed_port() -> int:
 @pytest.mark.parametrize("mode", ["HF_HUB_OFFLINE", "unreachable"])
 def test_offline_hub_loads_fail_fast(monkeypatch, mode):
     """No retries with back-off (about 25 s) before the not-in-cache error."""
+    import huggingface_hub.constants  # noqa: F401  (it reads HF_HUB_OFFLINE once, at import: not in this test)
+
     if mode == "HF_HUB_OFFLINE":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     else:

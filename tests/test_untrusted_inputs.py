@@ -213,3 +213,11 @@ def test_encoder_config_of_the_wrong_type(config):
 def test_encoder_config_from_dict_refuses_non_objects():
     with pytest.raises(ValueError, match="must be a JSON object"):
         EncoderConfig.from_dict([1, 2])
+
+
+def test_teacher_file_with_missing_entries(tmp_path):
+    from mert.targets import KMeansTargets
+
+    torch.save({"format": KMeansTargets.FORMAT, "format_version": 1, "sample_rate": 24000}, tmp_path / "km.pt")
+    with pytest.raises(ValueError, match=r"km.pt' is not a complete k-means teacher file \(entry '.*' is missing\)"):
+        KMeansTargets.load(tmp_path / "km.pt")
