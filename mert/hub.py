@@ -190,10 +190,10 @@ def _missing_path(source: str) -> FileNotFoundError:
             close = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1, cutoff=0.6)
             hint = f"; did you mean {str(parent / close[0])!r}?" if close else ""
         else:
-            hint = f" (its folder {str(parent)!r} does not exist either)"
+            hint = f"; its folder {str(parent)!r} does not exist either"
     return FileNotFoundError(
-        f"checkpoint path {source!r} does not exist (looked for {str(path.absolute())!r}){hint}; it looks like a "
-        "local path, so it was not looked up on the Hugging Face Hub"
+        f"checkpoint path {source!r} does not exist (looked for {str(path.absolute())!r}); it looks like a local "
+        f"path, so it was not looked up on the Hugging Face Hub{hint}"
     )
 
 
