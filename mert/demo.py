@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mert.data.probe_tasks import TASKS, probe_jobs, split_clips
+from mert.fileio import atomic_path, write_text_atomic
 from mert.progress import is_terminal
 
 __all__ = [
@@ -163,7 +164,8 @@ def _plot(results: dict, path: Path) -> bool:
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return True
 
@@ -393,7 +395,7 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
         write_synthetic_corpus(
             corpus, args.corpus_clips, seconds=args.seconds, sample_rate=sr, seed=args.seed, workers=workers
         )
-        spec_file.write_text(json.dumps(spec) + "\n")
+        write_text_atomic(spec_file, json.dumps(spec) + "\n")
     manifest = out / "train.tsv"
     write_manifest(manifest, scan_audio(corpus, progress=False).entries)
 
@@ -507,8 +509,8 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
     timings["total"] = time.perf_counter() - t0
     results.update(passed=not failures, failures=failures, seconds=timings)
     table = format_table(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(table + "\n")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "results.md", table + "\n")
     plotted = _plot(results, out / "probe_layers.png")
     stage("done")
     paths = {"results": out / "results.json", "table": out / "results.md", "encoder": export_dir}

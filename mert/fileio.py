@@ -33,6 +33,7 @@ __all__ = [
     "check_outputs",
     "check_target",
     "default_mode",
+    "describe_write_error",
     "make_shareable",
     "open_atomic",
     "torch_save_atomic",
@@ -58,6 +59,12 @@ def _umask() -> int:
     return mask
 
 
+def _temp_prefix(path: Path) -> str:
+    """``.NAME.`` cut to 100 bytes (on a character boundary): a 255-byte name plus a temp suffix is too long."""
+    head = path.name.encode("utf-8", "surrogateescape")[:100].decode("utf-8", "ignore")
+    return f".{head}."
+
+
 def default_mode() -> int:
     """``0o666`` less the umask: the mode a plain ``open(path, "w")`` gives (0644 usually)."""
     return 0o666 & ~_umask()
@@ -66,6 +73,19 @@ def default_mode() -> int:
 def make_shareable(path: str | os.PathLike) -> None:
     """Give a file the mode a plain ``open(path, "w")`` would have: ``0o666`` less the umask (0644 usually)."""
     os.chmod(path, default_mode())
+
+
+def describe_write_error(error: OSError, path: str | os.PathLike) -> str:
+    """Why a write to ``path`` failed, in words: ``strerror`` ("No space left on device"), and for writers that
+    report a short write without an errno (NumPy: "7104 requested and 2016 written"), whether the disk is full."""
+    if error.strerror:
+        return error.strerror
+    try:
+        st = os.statvfs(Path(path).parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        return str(error)
+    return f"{error}: no space left on the device ({free} bytes free)" if free < (1 << 20) else str(error)
 
 
 def check_target(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
@@ -99,7 +119,7 @@ def atomic_path(
     """
     path = check_target(path, root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=f"{suffix}.tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=f"{suffix}.tmp")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -169,13 +189,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_symlink():
         raise UnsafeOutputError(f"refusing to replace {path}: it is a symlink to {path.resolve()}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".old"))
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".old"))
             os.replace(path, old / "previous")
         os.replace(tmp, path)
         if old is not None:
@@ -190,6 +210,7 @@ def check_outputs(
     inputs: Iterable[str | os.PathLike] = (),
     *,
     scanned: Iterable[str | os.PathLike] = (),
+    scanned_extensions: Iterable[str] | None = None,
     what: str = "output",
 ) -> None:
     """Refuse, before any work starts, an output that would overwrite one of the command's own inputs.
@@ -199,6 +220,9 @@ def check_outputs(
         inputs: files the command reads (an output whose real path equals one is refused).
         scanned: folders the command scans for inputs (an output inside one, which a later scan would read as
             input, is refused).
+        scanned_extensions: if given, only outputs with one of these endings (the ones a scan reads, e.g.
+            :data:`mert.audio.AUDIO_EXTENSIONS`) are refused inside a scanned folder; a ``train.tsv`` beside
+            the audio it lists is fine.
         what: how the error names the output (``"--out"``, ``"--valid-out"``).
     Raises:
         UnsafeOutputError: naming the output and the input it collides with. Two outputs that resolve to the
@@ -207,12 +231,14 @@ def check_outputs(
     outs = [Path(o) for o in outputs]
     real_outs = [Path(os.path.realpath(o)) for o in outs]
     real_ins = {Path(os.path.realpath(i)): Path(i) for i in inputs}
+    exts = None if scanned_extensions is None else {e.lower() for e in scanned_extensions}
+    scanned = list(scanned)
     for out, real in zip(outs, real_outs):
         if real in real_ins:
             raise UnsafeOutputError(
                 f"{what} {out} is the input {real_ins[real]}: writing it would destroy the input; choose another path"
             )
-        for folder in scanned:
+        for folder in scanned if exts is None or out.suffix.lower() in exts or real.suffix.lower() in exts else ():
             real_folder = Path(os.path.realpath(folder))
             if real.is_relative_to(real_folder) and real != real_folder:
                 raise UnsafeOutputError(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -357,11 +356,6 @@ def _read_user(file: Path) -> list[CheckpointEntry]:
 def _write_user(file: Path, entries: Iterable[CheckpointEntry]) -> None:
     """Write the file atomically, so a reader never sees half of it."""
     data = {e.name: e.to_json() for e in sorted(entries, key=lambda e: e.name.casefold())}
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, file)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    from mert.fileio import write_json_atomic
+
+    write_json_atomic(file, data)

@@ -17,6 +17,7 @@ their heavy dependencies lazily so ``mert --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -78,13 +79,30 @@ def _delegate(argv: list[str]) -> int | None:
     return None
 
 
+# The file system refusing a write (full disk, quota, read-only, permissions, a name too long): the user's to fix,
+# so one line naming the file, exit status 2, instead of a traceback from wherever the write happened.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.EFBIG,
+}  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mert`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    delegated = _delegate(argv)
-    if delegated is not None:
-        return delegated
-    args = build_parser().parse_args(argv)
-    if getattr(args, "pool", None) == "none":
-        args.pool = None
-    return int(args.func(args) or 0)
+    try:
+        delegated = _delegate(argv)
+        if delegated is not None:
+            return delegated
+        args = build_parser().parse_args(argv)
+        if getattr(args, "pool", None) == "none":
+            args.pool = None
+        return int(args.func(args) or 0)
+    except (OSError, ValueError) as e:
+        from mert.fileio import UnsafeOutputError
+
+        if not isinstance(e, UnsafeOutputError) and getattr(e, "errno", None) not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        command = " ".join(argv[:2] if argv[:1] in (["data"], ["targets"]) else argv[:1])
+        print(f"mert {command}: error: {getattr(e, 'strerror', None) or e}{where}", file=sys.stderr)
+        return 2

@@ -54,10 +54,10 @@ def _report_skipped(prog: str, skipped: list[tuple[str, str]], report: str | Non
         for path, reason in skipped:
             print(f"  {path}: {reason}", file=sys.stderr)
     if report:
-        out = Path(report)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        from mert.fileio import write_text_atomic
+
         lines = ["path\treason"] + [f"{p}\t{' '.join(r.split())}" for p, r in skipped]
-        out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_text_atomic(report, "\n".join(lines) + "\n")
 
 
 def manifest_cli(argv: list[str] | None = None) -> int:
@@ -71,18 +71,36 @@ def manifest_cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--valid-percent", type=float, default=0.0, help="percent of files held out (default 0)")
     ap.add_argument("--valid-out", help="manifest of the held-out files (needed with --valid-percent)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    ap.add_argument(
+        "--max-seconds", type=float, default=None, help="skip longer files (default $MERT_MAX_AUDIO_SECONDS or 4 h)"
+    )
     args = ap.parse_args(argv)
     if not 0.0 <= args.valid_percent < 100.0:
         ap.error("--valid-percent must be in [0, 100)")
     if args.valid_percent > 0 and not args.valid_out:
         ap.error("--valid-percent needs --valid-out")
 
+    from mert.audio import AUDIO_EXTENSIONS
     from mert.data.manifest import hold_out, scan_audio, write_manifest
+    from mert.fileio import UnsafeOutputError, check_outputs
 
     prog = "mert data manifest"
+    outs = {"--out": args.out, "--valid-out": args.valid_out, "--report": args.report}
+    outs = {k: v for k, v in outs.items() if v}
+    try:  # before the scan: an output inside the scanned folder, or two outputs on one file, loses data
+        for flag, out in outs.items():
+            check_outputs(
+                [out], [args.audio_dir], scanned=[args.audio_dir], scanned_extensions=AUDIO_EXTENSIONS, what=flag
+            )
+        check_outputs(list(outs.values()), what="output")
+    except UnsafeOutputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     try:
-        scan = scan_audio(args.audio_dir, min_seconds=args.min_seconds, progress=not args.quiet)
-    except FileNotFoundError as e:
+        scan = scan_audio(
+            args.audio_dir, min_seconds=args.min_seconds, progress=not args.quiet, max_seconds=args.max_seconds
+        )
+    except (FileNotFoundError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
     _report_skipped(prog, scan.skipped, args.report)
@@ -170,6 +188,19 @@ def shard_cli(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
+    from mert.fileio import UnsafeOutputError, check_outputs
+
+    inputs = [args.manifest, *(e.path for e in entries)]
+    inputs += [v for kw in kwargs.values() for v in kw.values() if isinstance(v, str) and Path(v).is_file()]
+    outs = {"--out": args.out, "--report": args.report}
+    try:  # before any work: shards or a report written over the manifest, an audio file or a teacher lose it
+        for flag, out in outs.items():
+            if out:
+                check_outputs([out, Path(out) / "index.json"] if flag == "--out" else [out], inputs, what=flag)
+        check_outputs([o for o in outs.values() if o])
+    except UnsafeOutputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     try:
         result = write_shards(
             entries, args.out, sample_rate=args.sample_rate, segment_seconds=args.segment_seconds,
@@ -207,11 +238,12 @@ def synth(args: argparse.Namespace) -> int:
     import soundfile as sf
 
     from mert.data.synthetic import render_clip
+    from mert.fileio import atomic_path
 
     outs = [Path(p) for p in args.out]
     for i, path in enumerate(outs):
         wav, labels = render_clip(args.seconds, args.sample_rate, args.seed + i)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(path), wav, args.sample_rate)
+        with atomic_path(path) as tmp:
+            sf.write(str(tmp), wav, args.sample_rate, format=path.suffix.lstrip(".").upper() or "WAV")
         print(f"mert synth: {path} ({args.seconds:g} s at {args.sample_rate} Hz) {json.dumps(labels.to_dict())}")
     return 0

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mert.fileio import write_text_atomic
 from mert.probe.layouts import LAYOUTS, MARBLE_VOCALSET_TECHNIQUES
 from mert.probe.manifest import write_manifest
 
@@ -42,16 +43,23 @@ def compare_cli(argv: Sequence[str]) -> int:
     ap.add_argument("runs", nargs="+", help="run directories (or results.json files) of `mert probe`")
     ap.add_argument("--out", help="also write the table to this Markdown file")
     args = ap.parse_args(list(argv))
+    from mert.fileio import check_outputs
     from mert.probe.run import compare_runs
 
     try:
+        if args.out:  # before reading: a table written over a run's results.json destroys that run's results
+            if Path(args.out).name == "results.json":
+                raise ValueError(f"--out {args.out} would replace a probe run's results.json; choose another name")
+            dirs = [r for r in args.runs if Path(r).is_dir()]
+            inputs = [*args.runs, *(Path(d) / "results.json" for d in dirs)]
+            check_outputs([args.out], inputs, scanned=dirs, what="--out")  # a run folder holds that run's results
         table = compare_runs(args.runs)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"mert probe compare: error: {e}", file=sys.stderr)
         return 1
     print(table, end="")
     if args.out:
-        Path(args.out).write_text(table)
+        write_text_atomic(args.out, table)
     return 0
 
 
@@ -118,16 +126,20 @@ def manifest_cli(argv: list[str] | None = None) -> int:
             ap.error("--techniques applies to the vocalset technique task only")
 
     try:
+        from mert.audio import AUDIO_EXTENSIONS
+        from mert.fileio import check_outputs
+
+        outs = [o for o in (args.out, args.report) if o]
+        check_outputs(outs, scanned=[args.root], scanned_extensions=AUDIO_EXTENSIONS, what="--out/--report")
         result = fn(args.root, **kwargs)
+        check_outputs(outs, [r.path for r in result.rows], what="--out/--report")  # never over a listed file
         out = write_manifest(args.out, result.rows)
     except (FileNotFoundError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
     if args.report:  # files first, so a closed stdout (| head) cannot lose them
-        rep = Path(args.report)
-        rep.parent.mkdir(parents=True, exist_ok=True)
         lines = ["item\treason"] + [f"{i}\t{' '.join(r.split())}" for i, r in result.skipped]
-        rep.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_text_atomic(args.report, "\n".join(lines) + "\n")
     print(result.report())
     print(f"wrote {out}\nnext: mert probe task={result.task} data.manifest={out}")
     return 0

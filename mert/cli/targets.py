@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mert.audio import AUDIO_EXTENSIONS, find_audio
+from mert.fileio import check_outputs
 
 __all__ = ["fit_kmeans_cli", "fit_rvq_cli"]
 
@@ -51,11 +52,21 @@ def _fit_inputs(prog: str, args: argparse.Namespace, *, manifests: bool) -> list
     if not (source.exists() if manifests else source.is_dir()):
         print(f"{prog}: {str(source)!r} {'does not exist' if manifests else 'is not a folder'}", file=sys.stderr)
         return 2
+    scan_skipped: list[tuple[str, str]] = []
     try:
-        files = _inputs(source) if manifests else find_audio(source)
+        files = _inputs(source, scan_skipped) if manifests else find_audio(source, skipped=scan_skipped)
+        # Before any work: a teacher written over an audio file or the manifest destroys it.
+        check_outputs(
+            [args.out], [source, *files], scanned=[source] if source.is_dir() else [],
+            scanned_extensions=AUDIO_EXTENSIONS, what="--out",
+        )  # fmt: skip
     except (OSError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
+    if scan_skipped:
+        print(f"{prog}: the scan of {str(source)!r} left out {len(scan_skipped)} path(s):", file=sys.stderr)
+        for name, reason in scan_skipped:
+            print(f"  {name}: {reason}", file=sys.stderr)
     if not files:
         print(f"{prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {str(source)!r}", file=sys.stderr)
         return 1
@@ -128,10 +139,10 @@ def fit_kmeans_cli(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _inputs(source: Path) -> list[Path]:
-    """Audio files of a folder, or the paths of a ``mert data manifest`` file."""
+def _inputs(source: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Audio files of a folder (what the scan left out is added to ``skipped``), or a manifest's paths."""
     if source.is_dir():
-        return find_audio(source)
+        return find_audio(source, skipped=skipped)
     from mert.data.manifest import read_manifest
 
     return [Path(e.path) for e in read_manifest(source)]

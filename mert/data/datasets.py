@@ -144,11 +144,15 @@ class CropDataset(Dataset, SkipCounter):
         """The crop ``(l,)``, or the reason the file is unusable."""
         import soundfile as sf
 
-        from mert.audio import load_audio, read_frames, resampled_length
+        from mert.audio import check_header, load_audio, read_frames, resampled_length
 
         if not os.path.isfile(path):
             return "file does not exist (deleted or moved since the manifest was written)"
         with sf.SoundFile(path) as f:
+            try:  # a 1 Hz header would be resampled whole, on every draw
+                check_header(f, os.path.getsize(path))
+            except ValueError as e:
+                return str(e)
             # Lengths come from the file, not the manifest, so a file edited since cannot push a crop off its end.
             n = resampled_length(f.frames, f.samplerate, self.sample_rate)
             if n < self.min_samples:

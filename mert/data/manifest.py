@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mert.audio import AUDIO_EXTENSIONS, find_audio
+from mert.audio import AUDIO_EXTENSIONS, check_header, find_audio
+from mert.fileio import write_text_atomic
 
 __all__ = [
     "MANIFEST_HEADER",
@@ -83,17 +84,22 @@ def scan_audio(
     extensions: Sequence[str] = AUDIO_EXTENSIONS,
     min_seconds: float = 0.0,
     progress: bool = True,
+    max_seconds: float | None = None,
 ) -> ScanResult:
     """Find the audio files under ``root`` and read their headers (no decoding).
 
     Args:
-        root: folder searched recursively (a single file is accepted too).
+        root: folder searched recursively (a single file is accepted too); the scan rule (symlinked folders,
+            unreadable and non-regular files) is :func:`mert.audio.find_audio`'s.
         extensions: file name endings to consider, case-insensitive.
         min_seconds: files shorter than this are skipped.
         progress: show a tqdm progress bar.
+        max_seconds: longer files are skipped (default :func:`mert.audio.max_seconds_limit`, 4 h).
     Returns:
-        A :class:`ScanResult`; files that cannot be opened, have no samples or are too short are listed in
-        ``skipped`` with the reason instead of raising, so one bad file does not stop a scan of thousands.
+        A :class:`ScanResult`; files that cannot be opened, have no samples, a header that cannot be true
+        (:func:`mert.audio.check_header`) or are too short or too long are listed in ``skipped`` with the reason
+        instead of raising, so one bad file does not stop a scan of thousands. Folders and files the scan could
+        not read are listed there too.
     Raises:
         FileNotFoundError: ``root`` does not exist.
     """
@@ -104,9 +110,9 @@ def scan_audio(
     root = Path(root).expanduser().absolute()
     if not root.exists():
         raise FileNotFoundError(f"audio folder {str(root)!r} does not exist")
-    # Sorted so that manifests (and everything seeded by entry index) are the same on every machine.
-    candidates = [root] if root.is_file() else find_audio(root, extensions)
     result = ScanResult()
+    # Sorted so that manifests (and everything seeded by entry index) are the same on every machine.
+    candidates = find_audio(root, extensions, skipped=result.skipped)
     for p in progress_bar(candidates, desc="scan", unit="file", disable=not progress):
         name = str(p)
         try:
@@ -124,6 +130,11 @@ def scan_audio(
             continue
         if info.frames <= 0 or info.samplerate <= 0:
             result.skipped.append((name, "no audio samples"))
+            continue
+        try:
+            check_header(info, size, max_seconds=max_seconds)
+        except ValueError as e:
+            result.skipped.append((name, str(e)))
             continue
         entry = ManifestEntry(name, int(info.frames), int(info.samplerate), int(info.channels))
         if entry.seconds < min_seconds:
@@ -177,9 +188,7 @@ def write_manifest(path: str | os.PathLike, entries: Iterable[ManifestEntry]) ->
         except ValueError:
             stored = str(p)
         lines.append(f"{_check_path(stored)}\t{int(e.num_samples)}\t{int(e.sample_rate)}\t{int(e.channels)}")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # readers never see a half-written manifest
+    write_text_atomic(path, "\n".join(lines) + "\n")  # readers never see a half-written manifest
     return path
 
 

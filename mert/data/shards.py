@@ -46,7 +46,7 @@ from torch.utils.data import Dataset
 
 from mert.data.datasets import SkipCounter, load_entries
 from mert.data.manifest import ManifestEntry
-from mert.fileio import write_json_atomic
+from mert.fileio import open_atomic, write_json_atomic
 from mert.models.config import frame_lengths, receptive_field
 
 __all__ = ["INDEX_NAME", "ShardDataset", "ShardWriteResult", "write_shards"]
@@ -108,14 +108,14 @@ class _ShardWriter:
         self.sizes: list[int] = []
         self._file: Any = None
         self._tar: tarfile.TarFile | None = None
-        self._tmp: Path | None = None
+        self._tmp: Any = None
         self._count = 0
 
     def _open(self) -> None:
         final = self.out_dir / _SHARD_NAME.format(len(self.shards))
-        self._tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        # Kept open across add() calls until the shard is full, so no context manager here.
-        self._file = open(self._tmp, "wb")  # noqa: SIM115
+        # Kept open across add() calls until the shard is full: the context is entered here, left in finish().
+        self._tmp = open_atomic(final, text=False)
+        self._file = self._tmp.__enter__()
         # USTAR with fixed owner and mtime: identical inputs give byte-identical shards.
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self._count = 0
@@ -136,11 +136,8 @@ class _ShardWriter:
         if self._tar is None:
             return
         self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())  # on shared storage, a renamed shard must also be complete on disk
-        self._file.close()
+        self._tmp.__exit__(None, None, None)  # flushed, fsynced, renamed: a shard appears complete or not at all
         final = self.out_dir / _SHARD_NAME.format(len(self.shards))
-        os.replace(self._tmp, final)
         self.shards.append(final)
         self.sizes.append(self._count)
         self._tar = self._file = self._tmp = None
@@ -148,8 +145,9 @@ class _ShardWriter:
     def abort(self) -> None:
         """Drop a half-written shard (after an error), leaving the completed ones."""
         if self._tar is not None:
-            self._file.close()
-            self._tmp.unlink(missing_ok=True)
+            err = RuntimeError("shard writing aborted")
+            with contextlib.suppress(RuntimeError):
+                self._tmp.__exit__(RuntimeError, err, None)  # removes the temporary file
             self._tar = self._file = self._tmp = None
 
 

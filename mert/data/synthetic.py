@@ -59,6 +59,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mert.fileio import open_atomic
+
 __all__ = [
     "ARRANGEMENTS",
     "CHORDS",
@@ -1175,12 +1177,12 @@ def write_synthetic_corpus(
         ]
         for i, (wav, labels) in enumerate(render_clips(jobs, workers), start):
             name = f"clip_{i:05d}.wav"
-            sf.write(str(out / name), wav, sample_rate, subtype=subtype)
+            with open_atomic(out / name, text=False) as f:
+                sf.write(f, wav, sample_rate, subtype=subtype, format="WAV")
             rows.append({"path": name, **labels.to_dict()})
-    tmp = out / f".labels.csv.tmp{os.getpid()}"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    # The demo takes an existing labels.csv as "corpus complete", so it appears whole and last.
+    with open_atomic(out / "labels.csv", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["path", *LABEL_FIELDS])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out / "labels.csv")  # the demo takes an existing labels.csv as "corpus complete"
     return out

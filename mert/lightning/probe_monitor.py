@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mert.fileio import atomic_path, open_atomic, write_json_atomic
 from mert.probe.features import pooled_features
 
 log = logging.getLogger(__name__)
@@ -501,20 +502,17 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike) -> bool:
         if k == 0:
             ax.legend(fontsize=7, loc="best")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return True
 
 
 def _write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with open_atomic(path, newline="") as f:  # a run killed mid-write keeps the previous file
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for r in rows:
             writer.writerow({**r, "val": f"{r['val']:.6f}", "test": f"{r['test']:.6f}"})
-    os.replace(tmp, path)  # a run killed mid-write keeps the previous file
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -651,7 +649,7 @@ class ProbeMonitor(pl.Callback):
                 log.warning("probe monitor: the held-out set or encoder changed; %s starts over", self._folder)
             self.rows = [r for r in self.rows if r["encoder"] == PRETRAINED] if same else []
             self.rows = self._reference_rows(encoder, step) + self.rows
-            sig_path.write_text(json.dumps(signature, indent=2) + "\n")
+            write_json_atomic(sig_path, signature)
         metrics = {}
         for r in self.rows:
             if r["encoder"] != PRETRAINED and r["layer"] == "best":

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
 
+from mert.fileio import atomic_path
 from mert.models.modules import TransformerLayer
 
 __all__ = ["AtomicCheckpointIO", "fsdp_strategy"]
@@ -33,7 +33,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        # A random, exclusively created temp name (``.NAME.XXXX.tmp``, which the trainer's start-up clean-up
+        # recognises): a link planted at a predictable name is never written through.
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)

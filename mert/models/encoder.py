@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 import mert.models.fast_path as fast_path
-from mert.audio import load_audio, resample, resampled_length
+from mert.audio import check_sample_rate, load_audio, resample, resampled_length
 from mert.models.checkpoint import load_checkpoint, save_checkpoint, save_hf_checkpoint
 from mert.models.config import EncoderConfig
 from mert.models.fast_path import cpu_has_native_bf16  # part of this module's API (__all__)
@@ -227,7 +227,7 @@ class Encoder(EncoderNetwork):
                 )
                 self._warned_sample_rate = True
             sample_rate = self.sample_rate
-        sample_rate = int(sample_rate)
+        sample_rate = check_sample_rate(sample_rate, "sample_rate")  # True is not 1 Hz; 1 Hz -> 24 kHz is gigabytes
         if sample_rate != self.sample_rate:
             wav, lengths = self._resample(wav.float(), lengths, sample_rate)
             l = wav.shape[1]

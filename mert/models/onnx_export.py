@@ -125,9 +125,10 @@ def export_onnx(
     }
     for k, v in meta.items():
         onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, k: v})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    from mert.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
     if check:
         _check(path, module, names)
     return path

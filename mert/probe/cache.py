@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mert.fileio import open_atomic, write_json_atomic
 from mert.models.encoder import Encoder
 from mert.models.pooling import mean_pool, parse_layers, pool_frames
 from mert.probe.manifest import ManifestRow
@@ -131,7 +132,7 @@ class FeatureCache:
         """Compute the features of every example not yet in the cache; unreadable files are skipped."""
         (self.folder / "items").mkdir(parents=True, exist_ok=True)
         meta = {"encoder_config": self.encoder.config.to_dict(), "spec": self.spec.__dict__, "layers": self.layers}
-        (self.folder / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json_atomic(self.folder / "cache.json", meta)
         report = ExtractReport()
         todo = []
         for e in dataset.examples:
@@ -153,7 +154,7 @@ class FeatureCache:
             if bar is not None:
                 bar.close()
         if report.skipped:
-            (self.folder / "skipped.json").write_text(json.dumps(report.skipped, indent=2) + "\n")
+            write_json_atomic(self.folder / "skipped.json", report.skipped)
             log.warning("skipped %d unreadable files (listed in %s)", len(report.skipped), self.folder / "skipped.json")
         return report
 
@@ -217,11 +218,8 @@ class FeatureCache:
         return mean_pool(out.stacked(self.layers), out.lengths).float().cpu()
 
     def _save(self, example: ManifestRow, array: np.ndarray) -> None:
-        final = self.path(example)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with open_atomic(self.path(example), text=False) as f:
             np.save(f, array)
-        os.replace(tmp, final)
 
     def _extract_clips(self, todo: list[ManifestRow], report: ExtractReport, bar) -> None:
         pending: list[tuple[ManifestRow, int]] = []  # (example, number of windows) in batch order

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mert.fileio import open_atomic
+
 __all__ = ["ManifestRow", "read_manifest", "write_manifest"]
 
 _SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid"}
@@ -85,8 +87,7 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path
     with_times = any(r.start is not None or r.end is not None for r in rows)
     header = ["path", "label", "split"] + (["start", "end"] if with_times else [])
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with open_atomic(out, newline="") as f:
         w = csv.writer(f, delimiter=delimiter, lineterminator="\n")
         w.writerow(header)
         for r in rows:
@@ -97,7 +98,6 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path
             if with_times:
                 fields += ["" if r.start is None else f"{r.start:g}", "" if r.end is None else f"{r.end:g}"]
             w.writerow(fields)
-    os.replace(tmp, out)
     return out
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mert.fileio import atomic_path, write_json_atomic, write_text_atomic
 from mert.probe import metrics as M
 from mert.probe.tasks import ProbeDataset, TaskSpec
 
@@ -245,7 +246,8 @@ def _plot(summary: dict, path: Path) -> bool:
     ax.set_title(f"{summary['task']['name']}: {summary['encoder']['source']}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return True
 
@@ -344,10 +346,10 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         "seconds": round(time.time() - t0, 1),
     }
     if report.skipped:
-        (run_dir / "skipped.json").write_text(json.dumps(report.skipped, indent=2) + "\n")
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        write_json_atomic(run_dir / "skipped.json", report.skipped)
+    write_text_atomic(run_dir / "results.json", json.dumps(summary, indent=2, default=float) + "\n")
     table = _markdown(summary)
-    (run_dir / "results.md").write_text(table)
+    write_text_atomic(run_dir / "results.md", table)
     plotted = _plot(summary, run_dir / "layers.png")
     print(table, flush=True)
     print(f"mert probe: wrote {run_dir / 'results.json'}, results.md" + (", layers.png" if plotted else ""), flush=True)

@@ -32,7 +32,7 @@ def folders(root: str | os.PathLike, *, seed: int = 0) -> LayoutResult:
     top = [d for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     fixed = bool(top) and all(d.name.lower() in split_dirs for d in top)
     items: list[tuple[Path, str, str | None]] = []
-    for audio in find_audio(path):
+    for audio in find_audio(path, skipped=result.skipped):  # unreadable, non-regular, loops: listed
         parts = audio.relative_to(path).parts
         if fixed:
             if len(parts) < 3:
