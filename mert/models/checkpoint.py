@@ -212,11 +212,14 @@ def _read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 def load_error_reason(err: BaseException) -> str:
     """The useful part of a ``torch.load(weights_only=True)`` failure, in one line.
 
-    torch's message advises re-running with ``weights_only=False``, which executes whatever the file holds: that
-    advice is dropped here, so no error of ours passes it on.
+    torch's message advises re-running with ``weights_only=False`` (which executes whatever the file holds) or
+    allow-listing the file's globals: that advice is dropped here, so no error of ours passes it on.
     """
-    parts = [p.strip() for p in re.split(r"\n+", str(err))]
-    noise = re.compile(r"weights.only|file an issue|check the documentation", re.IGNORECASE)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch highlights its advice with terminal colours
+    if match := re.search(r"WeightsUnpickler error:\s*(.*)", text, re.DOTALL):
+        text = match.group(1)  # the reason; everything before it is advice
+    parts = [p.strip() for p in re.split(r"\n+|(?<=\.) +(?=[A-Z])", text)]  # lines, then sentences
+    noise = re.compile(r"weights.only|file an issue|documentation|safe_globals|allowlist|trust|option", re.IGNORECASE)
     keep = [p for p in parts if p and not noise.search(p)]
     return f"{type(err).__name__}: {'; '.join(keep) or 'unreadable'}"
 
