@@ -177,7 +177,11 @@ class EncodecTargets(Teacher):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # not a torch file, or a pickle that carries code
-            raise ValueError(f"could not read EnCodec weights {str(path)!r} as a state dict: {e}") from None
+            from mert.models.checkpoint import load_error_reason
+
+            raise ValueError(
+                f"could not read EnCodec weights {str(path)!r} as a state dict: {load_error_reason(e)}"
+            ) from None
         if not isinstance(state, dict):
             raise ValueError(f"EnCodec weights {str(path)!r} hold a {type(state).__name__}, not a state dict")
         try:
