@@ -117,10 +117,10 @@ class HearModel(nn.Module):
                 f"hear-eval-kit will read tasks/<task>/{int(sample_rate)}/, so prepare the tasks at that rate",
                 stacklevel=2,
             )
-        if chunk_seconds is not None and chunk_seconds * cfg.sample_rate < cfg.receptive_field:
+        if chunk_seconds is not None and chunk_seconds * cfg.sample_rate < cfg.min_samples:
             raise ValueError(
                 f"chunk_seconds={chunk_seconds} is shorter than one frame's receptive field "
-                f"({cfg.receptive_field} samples at {cfg.sample_rate} Hz)"
+                f"({cfg.min_samples} samples at {cfg.sample_rate} Hz)"
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -139,7 +139,7 @@ class HearModel(nn.Module):
         self.first_timestamp_ms = 1000.0 * cfg.receptive_field / 2 / cfg.sample_rate
         # Shortest input (at self.sample_rate) that still yields one frame once resampled; shorter sounds are
         # zero-padded to it, since HEAR passes sounds of any length.
-        self.min_samples = math.ceil(cfg.receptive_field * self.sample_rate / cfg.sample_rate)
+        self.min_samples = math.ceil(cfg.min_samples * self.sample_rate / cfg.sample_rate)
         self.eval()  # an embedding model: dropout and LayerDrop off
 
     def num_timestamps(self, num_samples: int) -> int:

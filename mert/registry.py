@@ -1,4 +1,5 @@
-"""Named checkpoints: the published MERT-v1 releases, pinned to a commit, plus entries users add themselves.
+"""Named checkpoints: the published MERT-v1, MERT-v2 and MuQ releases (pinned to a commit where one is public), plus
+entries users add themselves.
 
 A name (``MERT-v1-95M``, any capitalisation, or an alias such as the hub id ``m-a-p/MERT-v1-95M``) stands for a
 source (a Hugging Face repo id or an ``http(s)://`` URL) with the revision and digest to check it against.
@@ -122,6 +123,29 @@ _BUILTIN = tuple(
             315_430_000,
             "MERT-v1 large: 24 layers x 1024, pre-LN, 24 kHz in, 75 Hz frames, 160k h of music",
         ),
+    )  # fmt: skip
+) + tuple(
+    # The spectrogram + Conformer generation (docs/embeddings.md, "Which model"): 24 kHz in, 25 Hz frames,
+    # CC-BY-NC-4.0. Only MERT-v2-FullSong's commit is named by public sources (third-party ports pin it); the
+    # other two follow their repo's main branch until a commit can be named (docs/checkpoints.md).
+    CheckpointEntry(
+        name=name,
+        source=source,
+        revision=revision,
+        licence="CC-BY-NC-4.0",
+        description=description,
+        aliases=(source,),
+        sample_rate=24000,
+        parameters=parameters,
+        builtin=True,
+    )
+    for name, source, revision, parameters, description in (
+        ("MERT-v2-30s", "m-a-p/MERT-v2-30s", None, 632_295_808,
+         "MERT-v2 (30 s clips): mel + ConvNeXt-V2 subsampler + 24 conformer blocks x 1024, 25 Hz frames"),
+        ("MERT-v2-FullSong", "m-a-p/MERT-v2-FullSong", "d8ba1c745e733b3908ce6ad16ebeb17ac7600a42", 632_295_808,
+         "MERT-v2 (full songs): mel + ConvNeXt-V2 subsampler + 24 conformer blocks x 1024, 25 Hz frames"),
+        ("MuQ-large-msd-iter", "OpenMuQ/MuQ-large-msd-iter", None, 316_343_296,
+         "MuQ large: mel + 2-D conv subsampler + 12 conformer blocks x 1024, 25 Hz frames"),
     )  # fmt: skip
 )
 

@@ -42,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument(
         "--model", help="checkpoint: folder, weights file, https URL or Hugging Face id (m-a-p/MERT-v1-95M)"
     )
-    src.add_argument("--preset", choices=["tiny", "95m", "330m"], help="randomly initialised encoder (for trying out)")
+    presets = ["tiny", "95m", "330m", "conformer_tiny", "conformer_small", "mert_v2", "muq_large"]  # PRESETS' names
+    src.add_argument("--preset", choices=presets, help="randomly initialised encoder (for trying out)")
     p.add_argument("--revision", help="branch/tag/commit for Hugging Face ids")
     p.add_argument("--layers", default="all", help="'all', 'last', '7', '0,6,12' or '1-12' (default all)")
     p.add_argument("--pool", choices=["none", "mean"], default="mean", help="mean over time, or keep frames")

@@ -43,6 +43,13 @@ __all__ = [
     "convert_hf_state_dict",
     "to_hf_state_dict",
     "check_keys",
+    "is_mert_v2_config",
+    "is_muq_config",
+    "mert_v2_config_to_encoder_config",
+    "muq_config_to_encoder_config",
+    "convert_mert_v2_state_dict",
+    "to_mert_v2_state_dict",
+    "convert_muq_state_dict",
 ]
 
 HF_MODEL_TYPES = ("mert_model", "hubert", "data2vec-audio")
@@ -91,6 +98,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
         )
     raw = _read_json(config_file)
     model_type = raw.get("model_type")
+    if is_mert_v2_config(raw):
+        config = mert_v2_config_to_encoder_config(raw, source=str(config_file))
+        return config, check_keys(convert_mert_v2_state_dict(state), config, weights), meta
+    if is_muq_config(raw):
+        config = muq_config_to_encoder_config(raw, source=str(config_file))
+        return config, check_keys(convert_muq_state_dict(state, config, raw), config, weights), meta
     if model_type == CONFIG_FORMAT:
         config = _parse_config(lambda: EncoderConfig.from_dict(raw), repr(str(config_file)))
         return config, check_keys(state, config, weights), meta
@@ -110,8 +123,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
             config = ours
         return config, check_keys(convert_hf_state_dict(state, config), config, weights), meta
     raise ValueError(
-        f"{str(config_file)!r} has model_type {model_type!r}; expected {CONFIG_FORMAT!r} (a mert export) or "
-        f"one of {list(HF_MODEL_TYPES)} (a Hugging Face MERT/HuBERT checkpoint)"
+        f"{str(config_file)!r} has model_type {model_type!r}; expected {CONFIG_FORMAT!r} (a mert export), "
+        f"one of {list(HF_MODEL_TYPES)} (a Hugging Face MERT/HuBERT checkpoint), a MERT-v2 config (with "
+        "subsampling_channels) or a MuQ config (with encoder_dim and w2v2_config)"
     )
 
 
@@ -374,8 +388,9 @@ def check_keys(state: dict[str, Tensor], config: EncoderConfig, source: Path) ->
     the network ``config`` describes (built on the meta device, so nothing is allocated).
     """
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in EncoderNetwork(config).state_dict().items()}
-    state = _check_dtypes(state, source)
+        reference = EncoderNetwork(config).state_dict()
+    expected = {k: v.shape for k, v in reference.items()}
+    state = _check_dtypes(state, {k: v.is_floating_point() for k, v in reference.items()}, source)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [
@@ -389,12 +404,14 @@ def check_keys(state: dict[str, Tensor], config: EncoderConfig, source: Path) ->
     return state
 
 
-def _check_dtypes(state: dict[str, Tensor], source: Path) -> dict[str, Tensor]:
-    """Every weight must be floating point; mixed precisions (which fail at the first forward pass) become float32.
+def _check_dtypes(state: dict[str, Tensor], floating: dict[str, bool], source: Path) -> dict[str, Tensor]:
+    """Weights the network holds in floating point must be floating point (``floating``: key -> whether it is);
+    mixed float precisions, which fail at the first forward pass, become float32. Integer buffers (BatchNorm's
+    ``num_batches_tracked``) stay as they are.
 
     Returns ``state`` (converted when mixed). Raises ``ValueError`` naming ``source`` and the first offending keys.
     """
-    not_float = [f"{k} ({v.dtype})" for k, v in state.items() if not v.is_floating_point()]
+    not_float = [f"{k} ({v.dtype})" for k, v in state.items() if floating.get(k, True) and not v.is_floating_point()]
     if not_float:
         raise ValueError(
             f"{str(source)!r} holds non-floating-point weights: {not_float[:4]}; every encoder weight must be "
@@ -402,11 +419,12 @@ def _check_dtypes(state: dict[str, Tensor], source: Path) -> dict[str, Tensor]:
         )
     dtypes: dict[torch.dtype, list[str]] = {}
     for k, v in state.items():
-        dtypes.setdefault(v.dtype, []).append(k)
+        if v.is_floating_point():
+            dtypes.setdefault(v.dtype, []).append(k)
     if len(dtypes) > 1:
         summary = "; ".join(f"{len(keys)} in {d} (e.g. {keys[0]})" for d, keys in dtypes.items())
         warnings.warn(f"{str(source)!r} mixes weight precisions ({summary}); loading them all as float32", stacklevel=3)
-        state = {k: v.float() for k, v in state.items()}
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     return state
 
 
@@ -428,6 +446,11 @@ def encoder_config_to_hf_config(config: EncoderConfig) -> dict[str, Any]:
     Dropouts and LayerDrop are written too (transformers applies them only in training); ``mert_config`` holds
     our full configuration for an exact round trip, and transformers keeps unknown keys as plain attributes.
     """
+    if config.frontend != "conv" or config.block != "transformer":
+        raise ValueError(
+            f"the hf export writes transformers' HubertModel layout, which cannot hold this encoder (frontend="
+            f"{config.frontend!r}, block={config.block!r}, the MERT-v2/MuQ family): use the mert format"
+        )
     if config.pos_conv != "weight_norm":
         raise ValueError(
             "transformers' HubertModel has one weight-normalised positional conv; this encoder has the data2vec "
@@ -548,3 +571,266 @@ def save_hf_checkpoint(
     full_meta = {"mert_version": __version__, "layout": "transformers HubertModel", **(meta or {})}
     (folder / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str) + "\n")
     return folder
+
+
+# --------------------------------------------------------------------------------------------- MERT-v2 and MuQ
+# The spectrogram + Conformer family's published layouts (shared/mert-spec.md section 7). Each table lists
+# (published name, ours); "{i}" and "{j}" stand for indices; a name ending in "." is a prefix, any other a whole
+# key. The attention's q/k/v projections are fused into our ``attn.qkv`` separately.
+_MERT_V2_KEYS: list[tuple[str, str]] = [
+    ("feature_extractor.spectrogram.window", "frontend.window"),
+    ("feature_extractor.mel_scale.fb", "frontend.fb"),
+    ("feature_extractor.mel_mean", "frontend.mel_mean"),
+    ("feature_extractor.mel_std", "frontend.mel_std"),
+    ("subsampling_module.{i}.resampling_layer.0.", "subsampler.stages.{i}.resample_norm."),
+    ("subsampling_module.{i}.resampling_layer.2.", "subsampler.stages.{i}.resample."),
+    ("subsampling_module.{i}.convnext_layers.{j}.depthwise_block.1.", "subsampler.stages.{i}.layers.{j}.dwconv."),
+    ("subsampling_module.{i}.convnext_layers.{j}.pointwise_block.0.", "subsampler.stages.{i}.layers.{j}.norm."),
+    ("subsampling_module.{i}.convnext_layers.{j}.pointwise_block.1.", "subsampler.stages.{i}.layers.{j}.fc1."),
+    ("subsampling_module.{i}.convnext_layers.{j}.pointwise_block.3.", "subsampler.stages.{i}.layers.{j}.grn."),
+    ("subsampling_module.{i}.convnext_layers.{j}.pointwise_block.4.", "subsampler.stages.{i}.layers.{j}.fc2."),
+    ("layers.{i}.ffn1_layer_norm.", "transformer.layers.{i}.ffn1_norm."),
+    ("layers.{i}.ffn1.w_1.", "transformer.layers.{i}.ffn1.fc1."),
+    ("layers.{i}.ffn1.w_2.", "transformer.layers.{i}.ffn1.fc2."),
+    ("layers.{i}.attn_layer_norm.", "transformer.layers.{i}.attn_norm."),
+    ("layers.{i}.attn.out_proj.", "transformer.layers.{i}.attn.out."),
+    ("layers.{i}.conv_module.layer_norm.", "transformer.layers.{i}.conv.norm."),
+    ("layers.{i}.conv_module.conv_block.1.", "transformer.layers.{i}.conv.pw1."),
+    ("layers.{i}.conv_module.conv_block.3.", "transformer.layers.{i}.conv.dw."),
+    ("layers.{i}.conv_module.conv_block.4.1.", "transformer.layers.{i}.conv.mid_norm."),
+    ("layers.{i}.conv_module.conv_block.6.", "transformer.layers.{i}.conv.pw2."),
+    ("layers.{i}.ffn2_layer_norm.", "transformer.layers.{i}.ffn2_norm."),
+    ("layers.{i}.ffn2.w_1.", "transformer.layers.{i}.ffn2.fc1."),
+    ("layers.{i}.ffn2.w_2.", "transformer.layers.{i}.ffn2.fc2."),
+    ("layers.{i}.final_layer_norm.", "transformer.layers.{i}.final_norm."),
+]
+_MERT_V2_QKV = ("layers.{i}.attn.", ("query_proj", "key_proj", "value_proj"))
+
+_MUQ_KEYS: list[tuple[str, str]] = [
+    ("conv.conv.{i}.", "subsampler.blocks.{i}."),
+    ("conv.linear.", "subsampler.linear."),
+    ("conformer.layers.{i}.ffn1_layer_norm.", "transformer.layers.{i}.ffn1_norm."),
+    ("conformer.layers.{i}.ffn1.intermediate_dense.", "transformer.layers.{i}.ffn1.fc1."),
+    ("conformer.layers.{i}.ffn1.output_dense.", "transformer.layers.{i}.ffn1.fc2."),
+    ("conformer.layers.{i}.self_attn_layer_norm.", "transformer.layers.{i}.attn_norm."),
+    ("conformer.layers.{i}.self_attn.linear_out.", "transformer.layers.{i}.attn.out."),
+    ("conformer.layers.{i}.conv_module.layer_norm.", "transformer.layers.{i}.conv.norm."),
+    ("conformer.layers.{i}.conv_module.pointwise_conv1.", "transformer.layers.{i}.conv.pw1."),
+    ("conformer.layers.{i}.conv_module.depthwise_conv.", "transformer.layers.{i}.conv.dw."),
+    ("conformer.layers.{i}.conv_module.batch_norm.", "transformer.layers.{i}.conv.mid_norm."),
+    ("conformer.layers.{i}.conv_module.pointwise_conv2.", "transformer.layers.{i}.conv.pw2."),
+    ("conformer.layers.{i}.ffn2_layer_norm.", "transformer.layers.{i}.ffn2_norm."),
+    ("conformer.layers.{i}.ffn2.intermediate_dense.", "transformer.layers.{i}.ffn2.fc1."),
+    ("conformer.layers.{i}.ffn2.output_dense.", "transformer.layers.{i}.ffn2.fc2."),
+    ("conformer.layers.{i}.final_layer_norm.", "transformer.layers.{i}.final_norm."),
+    ("conformer.layer_norm.", "transformer.norm."),
+]
+_MUQ_QKV = ("conformer.layers.{i}.self_attn.", ("linear_q", "linear_k", "linear_v"))
+# In MuQ's files but not part of the encoder's forward pass: transformers builds a positional conv that its
+# Conformer never calls, the rotary table is recomputed, and the rest are pretraining heads and tokenisers.
+_MUQ_UNUSED = re.compile(
+    r"^(conformer\.pos_conv_embed\.|conformer\.embed_positions\.|linear\.|cls_token$|quantizer_|rvq\.|recon_proj\.)"
+)
+
+
+def _index_pattern(name: str, anchor: bool = True) -> str:
+    pattern = re.escape(name).replace(re.escape("{i}"), r"(\d+)").replace(re.escape("{j}"), r"(\d+)")
+    return ("^" if anchor else "") + (pattern if name.endswith(".") else pattern + "$")
+
+
+def _index_replacement(name: str) -> str:
+    return name.replace("{i}", r"\1").replace("{j}", r"\2")
+
+
+def _convert_family(
+    state: dict[str, Tensor], table: list[tuple[str, str]], qkv: tuple[str, tuple[str, str, str]],
+    ignore: re.Pattern | None, what: str,
+) -> dict[str, Tensor]:
+    """Rename ``state`` by ``table`` and fuse each layer's q/k/v projections into ``attn.qkv``."""
+    renames = [(_index_pattern(a), _index_replacement(b)) for a, b in table]
+    prefix, (q, k, v) = qkv
+    qkv_re = re.compile(_index_pattern(prefix) + rf"({q}|{k}|{v})\.(weight|bias)$")
+    out: dict[str, Tensor] = {}
+    parts: dict[tuple[str, str], dict[str, Tensor]] = {}
+    dropped, ignored = [], []
+    for key, value in state.items():
+        if m := qkv_re.match(key):
+            parts.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
+        elif (new := _rename(key, renames)) is not None:
+            out[new] = value
+        elif ignore is not None and ignore.match(key):
+            ignored.append(key)
+        else:
+            dropped.append(key)
+    for (layer, kind), p in sorted(parts.items()):
+        if set(p) != {q, k, v}:
+            raise ValueError(f"{what} layer {layer}: attention {kind} has only {sorted(p)} of {[q, k, v]}")
+        out[f"transformer.layers.{layer}.attn.qkv.{kind}"] = torch.cat([p[q], p[k], p[v]], dim=0)
+    if dropped:
+        warnings.warn(
+            f"ignoring {len(dropped)} {what} checkpoint entries that are not encoder weights: {dropped[:8]}",
+            stacklevel=3,
+        )
+    return out
+
+
+def _strip_wrapper(state: dict[str, Tensor], known: tuple[str, ...]) -> dict[str, Tensor]:
+    """Drop a wrapper prefix (``model.``, ``mert.``, ...) that every key shares, unless keys already start with
+    one of ``known``."""
+    if any(k.startswith(known) for k in state):
+        return state
+    prefixes = {k.split(".", 1)[0] for k in state}
+    if len(prefixes) == 1 and all("." in k for k in state):
+        return {k.split(".", 1)[1]: v for k, v in state.items()}
+    return state
+
+
+def is_mert_v2_config(raw: dict[str, Any]) -> bool:
+    """True for a MERT-v2 ``config.json`` (its ConvNeXt subsampler keys)."""
+    return "subsampling_channels" in raw or "subsampling_depths" in raw
+
+
+def is_muq_config(raw: dict[str, Any]) -> bool:
+    """True for a MuQ ``config.json`` (``MuQConfig``: ``encoder_dim`` and the Conformer's ``w2v2_config``)."""
+    return "encoder_dim" in raw and isinstance(raw.get("w2v2_config"), dict)
+
+
+def mert_v2_config_to_encoder_config(raw: dict[str, Any], source: str = "config.json") -> EncoderConfig:
+    """A MERT-v2 ``config.json`` as :class:`EncoderConfig` (the ``mert_v2`` preset with the file's sizes).
+
+    Keys read: ``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``, ``intermediate_size``,
+    ``layer_norm_eps``, ``conv_depthwise_kernel_size``, ``rotary_embedding_base``, ``subsampling_channels``,
+    ``subsampling_depths``, ``subsampling_strides``, ``subsampling_layer_norm_eps``, ``sample_rate``,
+    ``n_fft``/``hop_length``/``n_mels``; absent ones keep the published MERT-v2 values.
+    """
+    from mert.models.config import PRESETS
+
+    base = PRESETS["mert_v2"]
+    act = raw.get("hidden_act", "gelu")
+    if act not in ("gelu", "swish", "silu"):
+        raise ValueError(f"{source}: hidden_act={act!r} is not supported (MERT-v2 uses 'gelu')")
+    if raw.get("position_embeddings_type", "rotary") != "rotary":
+        pos = raw["position_embeddings_type"]
+        raise ValueError(f"{source}: position_embeddings_type={pos!r}; only 'rotary' is supported")
+    channels = tuple(raw.get("subsampling_channels", base.subsampler_channels))
+    try:
+        return base.replace(
+            name=str(raw.get("_name_or_path") or "mert_v2"),
+            sample_rate=int(raw.get("sample_rate", raw.get("sampling_rate", base.sample_rate))),
+            n_fft=int(raw.get("n_fft", base.n_fft)),
+            mel_hop=int(raw.get("hop_length", base.mel_hop)),
+            n_mels=int(raw.get("n_mels", raw.get("num_mel_bins", base.n_mels))),
+            subsampler_channels=channels,
+            subsampler_depths=tuple(raw.get("subsampling_depths", base.subsampler_depths)),
+            subsampler_strides=tuple(raw.get("subsampling_strides", base.subsampler_strides)),
+            subsampler_eps=float(raw.get("subsampling_layer_norm_eps", base.subsampler_eps)),
+            hidden_size=int(raw.get("hidden_size", base.hidden_size)),
+            num_layers=int(raw.get("num_hidden_layers", base.num_layers)),
+            num_heads=int(raw.get("num_attention_heads", base.num_heads)),
+            ffn_size=int(raw.get("intermediate_size", base.ffn_size)),
+            layer_norm_eps=float(raw.get("layer_norm_eps", base.layer_norm_eps)),
+            conv_module_kernel=int(raw.get("conv_depthwise_kernel_size", base.conv_module_kernel)),
+            rope_base=float(raw.get("rotary_embedding_base", base.rope_base)),
+            activation="gelu" if act == "gelu" else "swish",
+        )
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: not a MERT-v2 configuration this library can build: {err}") from None
+
+
+def muq_config_to_encoder_config(raw: dict[str, Any], source: str = "config.json") -> EncoderConfig:
+    """A MuQ ``config.json`` (``MuQConfig``) as :class:`EncoderConfig` (the ``muq_large`` preset with its sizes).
+
+    The Conformer's settings come from ``w2v2_config`` (transformers' Wav2Vec2ConformerConfig); only its rotary
+    position layout is supported. ``label_rate`` 25 subsamples 4x in time, 50 2x, as MuQ does.
+    """
+    from mert.models.config import PRESETS
+
+    base = PRESETS["muq_large"]
+    w2v2 = raw["w2v2_config"]
+    pos = w2v2.get("position_embeddings_type", "relative")
+    if pos != "rotary":
+        raise ValueError(f"{source}: w2v2_config.position_embeddings_type={pos!r}; only 'rotary' is supported")
+    act = w2v2.get("hidden_act", "gelu")
+    if act not in ("gelu", "swish", "silu"):
+        raise ValueError(f"{source}: w2v2_config.hidden_act={act!r} is not supported (gelu or swish)")
+    strides = {25: (2, 2), 50: (2, 1)}.get(int(raw.get("label_rate", 25)))
+    if strides is None:
+        raise ValueError(f"{source}: label_rate={raw.get('label_rate')!r}; MuQ subsamples to 25 or 50 Hz")
+    if list(raw.get("features", ["melspec_2048"])) != ["melspec_2048"]:
+        raise ValueError(f"{source}: features={raw.get('features')!r}; only ['melspec_2048'] is supported")
+    try:
+        return base.replace(
+            name=str(raw.get("_name_or_path") or "muq"),
+            mel_hop=int(raw.get("hop_length", base.mel_hop)),
+            n_mels=int(raw.get("n_mels", base.n_mels)),
+            subsampler_channels=(int(raw.get("conv_dim", 512)),),
+            subsampler_strides=strides,
+            hidden_size=int(raw.get("encoder_dim", base.hidden_size)),
+            num_layers=int(raw.get("encoder_depth", base.num_layers)),
+            num_heads=int(w2v2.get("num_attention_heads", base.num_heads)),
+            ffn_size=int(w2v2.get("intermediate_size", base.ffn_size)),
+            layer_norm_eps=float(w2v2.get("layer_norm_eps", base.layer_norm_eps)),
+            conv_module_kernel=int(w2v2.get("conv_depthwise_kernel_size", base.conv_module_kernel)),
+            rope_base=float(w2v2.get("rotary_embedding_base", base.rope_base)),
+            activation="gelu" if act == "gelu" else "swish",
+        )
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: not a MuQ configuration this library can build: {err}") from None
+
+
+def _unsqueeze_pointwise(out: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Pointwise convs stored as Linear weights ``(out, in)`` become our ``(out, in, 1)``."""
+    for key, value in out.items():
+        if re.search(r"\.conv\.pw[12]\.weight$", key) and value.dim() == 2:
+            out[key] = value[..., None]
+    return out
+
+
+def convert_mert_v2_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """MERT-v2's published keys (``shared/mert-spec.md`` section 7) -> ours, q/k/v fused; a wrapper prefix shared
+    by every key is dropped."""
+    state = _strip_wrapper(state, ("feature_extractor.", "subsampling_module.", "layers."))
+    return _unsqueeze_pointwise(_convert_family(state, _MERT_V2_KEYS, _MERT_V2_QKV, None, "MERT-v2"))
+
+
+def to_mert_v2_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Ours -> MERT-v2's published key names (q/k/v split again): the inverse of :func:`convert_mert_v2_state_dict`.
+
+    Raises ``ValueError`` on a key MERT-v2's layout has no place for (e.g. ``mask_emb``).
+    """
+    back = [(_index_pattern(b), _index_replacement(a)) for a, b in _MERT_V2_KEYS]
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        if m := re.match(r"^transformer\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$", key):
+            for name, part in zip(("query_proj", "key_proj", "value_proj"), value.chunk(3, dim=0)):
+                out[f"layers.{m.group(1)}.attn.{name}.{m.group(2)}"] = part
+        elif (new := _rename(key, back)) is not None:
+            out[new] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"no MERT-v2 counterpart for {unknown[:8]}")
+    return out
+
+
+def convert_muq_state_dict(state: dict[str, Tensor], config: EncoderConfig, raw: dict[str, Any]) -> dict[str, Tensor]:
+    """MuQ's published keys (``model.conv.*``, ``model.conformer.*``) -> ours, q/k/v fused. MuQ stores no
+    spectrogram buffers: the window and filterbank are torchaudio's (as its ``MelSpectrogram``) and the
+    per-bin statistics its config's ``stat`` scalars."""
+    from mert.models.conformer import MelFrontEnd
+
+    state = _strip_wrapper(state, ("conv.", "conformer."))
+    out = _unsqueeze_pointwise(_convert_family(state, _MUQ_KEYS, _MUQ_QKV, _MUQ_UNUSED, "MuQ"))
+    with torch.device("cpu"):
+        front = MelFrontEnd(config)
+        front.reset_buffers()
+    stat = raw.get("stat") or {}
+    mean, std = stat.get("melspec_2048_mean"), stat.get("melspec_2048_std")
+    if mean is None or std is None:
+        raise ValueError("MuQ config.json has no stat.melspec_2048_mean/std: the spectrogram normalisation is unknown")
+    front.mel_mean.fill_(float(mean))
+    front.mel_std.fill_(float(std))
+    for name, buf in front.named_buffers():
+        out[f"frontend.{name}"] = buf
+    return out

@@ -19,6 +19,8 @@ import torch
 __all__ = ["EncoderConfig", "PRESETS", "frame_lengths", "receptive_field"]
 
 CONFIG_FORMAT = "mert"  # the `model_type` we write in config.json
+_INT_TUPLES = ("conv_dim", "conv_kernel", "conv_stride", "subsampler_channels", "subsampler_depths",
+               "subsampler_strides")  # fmt: skip
 
 
 @dataclass
@@ -59,6 +61,34 @@ class EncoderConfig:
     pos_conv_layers: int = 5  # convs in the "stack" layout (unused by "weight_norm")
     layer_norm_eps: float = 1e-5
 
+    # --- spectrogram family (frontend="mel": MERT-v2, MuQ/MusicFM; shared/mert-spec.md section 7) ---
+    # "conv": the waveform conv stack above + feature projection (MERT-v1, HuBERT, music2vec). "mel": an STFT
+    # power mel spectrogram in dB, normalised per bin with stored statistics, then a subsampler to the width.
+    frontend: Literal["conv", "mel"] = "conv"
+    n_fft: int = 2048  # samples; STFT window and FFT size (Hann)
+    mel_hop: int = 240  # samples between mel frames (100 Hz at 24 kHz)
+    n_mels: int = 128
+    # "convnext": ConvNeXt-V2 1-D stages (MERT-v2); "conv2d": two residual 2-D conv blocks (MuQ/MusicFM).
+    subsampler: Literal["convnext", "conv2d"] = "convnext"
+    subsampler_channels: tuple[int, ...] = (128, 512, 1024)  # per stage; "conv2d": one entry, its conv channels
+    subsampler_depths: tuple[int, ...] = (3, 4, 5)  # ConvNeXt layers per stage ("convnext" only)
+    subsampler_strides: tuple[int, ...] = (1, 2, 2)  # time stride per stage / per 2-D block
+    subsampler_eps: float = 1e-6  # LayerNorm eps inside the ConvNeXt stages
+
+    # --- block layout ---
+    # "transformer": MERT-v1's layers with a positional conv (pre_ln picks the 95M/330M layout); "conformer":
+    # macaron FFN halves, rotary self-attention, GLU + depthwise conv module, LayerNorm after each block.
+    block: Literal["transformer", "conformer"] = "transformer"
+    conv_module_kernel: int = 31  # frames; the conformer's depthwise conv
+    conv_module_norm: Literal["layer", "batch"] = "layer"  # after the depthwise conv (MERT-v2: layer, MuQ: batch)
+    activation: Literal["gelu", "swish"] = "gelu"  # conformer FFN and conv module (MuQ: swish)
+    rope_base: float = 10000.0
+    # "qk": rotate the projected queries and keys (MERT-v2); "input": rotate the block input before the q/k
+    # projections, as transformers' Wav2Vec2Conformer does (MuQ).
+    rope_on: Literal["qk", "input"] = "qk"
+    final_norm: bool = False  # conformer: a LayerNorm on the last hidden state (MuQ's encoder.layer_norm)
+    mask_embedding: bool = True  # a learned `mask_emb` for pretraining (the published MERT-v2/MuQ files have none)
+
     # --- regularisation (only active in training mode) ---
     hidden_dropout: float = 0.1  # residual branches and after the positional-conv add
     attention_dropout: float = 0.1  # on attention probabilities
@@ -70,7 +100,7 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         # JSON round trips give lists; keep tuples so configs compare and hash consistently.
-        for name in ("conv_dim", "conv_kernel", "conv_stride"):
+        for name in _INT_TUPLES:
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                 raise ValueError(f"{name} must be a list of integers, got {value!r}")
@@ -146,21 +176,117 @@ class EncoderConfig:
             p = getattr(self, name)
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
+        self._validate_families()
+
+    def _validate_families(self) -> None:
+        """The spectrogram front end, subsampler and conformer fields (unused ones are still type-checked)."""
+        choices = {
+            "frontend": ("conv", "mel"),
+            "subsampler": ("convnext", "conv2d"),
+            "block": ("transformer", "conformer"),
+            "conv_module_norm": ("layer", "batch"),
+            "activation": ("gelu", "swish"),
+            "rope_on": ("qk", "input"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        for name in ("n_fft", "mel_hop", "n_mels", "conv_module_kernel"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("final_norm", "mask_embedding"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("subsampler_eps", "rope_base"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if self.conv_module_kernel % 2 == 0:
+            raise ValueError(f"conv_module_kernel must be odd (same padding), got {self.conv_module_kernel}")
+        if self.block == "conformer" and self.head_dim % 2:
+            raise ValueError(f"rotary attention needs an even head width, got hidden_size/num_heads = {self.head_dim}")
+        for name in ("subsampler_channels", "subsampler_depths", "subsampler_strides"):
+            if any(v < 1 for v in getattr(self, name)):
+                raise ValueError(f"{name} must hold positive integers, got {list(getattr(self, name))}")
+        if self.frontend != "mel":
+            return
+        if self.n_fft < 2 or self.mel_hop > self.n_fft:
+            raise ValueError(f"the mel front end needs mel_hop <= n_fft, got {self.n_fft=}, {self.mel_hop=}")
+        channels, strides = self.subsampler_channels, self.subsampler_strides
+        if self.subsampler == "convnext":
+            if not (len(channels) == len(self.subsampler_depths) == len(strides) > 0):
+                raise ValueError(
+                    "subsampler_channels, subsampler_depths and subsampler_strides must have the same non-zero "
+                    f"length, got {list(channels)}, {list(self.subsampler_depths)}, {list(strides)}"
+                )
+            if channels[-1] != self.hidden_size:
+                raise ValueError(
+                    f"the last subsampler stage must have hidden_size channels ({self.hidden_size}), got {channels[-1]}"
+                )
+        else:
+            if len(channels) != 1 or len(strides) != 2:
+                raise ValueError(
+                    "subsampler 'conv2d' takes one channel count and two time strides, got subsampler_channels="
+                    f"{list(channels)}, subsampler_strides={list(strides)}"
+                )
+            if self.n_mels % 4:
+                raise ValueError(f"subsampler 'conv2d' n_mels must divide by 4, not {self.n_mels}")
 
     # ------------------------------------------------------------------ derived numbers
     @property
+    def frame_kernel(self) -> tuple[int, ...]:
+        """Kernels of the conv stack whose length formula gives this encoder's frame count: ``conv_kernel`` for
+        the waveform front end. For ``frontend="mel"``: a centred STFT with its last frame dropped gives
+        ``N // mel_hop`` frames, a conv of kernel = stride = ``mel_hop``; a ConvNeXt resampling conv is
+        (kernel 2, its stride); a 3x3 conv with padding 1 and stride s maps ``T -> (T - 1) // s + 1``, a
+        conv of kernel 1. Teachers and the pretraining objective align targets on this grid."""
+        return self._frame_grid()[0]
+
+    @property
+    def frame_stride(self) -> tuple[int, ...]:
+        """Strides of the frame grid (see :attr:`frame_kernel`); ``conv_stride`` for the waveform front end."""
+        return self._frame_grid()[1]
+
+    def _frame_grid(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if self.frontend == "conv":
+            return self.conv_kernel, self.conv_stride
+        kernel, stride = [self.mel_hop], [self.mel_hop]
+        if self.subsampler == "convnext":
+            c_in = self.n_mels
+            for c, s in zip(self.subsampler_channels, self.subsampler_strides):
+                if c != c_in or s != 1:  # a stage that changes channels or rate starts with a resampling conv
+                    kernel.append(2)
+                    stride.append(s)
+                c_in = c
+        else:
+            for s in self.subsampler_strides:
+                kernel.append(1)
+                stride.append(s)
+        return tuple(kernel), tuple(stride)
+
+    @property
     def hop_length(self) -> int:
-        """Samples between consecutive output frames (320 for MERT-v1)."""
-        return math.prod(self.conv_stride)
+        """Samples between consecutive output frames (320 for MERT-v1, 960 for MERT-v2 and MuQ)."""
+        return math.prod(self.frame_stride)
 
     @property
     def receptive_field(self) -> int:
-        """Samples seen by one output frame (400 for MERT-v1); also the shortest valid input."""
-        return receptive_field(self.conv_kernel, self.conv_stride)
+        """Samples spanned by one frame of the frame grid (400 for MERT-v1, 960 for MERT-v2, 240 for MuQ); for the
+        waveform front end also the shortest valid input (see :attr:`min_samples`)."""
+        return receptive_field(self.frame_kernel, self.frame_stride)
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest input that gives one frame: the receptive field, and for the mel front end also more than
+        ``n_fft // 2`` samples (the centred STFT reflects that many at each edge): 1025 for MERT-v2 and MuQ."""
+        if self.frontend == "conv":
+            return self.receptive_field
+        return max(self.receptive_field, self.n_fft // 2 + 1)
 
     @property
     def frame_rate(self) -> float:
-        """Output frames per second (75.0 for MERT-v1)."""
+        """Output frames per second (75.0 for MERT-v1, 25.0 for MERT-v2 and MuQ)."""
         return self.sample_rate / self.hop_length
 
     @property
@@ -169,21 +295,22 @@ class EncoderConfig:
 
     @property
     def num_hidden_states(self) -> int:
-        """Entries of ``EncoderOutput.hidden_states``: the transformer input plus one per layer."""
+        """Entries of ``EncoderOutput.hidden_states``: the first block's input plus one per layer."""
         return self.num_layers + 1
 
     def frame_lengths(self, num_samples: torch.Tensor | int) -> torch.Tensor | int:
-        """Frames produced from ``num_samples`` samples, applying each conv's length formula in turn.
+        """Frames produced from ``num_samples`` samples, applying each conv's length formula of the frame grid.
 
-        For MERT-v1 this equals ``floor((N - 400) / 320) + 1`` for ``N >= 400`` (MERT-v1 architecture); shorter inputs
-        give 0.
+        For MERT-v1 this equals ``floor((N - 400) / 320) + 1`` for ``N >= 400`` (MERT-v1 architecture); for MERT-v2
+        ``N // 960`` and for MuQ ``ceil((N // 240) / 4)``, for ``N >= 1025``. Shorter inputs give 0 (the grid's
+        count) and are refused by the encoder below :attr:`min_samples`.
         """
-        return frame_lengths(num_samples, self.conv_kernel, self.conv_stride)
+        return frame_lengths(num_samples, self.frame_kernel, self.frame_stride)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("conv_dim", "conv_kernel", "conv_stride"):
+        for k in _INT_TUPLES:
             d[k] = list(d[k])
         return d
 
@@ -211,8 +338,11 @@ class EncoderConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> EncoderConfig:
-        """A named preset (``tiny``, ``95m``, ``330m``) with optional field overrides."""
-        key = name.lower().removeprefix("mert-v1-").removeprefix("mert_")
+        """A named preset (``tiny``, ``95m``, ``330m``, ``mert_v2``, ``muq_large``, ``conformer_tiny``,
+        ``conformer_small``) with optional field overrides."""
+        key = name.lower()
+        if key not in PRESETS:
+            key = key.removeprefix("mert-v1-").removeprefix("mert_")
         if key not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
         return dataclasses.replace(PRESETS[key], **overrides)
@@ -300,3 +430,42 @@ PRESETS: dict[str, EncoderConfig] = {
         frontend_grad_mult=1.0,
     ),
 }
+
+# The spectrogram + Conformer family (shared/mert-spec.md section 7): 24 kHz, 2048-point STFT every 240 samples,
+# 128 mel bins, subsampled 4x to 25 Hz.
+_MEL_CONFORMER = dict(frontend="mel", block="conformer", frontend_grad_mult=1.0, **_NO_DROPOUT)
+
+# MuQ's stored normalisation: one mean and standard deviation of the dB mel spectrogram over its training set
+# (the `stat` entry of its config, melspec_2048_mean / melspec_2048_std); fresh models of the family start with it.
+MUQ_MEL_MEAN, MUQ_MEL_STD = 6.768444971712967, 18.417922652295623
+
+PRESETS.update({
+    # MERT-v2 (m-a-p/MERT-v2-30s, -FullSong): ConvNeXt-V2 subsampler, 24 conformer blocks, RoPE on q/k, no final
+    # LayerNorm beyond each block's; 876 tensors, 632,295,808 parameters (the published files hold no mask
+    # embedding).
+    "mert_v2": EncoderConfig(
+        name="mert_v2", **_MEL_CONFORMER, subsampler="convnext", subsampler_channels=(128, 512, 1024),
+        subsampler_depths=(3, 4, 5), subsampler_strides=(1, 2, 2), subsampler_eps=1e-6, hidden_size=1024,
+        num_layers=24, num_heads=16, ffn_size=4096, conv_module_kernel=31, conv_module_norm="layer",
+        activation="gelu", rope_on="qk", final_norm=False, mask_embedding=False,
+    ),
+    # MuQ (OpenMuQ/MuQ-large-msd-iter): residual 2-D conv subsampler, transformers' Wav2Vec2Conformer encoder
+    # (12 blocks, swish, BatchNorm in the conv module, rotary on the block input, final LayerNorm).
+    "muq_large": EncoderConfig(
+        name="muq_large", **_MEL_CONFORMER, subsampler="conv2d", subsampler_channels=(512,),
+        subsampler_strides=(2, 2), hidden_size=1024, num_layers=12, num_heads=16, ffn_size=4096,
+        conv_module_kernel=31, conv_module_norm="batch", activation="swish", rope_on="input", final_norm=True,
+        mask_embedding=False,
+    ),
+    # Tests: the MERT-v2 layout at width 32, 2 layers (25 Hz, N // 960 frames like MERT-v2).
+    "conformer_tiny": EncoderConfig(
+        name="conformer_tiny", **_MEL_CONFORMER, subsampler_channels=(32, 32), subsampler_depths=(1, 1),
+        subsampler_strides=(2, 2), hidden_size=32, num_layers=2, num_heads=4, ffn_size=64, conv_module_kernel=15,
+    ),
+    # CPU pretraining: the MERT-v2 layout scaled down (benchmarks/conformer.py --small measures it against the
+    # `small` waveform model).
+    "conformer_small": EncoderConfig(
+        name="conformer_small", **_MEL_CONFORMER, subsampler_channels=(64, 128), subsampler_depths=(1, 1),
+        subsampler_strides=(2, 2), hidden_size=128, num_layers=4, num_heads=4, ffn_size=256, conv_module_kernel=7,
+    ),
+})  # fmt: skip

@@ -3,7 +3,7 @@
 Shape legend:
     b  batch
     l  samples (at the encoder's sample rate unless said otherwise)
-    t  frames (75 Hz for MERT-v1)
+    t  frames (75 Hz for MERT-v1, 25 Hz for MERT-v2 and MuQ)
     d  model width
     c  front-end channels
     n  hidden-state layers (num_layers + 1)
@@ -54,7 +54,8 @@ class EncoderOutput:
             With ``layers=`` the layers past the deepest one asked for are not computed and their slots are None.
         lengths: ``(b,)`` valid frames per item; frames beyond are padding (zeros unless strict_mert_compat).
         frame_rate: frames per second (75.0 for MERT-v1).
-        features: ``(b, t, c)`` front-end output before the projection (used by the pretraining penalty).
+        features: ``(b, t, c)`` front-end output before the projection (used by the pretraining penalty); for
+            the spectrogram family (``frontend="mel"``) the subsampler's output, ``(b, t, d)``.
     """
 
     last_hidden_state: Tensor
@@ -106,13 +107,15 @@ class _GradScale(torch.autograd.Function):
 
 
 class Encoder(EncoderNetwork):
-    """MERT-style music encoder (conv front end + transformer), plain PyTorch.
+    """MERT-style music encoder, plain PyTorch: waveform conv front end + transformer (MERT-v1, HuBERT, music2vec)
+    or mel spectrogram + subsampler + Conformer (MERT-v2, MuQ), as its config says.
 
     The network and its initialisation are :class:`~mert.models.modules.EncoderNetwork`; this class adds the
     input contract (checks, resampling, padding, long-audio windows), precision helpers and loading.
 
     Args:
-        config: an :class:`EncoderConfig` or a preset name (``"tiny"``, ``"95m"``, ``"330m"``).
+        config: an :class:`EncoderConfig` or a preset name (``"tiny"``, ``"95m"``, ``"330m"``, ``"mert_v2"``,
+            ``"muq_large"``, ``"conformer_tiny"``, ``"conformer_small"``).
         strict_mert_compat: reproduce the original numerics on padded batches (GroupNorm statistics over the
             padded length, as transformers' HubertModel); the default is padding-invariant.
 
@@ -139,6 +142,10 @@ class Encoder(EncoderNetwork):
     def frame_lengths(self, num_samples: Tensor | int) -> Tensor | int:
         """Frames produced from ``num_samples`` samples at ``self.sample_rate``."""
         return self.config.frame_lengths(num_samples)
+
+    def _weights(self) -> Tensor:
+        """A parameter whose dtype and device are the model's (the mask embedding, or the first weight)."""
+        return self.mask_emb if self.mask_emb is not None else next(self.parameters())
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -232,7 +239,7 @@ class Encoder(EncoderNetwork):
             wav, lengths = self._resample(wav.float(), lengths, sample_rate)
             l = wav.shape[1]
 
-        min_len = self.config.receptive_field
+        min_len = self.config.min_samples
         short = (lengths if lengths is not None else torch.tensor([l] * b)) < min_len
         if bool(short.any()):
             i = int(short.nonzero()[0, 0])
@@ -243,7 +250,7 @@ class Encoder(EncoderNetwork):
             )
 
         # The waveform stays at least float32 for a bf16/fp16 model: the first conv runs in its precision.
-        param = self.mask_emb
+        param = self._weights()
         if param.dtype == torch.bfloat16 and param.device.type == "cpu" and not self._warned_bf16:
             self._warned_bf16 = True
             if not cpu_has_native_bf16():
@@ -291,7 +298,13 @@ class Encoder(EncoderNetwork):
         if lengths is not None:
             lengths = lengths.to(wav.device)
         aware = lengths is not None and not self.strict_mert_compat
-        feats = self.frontend(wav, lengths if aware else None)  # (b, t, c)
+        mel = self.config.frontend == "mel"
+        if mel:  # spectrogram family: the subsampler's output is both the features and the first block's input
+            spec = self.frontend(wav, lengths if aware else None)  # (b, s, m) float32
+            spec_lens = self.frontend.frame_lengths(lengths) if aware else None
+            feats = self.subsampler(spec.to(self._weights().dtype), spec_lens)  # (b, t, d)
+        else:
+            feats = self.frontend(wav, lengths if aware else None)  # (b, t, c)
         mult = self.config.frontend_grad_mult
         if self.training and mult != 1.0 and torch.is_grad_enabled():
             feats = _GradScale.apply(feats, mult)
@@ -301,8 +314,13 @@ class Encoder(EncoderNetwork):
             if lengths is not None
             else torch.full((b,), t, dtype=torch.long, device=wav.device)
         )
-        x = self.proj(feats)
+        x = feats if mel else self.proj(feats)
         if pred_mask is not None:
+            if self.mask_emb is None:
+                raise ValueError(
+                    f"pred_mask needs a mask embedding, and this {self.config.name!r} encoder has none "
+                    "(mask_embedding=False, as in the published MERT-v2/MuQ files); build it with mask_embedding=True"
+                )
             if pred_mask.shape != (b, t):
                 raise ValueError(f"pred_mask must have shape ({b}, {t}) (frames), got {tuple(pred_mask.shape)}")
             x = torch.where(pred_mask.to(x.device)[..., None], self.mask_emb.to(x.dtype), x)
@@ -341,10 +359,10 @@ class Encoder(EncoderNetwork):
                 raise ValueError(f"{arg} must be a finite number of seconds, got {value!r}")
         hop = self.hop_length
         window = int(round(chunk_seconds * self.sample_rate))
-        if window < self.config.receptive_field:
+        if window < self.config.min_samples:
             raise ValueError(
                 f"chunk_seconds={chunk_seconds} is shorter than one frame's receptive field "
-                f"({self.config.receptive_field} samples at {self.sample_rate} Hz)"
+                f"({self.config.min_samples} samples at {self.sample_rate} Hz)"
             )
         overlap = int(round((0.2 * chunk_seconds if overlap_seconds is None else overlap_seconds) * self.sample_rate))
         if not 0 <= overlap < window:
@@ -486,7 +504,7 @@ class Encoder(EncoderNetwork):
         except ValueError as e:
             raise ValueError(f"{where}{e}") from None
         x = torch.stack([out.hidden_states[i][0] for i in idx])  # (n', t, d), t = 1 if pooled in windows
-        x = x if pool is None else x.mean(dim=1).to(self.mask_emb.dtype)
+        x = x if pool is None else x.mean(dim=1).to(self._weights().dtype)
         if not bool(torch.isfinite(x).all()):
             peak = float(wav.abs().max())
             raise ValueError(
@@ -505,7 +523,7 @@ class Encoder(EncoderNetwork):
         AVX2-only CPU). Call it under ``torch.inference_mode()`` to get the fused CPU kernels too.
         """
         self.eval()
-        device = self.mask_emb.device
+        device = self._weights().device
         if device.type == "cuda":
             native = torch.cuda.is_bf16_supported()
         else:
@@ -528,9 +546,8 @@ class Encoder(EncoderNetwork):
         # Looked up in fast_path at call time, where the CPU probes live (and where tests replace this one).
         if enabled and (why := fast_path.int8_supported()) is not None:
             raise RuntimeError(f"int8 inference is not available: {why}; use float32 (or enc.fast())")
-        linears = [self.proj.linear]
-        for layer in self.transformer.layers:
-            linears += [layer.attn.qkv, layer.attn.out, layer.ffn.fc1, layer.ffn.fc2]
+        linears = [self.proj.linear] if self.config.frontend == "conv" else []
+        linears += [m for m in self.transformer.modules() if isinstance(m, torch.nn.Linear)]
         for module in linears:
             module.mert_int8 = bool(enabled)
         return self

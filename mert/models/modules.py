@@ -36,6 +36,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from mert.models.config import EncoderConfig
+from mert.models.conformer import Conformer, Conv2dSubsampler, ConvNeXtSubsampler, MelFrontEnd
 from mert.models.fast_path import attention, conv_frontend, inference_cached, linear
 from mert.models.pooling import valid_mask
 
@@ -404,11 +405,20 @@ class EncoderNetwork(nn.Module):
         if not isinstance(config, EncoderConfig):
             raise TypeError(f"config must be an EncoderConfig or a preset name such as 'tiny', got {config!r}")
         self.config = config
-        self.frontend = ConvFrontEnd(config)
-        self.proj = FeatureProjection(config)
-        self.transformer = Transformer(config)
+        if config.frontend == "mel":  # spectrogram family (mert.models.conformer): no projection, a subsampler
+            self.frontend: nn.Module = MelFrontEnd(config)
+            self.subsampler: nn.Module = (
+                ConvNeXtSubsampler(config) if config.subsampler == "convnext" else Conv2dSubsampler(config)
+            )
+        else:
+            self.frontend = ConvFrontEnd(config)
+            self.proj = FeatureProjection(config)
+        self.transformer: nn.Module = Conformer(config) if config.block == "conformer" else Transformer(config)
         # Replaces masked frames during pretraining (HF key `masked_spec_embed`).
-        self.mask_emb = nn.Parameter(torch.empty(config.hidden_size).uniform_())
+        if config.mask_embedding:
+            self.mask_emb = nn.Parameter(torch.empty(config.hidden_size).uniform_())
+        else:
+            self.mask_emb = None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -425,7 +435,7 @@ class EncoderNetwork(nn.Module):
         conv then becomes a constant-Q filterbank (:func:`gabor_filterbank`).
         """
         for module in self.modules():
-            if isinstance(module, nn.Conv1d):
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
                 nn.init.kaiming_normal_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -436,6 +446,11 @@ class EncoderNetwork(nn.Module):
             elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and module.weight is not None:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if self.config.frontend == "mel":
+            if not self.frontend.window.is_meta:  # meta: weights are loaded next
+                with torch.device("cpu"):
+                    self.frontend.reset_buffers()
+            return
         first = self.frontend.convs[0].conv
         if self.config.frontend_init == "gabor" and not first.weight.is_meta:  # meta: weights are loaded next
             with torch.no_grad(), torch.device("cpu"):

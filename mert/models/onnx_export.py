@@ -74,9 +74,16 @@ def export_onnx(
         ``path``. The model's metadata holds ``sample_rate``, ``frame_rate``, ``layers`` and ``mert_config``.
     Raises:
         ImportError: ``onnx``/``onnxscript`` are not installed (``pip install "mert[onnx]"``).
+        ValueError: a spectrogram-family encoder (MERT-v2, MuQ), which this exporter does not trace.
         ValueError: an ``opset`` outside the range above (before any work).
         RuntimeError: the exporter wrote another opset than asked (nothing is written).
     """
+    if encoder.config.frontend != "conv":
+        raise ValueError(
+            f"ONNX export covers the waveform front end (MERT-v1, HuBERT, music2vec); this encoder has "
+            f"frontend={encoder.config.frontend!r} (the MERT-v2/MuQ family), whose per-clip STFT edge padding "
+            "does not trace yet: use the mert format"
+        )
     try:
         import onnx
         import onnxscript  # noqa: F401  (the dynamo exporter's translator)

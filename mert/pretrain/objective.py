@@ -136,10 +136,10 @@ class MERTObjective(nn.Module):
             if teacher.kind != kind:
                 raise ValueError(f"{name} must produce {kind}, but {type(teacher).__name__} produces {teacher.kind}")
             grid = (teacher.sample_rate, teacher.conv_kernel, teacher.conv_stride)
-            if grid != (encoder.sample_rate, encoder.config.conv_kernel, encoder.config.conv_stride):
+            if grid != (encoder.sample_rate, encoder.config.frame_kernel, encoder.config.frame_stride):
                 raise ValueError(
                     f"{name} {type(teacher).__name__} works at {teacher.sample_rate} Hz on another frame grid than "
-                    f"the encoder ({encoder.sample_rate} Hz, strides {encoder.config.conv_stride})"
+                    f"the encoder ({encoder.sample_rate} Hz, strides {encoder.config.frame_stride})"
                 )
         self.encoder = encoder
         self._teachers: dict[str, Teacher] = {}
