@@ -466,7 +466,7 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
     stage("4/5 exporting the encoder")
     from mert.pretrain.export import export_run
 
-    export_dir = export_run(out / "run", out / "encoder")
+    export_dir = export_run(out / "run", out / "encoder", overwrite=True)  # each invocation trains afresh
     pretrained = Encoder.from_pretrained(export_dir)
     torch.manual_seed(args.seed)
     random = Encoder(pretrained.config).eval()

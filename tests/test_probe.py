@@ -537,7 +537,7 @@ def test_probe_cli_errors(corpus, tmp_path, capsys):
     # Config mistakes are usage errors (exit 2) in one message, with the valid choices, not a traceback.
     assert cli(["probe", "encoder=random:tiny", "data.manifest=x.csv", "task=instrument"]) == 2
     err = capsys.readouterr().err
-    assert "mert probe: error:" in err and "probe_task/instrument" in err and "gtzan_genre" in err
+    assert "mert probe: error:" in err and "task/instrument" in err and "gtzan_genre" in err
     assert "Traceback" not in err and "Config search path" not in err
     assert cli(["probe", "encoder=random:tiny", "data.manifst=x.csv"]) == 2
     assert "data.manifst" in capsys.readouterr().err

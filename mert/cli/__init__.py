@@ -12,18 +12,69 @@
 
 Each module parses its arguments and calls library functions; none holds library logic. Subcommands import
 their heavy dependencies lazily so ``mert --help`` is instant.
+
+Messages: the library logs through ``logging.getLogger(__name__)`` and never prints; this entry point gives the
+``mert`` logger one console handler (stderr): info and above by default, ``mert -q ...`` warnings only,
+``mert -v ...`` debug too.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import sys
 from collections.abc import Sequence
 
 from mert.cli import data, embed, export
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "setup_logging"]
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (test captures and redirections replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {text}"
+        return text
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """One console handler on the ``mert`` logger: info by default, debug at ``verbosity > 0``, warnings only at
+    ``verbosity < 0``. Calling it again replaces the handler (never two)."""
+    logger = logging.getLogger("mert")
+    for h in [h for h in logger.handlers if isinstance(h, _ConsoleHandler)]:
+        logger.removeHandler(h)
+    handler = _ConsoleHandler()
+    handler.setFormatter(_Format("%(message)s"))
+    handler.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else logging.WARNING)
+    logger.addHandler(handler)
+    # The logger passes info on even with -q: a run folder's log file keeps it; only the console is quieter.
+    logger.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
+
+
+def _verbosity(argv: list[str]) -> tuple[int, list[str]]:
+    """Leading ``-v``/``--verbose``/``-q``/``--quiet`` flags (before the command) and the rest of ``argv``."""
+    level, i = 0, 0
+    while i < len(argv) and argv[i] in ("-v", "--verbose", "-q", "--quiet", "-vv", "-qq"):
+        level += {"-v": 1, "--verbose": 1, "-vv": 2, "-q": -1, "--quiet": -1, "-qq": -2}[argv[i]]
+        i += 1
+    return level, argv[i:]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="mert", description="MERT-style music audio representations.")
     parser.add_argument("--version", action="version", version=f"mert {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more messages (debug); before the command")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only; before the command")
     sub = parser.add_subparsers(dest="command", required=True)
     embed.add_parser(sub)
     export.add_parser(sub)
@@ -89,6 +142,8 @@ _ENVIRONMENT_ERRNOS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mert`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbosity, argv = _verbosity(argv)
+    setup_logging(verbosity)
     try:
         delegated = _delegate(argv)
         if delegated is not None:

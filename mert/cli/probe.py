@@ -8,6 +8,7 @@ mert probe manifest gtzan ~/data/gtzan --out gtzan.csv                         (
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ from mert.probe.layouts import LAYOUTS, MARBLE_VOCALSET_TECHNIQUES
 from mert.probe.manifest import write_manifest
 
 __all__ = ["compare_cli", "main", "manifest_cli"]
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,42 +37,111 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mert.cli.hydra_app import run_hydra
     from mert.probe.run import hydra_entry
 
-    return run_hydra(hydra_entry, "probe", sys.argv[0], _rewrite(argv), "mert probe")
+    return run_hydra(hydra_entry, "probe", sys.argv[0], _rewrite(argv), "mert probe", usage=USAGE)
+
+
+USAGE = """\
+usage: mert probe encoder=SOURCE data.manifest=FILE [task=NAME] [protocol=NAME] [KEY=VALUE ...]
+       mert probe compare RUNS... [--out table.md|.csv|.json] [--plot-hours hours.png]
+       mert probe manifest LAYOUT ROOT --out FILE
+
+Probe an encoder's hidden states on a labelled manifest (docs/probing.md). Results go to
+runs/probe/<manifest>-<digest>-<task>/<encoder>/<protocol>[-<settings given>]/results.json."""
 
 
 def compare_cli(argv: Sequence[str]) -> int:
-    """``mert probe compare RUN_DIRS... [--out table.md]``: 0, or 1 with a one-line error."""
+    """``mert probe compare RUNS... [--out table.md|.csv|.json] [--plot-hours x.png]``: 0, or 1 with a one-line
+    error."""
     ap = argparse.ArgumentParser(prog="mert probe compare", description="side-by-side table of probe runs")
-    ap.add_argument("runs", nargs="+", help="run directories (or results.json files) of `mert probe`")
-    ap.add_argument("--out", help="also write the table to this Markdown file")
+    ap.add_argument("runs", nargs="+", help="run folders, folders holding runs, or results.json files of `mert probe`")
+    ap.add_argument("--out", help="also write the table to this file: .md (Markdown), .csv or .json")
+    ap.add_argument(
+        "--plot-hours",
+        metavar="PNG",
+        help="also plot the best layer's score against audio-hours seen in pretraining (log x axis)",
+    )
     args = ap.parse_args(list(argv))
-    from mert.fileio import check_outputs
-    from mert.probe.run import compare_runs
+    from mert.fileio import UnsafeOutputError, check_outputs, write_json_atomic, write_text_atomic
+    from mert.probe.run import compare_csv, compare_markdown, compare_table, find_results, load_results, plot_hours
 
-    try:
-        if args.out:  # before reading: a table written over a run's results.json destroys that run's results
-            if Path(args.out).name == "results.json":
-                raise ValueError(f"--out {args.out} would replace a probe run's results.json; choose another name")
-            dirs = [r for r in args.runs if Path(r).is_dir()]
-            inputs = [*args.runs, *(Path(d) / "results.json" for d in dirs)]
-            check_outputs([args.out], inputs, scanned=dirs, what="--out")  # a run folder holds that run's results
-        table = compare_runs(args.runs)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"mert probe compare: error: {e}", file=sys.stderr)
+    prog = "mert probe compare"
+    formats = {".md": "md", ".markdown": "md", ".csv": "csv", ".json": "json"}
+    if args.out and Path(args.out).suffix.lower() not in formats:
+        print(f"{prog}: error: --out {args.out}: use a .md, .csv or .json file name", file=sys.stderr)
         return 1
-    print(table, end="")
-    if args.out:
-        write_text_atomic(args.out, table)
+    try:
+        files = find_results(args.runs)
+        outputs = [(o, w) for o, w in ((args.out, "--out"), (args.plot_hours, "--plot-hours")) if o]
+        for out, what in outputs:
+            # a run folder holds that run's results and plots: a table written there would pass for one
+            check_outputs([out], files, scanned=[Path(f).parent for f in files], what=what)
+            if Path(out).name == "results.json":
+                raise UnsafeOutputError(
+                    f"{what} {out}: a file named results.json is a probe run's result; use another name"
+                )
+        check_outputs([o for o, _ in outputs])
+        results = [load_results(f) for f in files]
+        manifests = [r["data"]["manifest"] for r in results if Path(str(r["data"]["manifest"])).exists()]
+        for out, what in outputs:
+            check_outputs([out], manifests, what=what)  # a run's manifest is data too
+            _check_replaceable(Path(out), what)
+        table = compare_table(results)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    md = compare_markdown(table)
+    print(md, end="")
+    try:
+        if args.out:
+            kind = formats[Path(args.out).suffix.lower()]
+            if kind == "json":
+                write_json_atomic(args.out, {**table, "runs": [str(f) for f in files]})
+            else:
+                write_text_atomic(args.out, md if kind == "md" else compare_csv(table))
+        if args.plot_hours:
+            for msg in plot_hours(results, args.plot_hours):
+                log.warning("%s: %s", prog, msg)
+    except (OSError, ValueError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
-# `task=gtzan_genre` and `protocol=quick` are the documented spellings of Hydra's package overrides.
-_ALIASES = {"task": "probe_task@task", "protocol": "probe_protocol@probe"}
+def _check_replaceable(out: Path, what: str) -> None:
+    """An existing output is replaced only when it is what this command writes (a table, a PNG plot)."""
+    from mert.fileio import UnsafeOutputError
+
+    if not out.exists():
+        return
+    if not out.is_file():
+        raise UnsafeOutputError(f"{what} {out} exists and is not a file; choose another name")
+    head = out.open("rb").read(64)
+    ours = (
+        head.startswith(b"\x89PNG")
+        if what == "--plot-hours"
+        else head.startswith((b"| data: task |", b"data,metric,", b'{\n  "columns"'))
+    )
+    if not ours:
+        raise UnsafeOutputError(
+            f"{what} {out} exists and was not written by `mert probe compare`: refusing to replace it; "
+            "choose another name or remove it first"
+        )
+
+
+# Earlier spellings of the `task` and `protocol` config groups, still accepted.
+_ALIASES = {
+    "probe_task": "task",
+    "probe_task@task": "task",
+    "probe_protocol": "protocol",
+    "probe_protocol@probe": "protocol",
+}
 
 
 def _rewrite(argv: Sequence[str]) -> list[str]:
-    out = []
-    for a in argv:
+    # Hydra's parser takes -m/--multirun only before the overrides; users put it anywhere.
+    flags = [a for a in argv if a in ("-m", "--multirun")]
+    out = list(dict.fromkeys(flags))
+    for a in (a for a in argv if a not in flags):
         key, sep, value = a.partition("=")
         out.append(f"{_ALIASES[key]}={value}" if sep and key in _ALIASES else a)
     return out

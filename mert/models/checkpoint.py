@@ -521,18 +521,18 @@ def save_checkpoint(
     """Write ``config.json``, ``model.safetensors`` (config repeated in its metadata) and ``meta.json``."""
     from safetensors.torch import save_file
 
-    from mert.fileio import make_shareable
+    from mert.fileio import atomic_path, write_text_atomic
 
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    tmp = folder / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={METADATA_CONFIG_KEY: json.dumps(config.to_dict()), "format": "pt"})
-    make_shareable(tmp)  # safetensors writes 0600; the folder's other files are 0644
-    os.replace(tmp, folder / "model.safetensors")  # never leave a half-written weights file under the real name
-    (folder / "config.json").write_text(config.to_json() + "\n")
+    # atomic_path: a random temp name beside the target, the usual file mode (safetensors writes 0600), and
+    # never a half-written weights file under the real name.
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_CONFIG_KEY: json.dumps(config.to_dict()), "format": "pt"})
+    write_text_atomic(folder / "config.json", config.to_json() + "\n")
     full_meta = {"mert_version": __version__, **(meta or {})}
-    (folder / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(folder / "meta.json", json.dumps(full_meta, indent=2, sort_keys=True, default=str) + "\n")
     return folder
 
 
@@ -547,17 +547,15 @@ def save_hf_checkpoint(
     """
     from safetensors.torch import save_file
 
-    from mert.fileio import make_shareable
+    from mert.fileio import atomic_path, write_text_atomic
 
     hf_config = encoder_config_to_hf_config(config)  # refuses layouts HubertModel cannot hold, before writing
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_state_dict(state).items()}
-    tmp = folder / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    make_shareable(tmp)
-    os.replace(tmp, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_text_atomic(folder / "config.json", json.dumps(hf_config, indent=2) + "\n")
     preprocessor = {
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "feature_size": 1,
@@ -567,9 +565,9 @@ def save_hf_checkpoint(
         "padding_value": 0.0,
         "return_attention_mask": True,
     }
-    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    write_text_atomic(folder / "preprocessor_config.json", json.dumps(preprocessor, indent=2) + "\n")
     full_meta = {"mert_version": __version__, "layout": "transformers HubertModel", **(meta or {})}
-    (folder / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(folder / "meta.json", json.dumps(full_meta, indent=2, sort_keys=True, default=str) + "\n")
     return folder
 
 

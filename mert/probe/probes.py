@@ -7,7 +7,9 @@ Protocol (MERT-v1 probing results, MARBLE): for every candidate (a layer, or the
 transformer layers) and every learning rate of the grid, a head is trained with Adam on mini-batches of 64,
 ReduceLROnPlateau and early stopping on the validation score; the best validation state is scored on test. The
 learning rate is chosen on validation per (candidate, seed); the best layer is chosen on mean validation score over
-seeds, so the test split never takes part in a choice. Results are mean +- std over seeds.
+seeds, so the test split never takes part in a choice. Results are mean +- std over seeds; the spread over seeds
+says nothing about how few test items there are, so the best layer and the weighted sum also get a bootstrap
+confidence interval over test items (:func:`run_probes` ``bootstrap=``).
 
 All candidates and learning rates of one seed train together as one batched model (``P`` heads in one
 ``baddbmm``), with a per-probe Adam step size, so a per-layer sweep costs about one big model's time instead of
@@ -28,7 +30,15 @@ from torch import Tensor
 
 from mert.probe import metrics as M
 
-__all__ = ["ProbeConfig", "ProbeData", "CandidateResult", "ProbeResults", "run_probes", "WEIGHTED"]
+__all__ = [
+    "ProbeConfig",
+    "ProbeData",
+    "CandidateResult",
+    "ProbeResults",
+    "bootstrap_interval",
+    "run_probes",
+    "WEIGHTED",
+]
 
 WEIGHTED = -1  # candidate id of the learned softmax-weighted sum over layers
 
@@ -67,9 +77,9 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if self.head not in ("mlp", "linear"):
-            raise ValueError(f"probe head must be 'mlp' or 'linear', got {self.head!r}")
+            raise ValueError(f"probe.head must be 'mlp' or 'linear', got {self.head!r}")
         if not self.lrs or not self.seeds:
-            raise ValueError("the probe needs at least one learning rate and one seed")
+            raise ValueError("probe.lrs and probe.seeds need at least one value each")
         object.__setattr__(self, "lrs", tuple(float(x) for x in self.lrs))
         object.__setattr__(self, "seeds", tuple(int(x) for x in self.seeds))
 
@@ -84,8 +94,11 @@ class ProbeData:
         kind: ``multiclass``, ``multilabel`` (also beat frames: one sigmoid output) or ``regression``.
         num_outputs: ``C``.
         metrics: the metric names ``score`` returns; the first chooses learning rates, states and layers.
-        score: ``(split, outputs (P, N, C)) -> {metric: (P,) scores}``; the first metric is the selection one.
+        score: ``(split, outputs (P, N, C), items=None) -> {metric: (P,) scores}``; the first metric is the
+            selection one. ``items`` (optional, for the bootstrap) are indices of test items, with repeats, to
+            score instead of the whole split: rows for clip-level tasks, clips for frame-level ones.
         pos_weight: optional ``(C,)`` BCE weights for rare positives (beat frames).
+        test_items: how many test items ``items`` indexes (default: ``x["test"]``'s rows).
     """
 
     x: dict[str, Tensor]
@@ -93,8 +106,14 @@ class ProbeData:
     kind: str
     num_outputs: int
     metrics: tuple[str, ...]
-    score: Callable[[str, Tensor], dict[str, np.ndarray]]
+    score: Callable[..., dict[str, np.ndarray]]  # (split, outputs[, items])
     pos_weight: Tensor | None = None
+    test_items: int | None = None
+
+    @property
+    def n_test(self) -> int:
+        """Test items (clips): the unit the bootstrap resamples."""
+        return int(self.x["test"].shape[0] if self.test_items is None else self.test_items)
 
 
 @dataclass
@@ -107,6 +126,8 @@ class CandidateResult:
     test: list[dict[str, float]] = field(default_factory=list)
     layer_weights: list[list[float]] = field(default_factory=list)
     layer_weight_ids: list[int] = field(default_factory=list)  # hidden-state index of each mixed layer
+    test_ci: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> bootstrap interval
+    test_outputs: list[Tensor] = field(default_factory=list, repr=False)  # per seed (N, C), for the bootstrap
 
     def test_mean_std(self, metric: str) -> tuple[float, float]:
         vals = np.array([t[metric] for t in self.test], dtype=np.float64)
@@ -118,6 +139,8 @@ class ProbeResults:
     candidates: dict[int, CandidateResult]
     metrics: tuple[str, ...]
     best: int  # candidate with the best mean validation score
+    n_test: int = 0
+    bootstrap: dict | None = None  # resamples, seed, level of the intervals in ``test_ci``
 
     def to_dict(self) -> dict:
         def name(c: int) -> str:
@@ -126,13 +149,15 @@ class ProbeResults:
         out = {
             "selection_metric": self.metrics[0],
             "best_candidate": name(self.best),
+            "n_test": self.n_test,
+            "bootstrap": self.bootstrap,
             "candidates": {},
         }
         for c, r in self.candidates.items():
             d = {
                 "val_mean": float(np.mean(r.val)),
                 "lr_per_seed": r.lrs,
-                "test": {m: dict(zip(("mean", "std"), r.test_mean_std(m))) for m in self.metrics},
+                "test": {m: _test_entry(r, m) for m in self.metrics},
                 "test_per_seed": r.test,
             }
             if r.layer_weights:
@@ -140,6 +165,46 @@ class ProbeResults:
                 d["layer_weights_layers"] = r.layer_weight_ids
             out["candidates"][name(c)] = d
         return out
+
+
+def _test_entry(r: CandidateResult, metric: str) -> dict[str, float]:
+    out = dict(zip(("mean", "std"), r.test_mean_std(metric)))
+    if metric in r.test_ci:
+        out["ci_low"], out["ci_high"] = r.test_ci[metric]
+    return out
+
+
+def bootstrap_interval(
+    data: ProbeData, outputs: list[Tensor], resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of the seed-mean test score, resampling test items with replacement.
+
+    Args:
+        outputs: per seed the ``(N, C)`` test outputs of the chosen head (stacked to ``(S, N, C)``).
+        resamples: bootstrap resamples; the same seeded item draws serve every candidate, so intervals of two
+            candidates are comparable.
+    Returns:
+        metric -> ``(low, high)`` at ``level``; a metric undefined on every resample is left out.
+    """
+    n = data.n_test
+    if n == 0 or not outputs or resamples <= 0:
+        return {}
+    out = torch.stack([o.float() for o in outputs])  # (S, N, C)
+    rng = np.random.default_rng(seed)
+    draws = {m: np.empty(resamples) for m in data.metrics}
+    for b in range(resamples):
+        items = rng.integers(0, n, size=n)
+        got = data.score("test", out, items)
+        for m in data.metrics:
+            vals = np.asarray(got[m], dtype=np.float64)
+            draws[m][b] = np.nanmean(vals) if np.isfinite(vals).any() else np.nan
+    tail = 100 * (1 - level) / 2
+    res = {}
+    for m, v in draws.items():
+        v = v[np.isfinite(v)]
+        if len(v):
+            res[m] = (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
+    return res
 
 
 class _Heads(torch.nn.Module):
@@ -305,8 +370,9 @@ def _compact(heads: _Heads, opt: torch.optim.Adam, keep: Tensor, lr: float) -> t
 
 def _train_group(
     data: ProbeData, sources: list[int], lrs: list[float], mix_layers: list[int], cfg: ProbeConfig, seed: int
-) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
-    """Train heads side by side; returns per head the best validation score, test scores and mix weights."""
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None, Tensor]:
+    """Train heads side by side; returns per head the best validation score, test scores, mix weights, and the
+    ``(P, N, C)`` test outputs."""
     x_tr, y_tr = data.x["train"], data.y["train"]
     d = x_tr.shape[-1]
     heads = _Heads(sources, mix_layers, d, data.num_outputs, cfg, seed, lrs)
@@ -360,9 +426,10 @@ def _train_group(
             live = live[keep]
     final = _Heads(sources, mix_layers, d, data.num_outputs, cfg, seed, lrs)
     final.load_effective(best_state)
-    test = data.score("test", _predict(final, data.x["test"])) if data.x["test"].shape[0] else {}
+    test_out = _predict(final, data.x["test"])
+    test = data.score("test", test_out) if data.x["test"].shape[0] else {}
     mix = best_state[0].softmax(-1).numpy() if final.weighted.any() else None
-    return best_val, test, mix
+    return best_val, test, mix, test_out
 
 
 def run_probes(
@@ -371,6 +438,9 @@ def run_probes(
     cfg: ProbeConfig,
     progress: Callable[[str], None] | None = None,
     layer_ids: Sequence[int] | None = None,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
+    bootstrap_level: float = 0.95,
 ) -> ProbeResults:
     """Train every candidate x learning rate x seed and choose learning rates and the best layer on validation.
 
@@ -379,6 +449,8 @@ def run_probes(
         num_layers: ``n``, the number of feature layers (hidden states kept in the cache).
         layer_ids: the hidden-state index of each feature layer (default ``0..n-1``); candidates, results and
             ``cfg.layers`` use these indices, and ``weighted_layers="transformer"`` leaves out index 0.
+        bootstrap: resamples of the test items for the confidence interval of the best candidate and the
+            weighted sum (0: none); ``data.score`` must accept ``items``. Seeded by ``bootstrap_seed``.
     """
     ids = list(range(num_layers)) if layer_ids is None else [int(i) for i in layer_ids]
     if len(ids) != num_layers:
@@ -404,14 +476,19 @@ def run_probes(
         per_job_val = np.empty(len(jobs))
         per_job_test: list[dict[str, float]] = [{} for _ in jobs]
         per_job_mix: list[np.ndarray | None] = [None] * len(jobs)
+        per_job_out: list[Tensor | None] = [None] * len(jobs)
         for start in range(0, len(jobs), cfg.max_parallel):
             group = jobs[start : start + cfg.max_parallel]
             if progress is not None:
                 progress(f"seed {seed}: heads {start + 1}-{start + len(group)} of {len(jobs)}")
-            val, test, mix = _train_group(data, [c for c, _ in group], [lr for _, lr in group], mix_layers, cfg, seed)
+            val, test, mix, out = _train_group(
+                data, [c for c, _ in group], [lr for _, lr in group], mix_layers, cfg, seed
+            )
             per_job_val[start : start + len(group)] = val
             for k in range(len(group)):
                 per_job_test[start + k] = {m: float(v[k]) for m, v in test.items()} if test else {}
+                if bootstrap > 0:
+                    per_job_out[start + k] = out[k].half()  # half: kept per candidate and seed until the end
                 if group[k][0] == WEIGHTED and mix is not None:
                     per_job_mix[start + k] = mix[k]
         for c in candidates:
@@ -421,9 +498,21 @@ def run_probes(
             r.lrs.append(jobs[best][1])
             r.val.append(float(per_job_val[best]))
             r.test.append(per_job_test[best])
+            if per_job_out[best] is not None:
+                r.test_outputs.append(per_job_out[best])
             if per_job_mix[best] is not None:
                 r.layer_weights.append(per_job_mix[best].tolist())
     best_candidate = max(candidates, key=lambda c: np.mean(results[c].val))
+    boot = None
+    if bootstrap > 0:
+        boot = {"resamples": int(bootstrap), "seed": int(bootstrap_seed), "level": float(bootstrap_level)}
+        for c in dict.fromkeys([best_candidate, WEIGHTED]):
+            if c in results:
+                results[c].test_ci = bootstrap_interval(
+                    data, results[c].test_outputs, bootstrap, bootstrap_seed, bootstrap_level
+                )
+    for r in results.values():
+        r.test_outputs = []
 
     def real(c: int) -> int:
         return c if c == WEIGHTED else ids[c]
@@ -432,7 +521,7 @@ def run_probes(
         r.candidate = real(r.candidate)
         if r.layer_weights:
             r.layer_weight_ids = [ids[k] for k in mix_layers]
-    return ProbeResults({real(c): r for c, r in results.items()}, data.metrics, real(best_candidate))
+    return ProbeResults({real(c): r for c, r in results.items()}, data.metrics, real(best_candidate), data.n_test, boot)
 
 
 def standardize(x: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -449,8 +538,10 @@ def scorer(kind: str, y: dict[str, np.ndarray], metrics: Sequence[str], output_n
     """
     names = {n: i for i, n in enumerate(output_names)}
 
-    def score(split: str, out: Tensor) -> dict[str, np.ndarray]:
+    def score(split: str, out: Tensor, items: np.ndarray | None = None) -> dict[str, np.ndarray]:
         truth = y[split]
+        if items is not None:
+            truth, out = truth[items], out[:, items]
         res: dict[str, list[float]] = {m: [] for m in metrics}
         for o in out.float().numpy():
             for m in metrics:

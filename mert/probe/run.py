@@ -8,7 +8,8 @@ Shape legend: ``N`` examples, ``n`` layers, ``d`` width, ``t`` label frames, ``P
     mert probe compare runs/probe/x/*                                    # side-by-side table
 
 Hydra composes ``conf/probe.yaml``; everything below the entry point takes plain values. The run directory is
-``runs_root/probe/<manifest stem>-<task>/<encoder>`` unless ``run_dir`` is set; features live in the shared cache
+``runs_root/probe/<manifest stem>-<manifest digest>-<task>/<encoder>/<protocol>[-<overrides>]`` unless ``run_dir``
+is set (:func:`probe_run_dir`); features live in the shared cache
 (``features.cache_dir``, default ``$MERT_CACHE/features``) so a second run of the same encoder and data set
 skips extraction.
 """
@@ -32,9 +33,25 @@ from mert.fileio import atomic_path, write_json_atomic, write_text_atomic
 from mert.probe import metrics as M
 from mert.probe.tasks import ProbeDataset, TaskSpec
 
-log = logging.getLogger("mert.probe")
+log = logging.getLogger(__name__)
 
-__all__ = ["build_probe_data", "compare_runs", "hydra_entry", "load_encoder", "run"]
+__all__ = [
+    "audio_hours",
+    "build_probe_data",
+    "compare_csv",
+    "compare_markdown",
+    "compare_runs",
+    "compare_table",
+    "find_results",
+    "hydra_entry",
+    "load_encoder",
+    "load_results",
+    "manifest_identity",
+    "plot_hours",
+    "probe_run_dir",
+    "run",
+    "settings_fingerprint",
+]
 
 
 def load_encoder(source: str, *, random_seed: int = 0, device: str = "cpu"):
@@ -69,6 +86,89 @@ def load_encoder(source: str, *, random_seed: int = 0, device: str = "cpu"):
 def _slug(text: str, limit: int = 60) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "encoder"
     return s if len(s) <= limit else s[: limit - 13] + "-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# Settings that never change a score (where files go, speed, what is printed): left out of run names.
+_NOT_SCIENTIFIC = {
+    "encoder",
+    "data.manifest",
+    "run_dir",
+    "runs_root",
+    "progress",
+    "device",
+    "overwrite",
+    "features.cache_dir",
+    "features.batch_size",
+    "probe.max_parallel",
+    "min_test_items",
+    "task",
+    "protocol",
+}
+
+
+def manifest_identity(manifest: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """SHA-256 of the manifest's bytes and the folder its relative paths resolve against: two manifests with one
+    file name, or one manifest read against two roots, are different data sets."""
+    p = Path(manifest)
+    h = hashlib.sha256(p.read_bytes())
+    h.update(b"\0" + str(Path(root).resolve() if root else p.resolve().parent).encode())
+    return h.hexdigest()
+
+
+def settings_fingerprint(cfg: dict[str, Any], task: TaskSpec, manifest_id: str) -> str:
+    """A 12-hex digest of everything that changes a probe's scores: encoder, data, task, features, protocol."""
+    fcfg, pcfg = cfg.get("features") or {}, dict(cfg.get("probe") or {})
+    pcfg.pop("max_parallel", None)
+    data = cfg.get("data") or {}
+    settings = {
+        "encoder": str(cfg.get("encoder")),
+        "random_seed": int(cfg.get("random_seed", 0)) if str(cfg.get("encoder")).startswith("random:") else None,
+        "manifest": manifest_id,
+        "split": [data.get("split_seed", 0), list(data.get("split_fractions", (0.8, 0.1, 0.1)))],
+        "task": {k: v for k, v in task.__dict__.items()},
+        "features": {k: fcfg.get(k) for k in ("window_seconds", "min_window_seconds", "layers")},
+        "probe": pcfg,
+        "bootstrap": cfg.get("bootstrap"),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _stored_fingerprint(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "results.json").read_text(encoding="utf-8")).get("settings_fingerprint", "")
+    except (OSError, ValueError, AttributeError):
+        return None  # no results yet (or unreadable): nothing to lose
+
+
+def probe_run_dir(cfg: dict[str, Any], task: TaskSpec, manifest_id: str, fingerprint: str) -> Path:
+    """Where a probe run writes: ``run_dir`` if set, else
+    ``runs_root/probe/<manifest stem>-<manifest digest>-<task>/<encoder>/<protocol>[-<settings given>]``.
+
+    A folder whose ``results.json`` came from other settings is never reused: the default name gets the settings
+    digest appended, and an explicit ``run_dir`` is refused unless ``overwrite=true``.
+    """
+    if cfg.get("run_dir"):
+        run_dir = Path(cfg["run_dir"])
+        stored = _stored_fingerprint(run_dir)
+        if stored is not None and stored != fingerprint and not cfg.get("overwrite"):
+            raise ValueError(
+                f"run_dir={run_dir} holds the results of a probe with other settings or data "
+                f"(settings {stored or 'unknown'}, these {fingerprint}): choose another run_dir or pass overwrite=true"
+            )
+        return run_dir
+    given = [o for o in cfg.get("overrides") or [] if o.partition("=")[0].lstrip("+~") not in _NOT_SCIENTIFIC]
+    leaf = str(cfg.get("protocol_name") or "custom") + ("-" + ",".join(sorted(given)) if given else "")
+    base = (
+        Path(cfg.get("runs_root", "runs"))
+        / "probe"
+        / f"{_slug(Path(cfg['data']['manifest']).stem, 40)}-{manifest_id[:8]}-{task.name}"
+        / _slug(cfg["encoder"])
+    )
+    run_dir = base / _slug(leaf, 120)
+    stored = _stored_fingerprint(run_dir)
+    if stored is not None and stored != fingerprint:
+        run_dir = base / f"{_slug(leaf, 106)}-{fingerprint}"
+    return run_dir
 
 
 def build_probe_data(ds: ProbeDataset, feats: list[np.ndarray | None], ok: np.ndarray):
@@ -121,11 +221,13 @@ def build_probe_data(ds: ProbeDataset, feats: list[np.ndarray | None], ok: np.nd
         names = {"frame_accuracy": "accuracy", "frame_macro_f1": "macro_f1"}
         base = scorer("multiclass", frame_y, [names.get(m, m) for m in metrics])
 
-        def score(split: str, out: torch.Tensor) -> dict[str, np.ndarray]:
-            got = base(split, out)
+        def score(split: str, out: torch.Tensor, items: np.ndarray | None = None) -> dict[str, np.ndarray]:
+            if items is not None:  # items are clips: their frames, repeated as the clips are
+                items = np.concatenate([np.arange(spans[split][k][1], spans[split][k][2]) for k in items])
+            got = base(split, out, items)
             return {m: got[names.get(m, m)] for m in metrics}
 
-        return ProbeData(x, y, "multiclass", len(ds.classes), metrics, score)
+        return ProbeData(x, y, "multiclass", len(ds.classes), metrics, score, test_items=len(spans["test"]))
 
     y = {s: v.float()[:, None] for s, v in y.items()}  # (N, 1) event / no event
     positives = float(y["train"].sum())
@@ -135,16 +237,27 @@ def build_probe_data(ds: ProbeDataset, feats: list[np.ndarray | None], ok: np.nd
     # Peaks closer than this are one event: beats are >= 0.25 s apart in music, onsets can be much closer.
     min_gap = 0.1 if task.type == "beat" else max(task.beat_tolerance_seconds, 1.0 / rate)
 
-    def event_score(split: str, out: torch.Tensor) -> dict[str, np.ndarray]:
-        prob = torch.sigmoid(out[..., 0].float()).numpy()  # (P, N)
-        res = np.zeros(prob.shape[0])
-        for i, a, b in spans[split]:
-            for p in range(prob.shape[0]):
-                est = M.pick_peaks(prob[p, a:b], rate, min_gap_seconds=min_gap)
-                res[p] += f_measure(ds.events[i], est, task.beat_tolerance_seconds)
-        return {metrics[0]: res / max(1, len(spans[split]))}
+    # (split, id of the outputs) -> (outputs, (P, clips) F-measures): one resample after another reuses them.
+    per_clip: dict[tuple[str, int], tuple[torch.Tensor, np.ndarray]] = {}
 
-    return ProbeData(x, y, "multilabel", 1, metrics, event_score, pos_weight)
+    def event_score(split: str, out: torch.Tensor, items: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        # The score is a mean over clips, so a bootstrap resample only re-averages the per-clip F-measures.
+        key = (split, id(out))
+        if key not in per_clip:
+            prob = torch.sigmoid(out[..., 0].float()).numpy()  # (P, N)
+            f = np.zeros((prob.shape[0], len(spans[split])))
+            for k, (i, a, b) in enumerate(spans[split]):
+                for p in range(prob.shape[0]):
+                    est = M.pick_peaks(prob[p, a:b], rate, min_gap_seconds=min_gap)
+                    f[p, k] = f_measure(ds.events[i], est, task.beat_tolerance_seconds)
+            if items is None:
+                return {metrics[0]: f.mean(1) if f.shape[1] else np.zeros(prob.shape[0])}
+            per_clip.clear()
+            per_clip[key] = (out, f)  # the tensor is kept so that its id is not reused while cached
+        f = per_clip[key][1]
+        return {metrics[0]: f[:, items].mean(1)}
+
+    return ProbeData(x, y, "multilabel", 1, metrics, event_score, pos_weight, test_items=len(spans["test"]))
 
 
 def _chance(ds: ProbeDataset, ok: np.ndarray) -> dict[str, float]:
@@ -171,13 +284,21 @@ def _markdown(summary: dict) -> str:
     res = summary["results"]
     metrics = list(summary["task"]["metrics"])
     kind = _handcrafted_kind(summary)
+    boot = res.get("bootstrap") or {}
+    n_test = summary.get("n_test", summary["data"]["splits"]["test"])
+    ci_text = (
+        f" [{100 * boot['level']:g}% bootstrap interval over the {n_test} test items, best and weighted rows]"
+        if boot
+        else ""
+    )
     lines = [
         f"# {summary['task']['name']} ({summary['task']['type']}): {summary['encoder']['source']}",
         "",
-        "{train}/{valid}/{test} examples (train/valid/test); ".format(**summary["data"]["splits"])
-        + f"{summary['features']['skipped']} skipped; "
+        "{train}/{valid}/{test} examples (train/valid/test); n_test = ".format(**summary["data"]["splits"])
+        + f"{n_test}; {summary['features']['skipped']} skipped; "
         f"head {summary['probe']['head']}; {len(summary['probe']['seeds'])} seeds; test scores mean +- std over "
-        f"seeds; learning rate{'' if kind else ' and layer'} chosen on validation ({res['selection_metric']}).",
+        f"seeds{ci_text}; learning rate{'' if kind else ' and layer'} chosen on validation "
+        f"({res['selection_metric']}).",
         "",
         ("| features | valid " if kind else "| layer | valid ")
         + res["selection_metric"]
@@ -188,7 +309,7 @@ def _markdown(summary: dict) -> str:
     ]
     for name, r in res["candidates"].items():
         mark = " **(best)**" if name == res["best_candidate"] else ""
-        cells = " | ".join(f"{100 * r['test'][m]['mean']:.1f} +- {100 * r['test'][m]['std']:.1f}" for m in metrics)
+        cells = " | ".join(_cell(r["test"][m]) for m in metrics)
         lrs = ", ".join(f"{lr:g}" for lr in r["lr_per_seed"])
         label = kind if kind and name == "0" else name
         lines.append(f"| {label}{mark} | {100 * r['val_mean']:.1f} | {cells} | {lrs} |")
@@ -204,7 +325,37 @@ def _markdown(summary: dict) -> str:
         ids = weighted.get("layer_weights_layers")  # absent in results.json files written before it existed
         cells = [f"layer {i} {w:.3f}" for i, w in zip(ids, weights)] if ids else [f"{w:.3f}" for w in weights]
         lines += ["", "Learned layer weights (weighted sum, mean over seeds): " + ", ".join(cells)]
+    for w in summary.get("warnings", []):
+        lines += ["", f"**Warning:** {w}"]
     return "\n".join(lines) + "\n"
+
+
+def _cell(s: dict) -> str:
+    """``mean +- std`` over seeds, then ``[low, high]``, the bootstrap interval over test items, when known."""
+    text = f"{100 * s['mean']:.1f} +- {100 * s['std']:.1f}"
+    if "ci_low" in s:
+        text += f" [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]"
+    return text
+
+
+def _warnings(n_test: int, seeds: int, min_test_items: int, ci: dict[str, list[float]]) -> list[str]:
+    """What a reader of the table must know before trusting it: few test items, or one seed."""
+    out = []
+    if n_test < min_test_items:
+        widths = ", ".join(f"{m} [{100 * lo:.1f}, {100 * hi:.1f}]" for m, (lo, hi) in ci.items())
+        out.append(
+            f"only {n_test} test items (fewer than {min_test_items}): one item moves a score by "
+            f"{100 / max(n_test, 1):.1f} points, and +- is the spread over head seeds only, not over test data"
+            + (
+                f"; the bootstrap interval over test items is {widths} (too few items for it to be reliable)"
+                if widths
+                else ""
+            )
+            + ". Use a larger test split before comparing encoders."
+        )
+    if seeds < 2:
+        out.append("one seed: +- 0.0 says nothing about the spread over head seeds")
+    return out
 
 
 def _plot(summary: dict, path: Path) -> bool:
@@ -253,11 +404,10 @@ def _plot(summary: dict, path: Path) -> bool:
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Probe as configured (a plain mapping shaped like ``conf/probe.yaml``); returns the results summary."""
-    from mert.download import default_cache_dir
-    from mert.probe.cache import FeatureCache, FeatureSpec
-    from mert.probe.probes import ProbeConfig, run_probes
+    """Probe as configured (a plain mapping shaped like ``conf/probe.yaml``); returns the results summary.
 
+    Messages go to the ``mert.probe.run`` logger and to ``probe.log`` in the run folder.
+    """
     t0 = time.time()
     if cfg.get("encoder") in (None, "", "???"):
         raise ValueError(
@@ -268,6 +418,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         from mert.probe.handcrafted import parse_kinds
 
         parse_kinds(cfg["encoder"][len("features:") :])
+    _probe_config(cfg)  # a bad protocol setting is reported before any audio is read
     task = TaskSpec(**cfg["task"])
     data_cfg = cfg["data"]
     ds = ProbeDataset.from_manifest(
@@ -281,16 +432,49 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     device = cfg.get("device") or "cpu"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    run_dir = Path(
-        cfg.get("run_dir")
-        or Path(cfg.get("runs_root", "runs"))
-        / "probe"
-        / f"{_slug(Path(data_cfg['manifest']).stem)}-{task.name}"
-        / _slug(cfg["encoder"])
-    )
+    manifest_id = manifest_identity(data_cfg["manifest"], data_cfg.get("root"))
+    fingerprint = settings_fingerprint(cfg, task, manifest_id)
+    run_dir = probe_run_dir(cfg, task, manifest_id, fingerprint)
     encoder = load_encoder(cfg["encoder"], random_seed=int(cfg.get("random_seed", 0)), device=device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"mert probe: {ds.summary()} -> {run_dir}", flush=True)
+    # The run's own log: what was printed, kept beside the results (a rerun of the same settings appends).
+    log_file = logging.FileHandler(run_dir / "probe.log", encoding="utf-8")
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("mert").addHandler(log_file)
+    try:
+        return _run_in(cfg, ds, task, encoder, run_dir, device, t0, manifest_id, fingerprint)
+    finally:
+        logging.getLogger("mert").removeHandler(log_file)
+        log_file.close()
+
+
+def _probe_config(cfg: dict[str, Any]) -> Any:
+    from mert.probe.probes import ProbeConfig
+
+    pcfg = dict(cfg.get("probe", {}))
+    if isinstance(pcfg.get("layers"), list | tuple):
+        pcfg["layers"] = [int(i) for i in pcfg["layers"]]
+    return ProbeConfig(**pcfg)
+
+
+def _run_in(
+    cfg: dict[str, Any],
+    ds: ProbeDataset,
+    task: TaskSpec,
+    encoder: Any,
+    run_dir: Path,
+    device: str,
+    t0: float,
+    manifest_id: str,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """The part of :func:`run` that writes into ``run_dir`` (its log file attached)."""
+    from mert.download import default_cache_dir
+    from mert.probe.cache import FeatureCache, FeatureSpec
+    from mert.probe.probes import run_probes
+
+    data_cfg = cfg["data"]
+    log.info("mert probe: %s -> %s", ds.summary(), run_dir)
     fcfg = cfg.get("features", {})
     spec = FeatureSpec(
         window_seconds=float(fcfg.get("window_seconds", 5.0)),
@@ -301,26 +485,35 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     cache_dir = fcfg.get("cache_dir") or default_cache_dir() / "features"
     cache = FeatureCache(cache_dir, encoder, spec, batch_size=int(fcfg.get("batch_size", 8)))
     report = cache.extract(ds, progress=bool(cfg.get("progress", True)))
-    print(f"mert probe: features {report} ({cache.folder})", flush=True)
+    log.info("mert probe: features %s (%s)", report, cache.folder)
     feats, ok = cache.load(ds)
     encoder_config = encoder.config.to_dict()
     cache.encoder = encoder = None  # the probes need only the cached features: free the (GPU) memory
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
 
-    pcfg = dict(cfg.get("probe", {}))
-    if isinstance(pcfg.get("layers"), list | tuple):
-        pcfg["layers"] = [int(i) for i in pcfg["layers"]]
-    probe_cfg = ProbeConfig(**pcfg)
+    probe_cfg = _probe_config(cfg)
     data = build_probe_data(ds, feats, ok)
     num_layers = data.x["train"].shape[1]
+    bcfg = cfg.get("bootstrap") or {}
     results = run_probes(
-        data, num_layers, probe_cfg, progress=lambda m: print(f"mert probe: {m}", flush=True), layer_ids=cache.layers
+        data,
+        num_layers,
+        probe_cfg,
+        progress=lambda m: log.info("mert probe: %s", m),
+        layer_ids=cache.layers,
+        bootstrap=int(bcfg.get("resamples", 1000)),
+        bootstrap_seed=int(bcfg.get("seed", 0)),
+        bootstrap_level=float(bcfg.get("level", 0.95)),
     )
     res = results.to_dict()
     best = res["candidates"][res["best_candidate"]]
     headline = {m: best["test"][m] for m in task.resolved_metrics()}
     counts = {s: int(sum(ok[i] for i in ds.indices(s))) for s in ("train", "valid", "test")}
+    best_ci = {m: [v["ci_low"], v["ci_high"]] for m, v in best["test"].items() if "ci_low" in v}
+    warnings = _warnings(results.n_test, len(probe_cfg.seeds), int(cfg.get("min_test_items", 50)), best_ci)
+    for w in warnings:
+        log.warning("mert probe: %s", w)
     summary = {
         "mert_probe_version": 1,
         "task": {**task.__dict__, "metrics": list(task.resolved_metrics()), "classes": ds.classes},
@@ -329,8 +522,15 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             "fingerprint": cache.fingerprint,
             "config": encoder_config,
             "num_hidden_states": num_layers,
+            "audio_hours_seen": audio_hours({"encoder": {"source": cfg["encoder"]}}),
         },
-        "data": {"manifest": str(data_cfg["manifest"]), "examples": len(ds.examples), "splits": counts},
+        "data": {
+            "manifest": str(data_cfg["manifest"]),
+            "manifest_sha256": manifest_id,
+            "examples": len(ds.examples),
+            "splits": counts,
+        },
+        "settings_fingerprint": fingerprint,
         "features": {
             "cache": str(cache.folder),
             "spec": spec.__dict__,
@@ -341,6 +541,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         },
         "probe": {**probe_cfg.__dict__, "lrs": list(probe_cfg.lrs), "seeds": list(probe_cfg.seeds)},
         "headline": {"candidate": res["best_candidate"], **headline},
+        "n_test": results.n_test,
+        "warnings": warnings,
         "chance": _chance(ds, ok),
         "results": res,
         "seconds": round(time.time() - t0, 1),
@@ -351,60 +553,280 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     table = _markdown(summary)
     write_text_atomic(run_dir / "results.md", table)
     plotted = _plot(summary, run_dir / "layers.png")
-    print(table, flush=True)
-    print(f"mert probe: wrote {run_dir / 'results.json'}, results.md" + (", layers.png" if plotted else ""), flush=True)
+    log.info("%s", table.rstrip("\n"))
+    log.info("mert probe: wrote %s, results.md%s", run_dir / "results.json", ", layers.png" if plotted else "")
     return summary
 
 
-def compare_runs(run_dirs: Sequence[str | os.PathLike]) -> str:
-    """A Markdown table with one column per run: per data set and task, each metric's test score on the best
-    layer and on the weighted sum (mean +- std over seeds), plus the best layer's index.
+_RESULT_KEYS = ("task", "encoder", "data", "probe", "results")
 
-    Rows are keyed by (manifest, task), so runs on different data never share a row; columns are named by the
-    encoder source, with the head and seeds when runs of one encoder differ in protocol.
+
+def find_results(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The ``results.json`` files of ``mert probe`` runs: a file as given, a run folder's own file, or every
+    ``results.json`` under a folder (sorted), in the order given.
+
+    Raises:
+        FileNotFoundError: a path that does not exist, or a folder with no ``results.json`` under it.
     """
-    runs = []
-    for d in run_dirs:
+    found: list[Path] = []
+    for d in paths:
         p = Path(d)
-        p = p / "results.json" if p.is_dir() else p
-        if not p.is_file():
-            raise FileNotFoundError(f"{str(d)!r} has no results.json: give `mert probe` run directories")
-        runs.append(json.loads(p.read_text()))
+        if p.is_file():
+            found.append(p)
+        elif (p / "results.json").is_file():
+            found.append(p / "results.json")
+        elif p.is_dir():
+            under = sorted(q for q in p.rglob("results.json") if q.is_file())
+            if not under:
+                raise FileNotFoundError(
+                    f"{str(d)!r} has no results.json (nor any below it): give `mert probe` run folders"
+                )
+            found.extend(under)
+        else:
+            raise FileNotFoundError(
+                f"{str(d)!r} has no results.json: give `mert probe` run folders or results.json files"
+            )
+    return list(dict.fromkeys(found))
 
-    def row_key(r: dict) -> str:
-        return f"{Path(r['data']['manifest']).name}: {r['task']['name']}"
 
-    def column(r: dict) -> str:
-        same_source = [q for q in runs if q["encoder"]["source"] == r["encoder"]["source"]]
-        protocols = {(q["probe"]["head"], len(q["probe"]["seeds"]), len(q["probe"]["lrs"])) for q in same_source}
-        extra = f" ({r['probe']['head']}, {len(r['probe']['seeds'])} seeds)" if len(protocols) > 1 else ""
-        return r["encoder"]["source"] + extra
+def load_results(path: str | os.PathLike) -> dict:
+    """Read one ``results.json`` of ``mert probe``.
 
-    header = "| data: task | metric | " + " | ".join(column(r) for r in runs) + " |"
-    lines = [header, "|---|---|" + "---|" * len(runs)]
-    for t in dict.fromkeys(row_key(r) for r in runs):
-        mine = [row_key(r) == t for r in runs]
-        metrics = list(dict.fromkeys(m for r, ok in zip(runs, mine) if ok for m in r["task"]["metrics"]))
+    Raises:
+        ValueError: the file is not JSON, or is JSON of another kind (the message names the file and what is missing).
+    """
+    p = Path(path)
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p} is not a `mert probe` results file: it is not JSON ({e})") from None
+    missing = [k for k in _RESULT_KEYS if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise ValueError(
+            f"{p} is not a `mert probe` results file: it has no {', '.join(repr(k) for k in missing)} "
+            "(give the results.json that `mert probe` writes in its run folder)"
+        )
+    return obj
+
+
+def _protocol(r: dict) -> dict[str, Any]:
+    """The probe settings that change scores (head, grid, seeds, stopping), without memory knobs."""
+    return {k: v for k, v in r["probe"].items() if k != "max_parallel"}
+
+
+def _protocol_text(r: dict) -> str:
+    p = r["probe"]
+    return f"{p['head']}, {len(p['lrs'])} LRs, {len(p['seeds'])} seeds, <= {p.get('max_epochs', '?')} epochs"
+
+
+def compare_table(results: Sequence[dict]) -> dict[str, Any]:
+    """The comparison of probe runs as plain data: ``columns`` (one per run) and ``rows``.
+
+    Each row is ``{"data": "manifest: task", "metric": ..., "cells": [...]}``; a score cell is
+    ``{"mean", "std"[, "ci_low", "ci_high"]}`` (fractions), other cells are strings or numbers, ``None`` where
+    the run has no such row. Rows are keyed by the manifest's identity (its digest when recorded, else its path),
+    so two data sets with the same file name never share a row. ``protocols_differ`` is True when the columns
+    were probed with different settings (their scores are then not directly comparable).
+    """
+
+    def data_id(r: dict) -> tuple[str, str]:
+        d = r["data"]
+        return (str(d.get("manifest_sha256") or Path(d["manifest"]).resolve()), r["task"]["name"])
+
+    names: dict[tuple[str, str], str] = {}
+    for r in results:
+        key = data_id(r)
+        label = f"{Path(r['data']['manifest']).name}: {r['task']['name']}"
+        if key not in names:
+            if label in names.values():  # same file name, another data set: say which
+                label += f" ({key[0][:8] if r['data'].get('manifest_sha256') else r['data']['manifest']})"
+            names[key] = label
+    protocols = [_protocol(r) for r in results]
+    differ = any(p != protocols[0] for p in protocols)
+    columns = [r["encoder"]["source"] + (f" ({_protocol_text(r)})" if differ else "") for r in results]
+    rows: list[dict[str, Any]] = [
+        {"data": "", "metric": "protocol", "cells": [_protocol_text(r) for r in results]},
+    ]
+    for key, label in names.items():
+        mine = [data_id(r) == key for r in results]
+        rows.append(
+            {
+                "data": label,
+                "metric": "n_test",
+                "cells": [r.get("n_test", r["data"]["splits"]["test"]) if ok else None for r, ok in zip(results, mine)],
+            }
+        )
+        metrics = list(dict.fromkeys(m for r, ok in zip(results, mine) if ok for m in r["task"]["metrics"]))
         for m in metrics:
+            chance = [(r.get("chance") or {}).get(m) if ok else None for r, ok in zip(results, mine)]
+            if any(c is not None for c in chance):
+                rows.append({"data": label, "metric": f"{m} (chance)", "cells": chance})
             for which in ("best layer", "weighted"):
                 cells = []
-                for r, ok in zip(runs, mine):
+                for r, ok in zip(results, mine):
                     cands = r["results"]["candidates"]
-                    key = r["results"]["best_candidate"] if which == "best layer" else "weighted"
-                    if not ok or key not in cands or m not in cands[key]["test"]:
-                        cells.append("-")
-                        continue
-                    s = cands[key]["test"][m]
-                    cells.append(f"{100 * s['mean']:.1f} +- {100 * s['std']:.1f}")
-                if any(c != "-" for c in cells):
-                    lines.append(f"| {t} | {m} ({which}) | " + " | ".join(cells) + " |")
-        cells = [str(r["results"]["best_candidate"]) if ok else "-" for r, ok in zip(runs, mine)]
-        lines.append(f"| {t} | best layer | " + " | ".join(cells) + " |")
+                    cand = r["results"]["best_candidate"] if which == "best layer" else "weighted"
+                    cells.append(cands[cand]["test"][m] if ok and cand in cands and m in cands[cand]["test"] else None)
+                if any(c is not None for c in cells):
+                    rows.append({"data": label, "metric": f"{m} ({which})", "cells": cells})
+        rows.append(
+            {
+                "data": label,
+                "metric": "best layer",
+                "cells": [str(r["results"]["best_candidate"]) if ok else None for r, ok in zip(results, mine)],
+            }
+        )
+    return {"columns": columns, "protocols_differ": differ, "rows": rows}
+
+
+def _text_cell(c: Any) -> str:
+    if c is None:
+        return "-"
+    if isinstance(c, dict):
+        return _cell(c)
+    if isinstance(c, float):
+        return f"{100 * c:.1f}"
+    return str(c)
+
+
+def compare_markdown(table: dict[str, Any]) -> str:
+    """The comparison as a Markdown table (scores in %, mean +- std over seeds [bootstrap interval])."""
+    lines = [
+        "| data: task | metric | " + " | ".join(table["columns"]) + " |",
+        "|---|---|" + "---|" * len(table["columns"]),
+    ]
+    for row in table["rows"]:
+        lines.append(f"| {row['data']} | {row['metric']} | " + " | ".join(_text_cell(c) for c in row["cells"]) + " |")
+    if table["protocols_differ"]:
+        lines += [
+            "",
+            "**Warning:** the columns were probed with different protocols (see the protocol row): "
+            "their scores are not directly comparable.",
+        ]
     return "\n".join(lines) + "\n"
 
 
+def compare_csv(table: dict[str, Any]) -> str:
+    """The comparison as CSV: one line per row; a score becomes ``mean``, ``std``, ``ci_low``, ``ci_high`` columns
+    per run (fractions, empty where unknown)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    parts = ("mean", "std", "ci_low", "ci_high")
+    w.writerow(["data", "metric", *(f"{c} {p}" for c in table["columns"] for p in parts)])
+    for row in table["rows"]:
+        out = [row["data"], row["metric"]]
+        for c in row["cells"]:
+            if isinstance(c, dict):
+                out += [c.get(p, "") for p in parts]
+            else:
+                out += ["" if c is None else c, "", "", ""]
+        w.writerow(out)
+    return buf.getvalue()
+
+
+def compare_runs(run_dirs: Sequence[str | os.PathLike]) -> str:
+    """A Markdown table with one column per run (folders are searched for ``results.json``): per data set and
+    task the protocol, n_test, chance level, each metric's test score on the best layer and on the weighted sum
+    (mean +- std over seeds, with the bootstrap interval over test items), and the best layer's index."""
+    return compare_markdown(compare_table([load_results(p) for p in find_results(run_dirs)]))
+
+
+def audio_hours(result: dict) -> float | None:
+    """Hours of audio the probed encoder saw in pretraining: ``audio_hours_seen`` from its results, or from the
+    encoder's export ``meta.json`` / run ``summary.json``; None when unknown (a hub model, a random encoder)."""
+    enc = result.get("encoder", {})
+    if enc.get("audio_hours_seen") is not None:
+        return float(enc["audio_hours_seen"])
+    source = str(enc.get("source", ""))
+    if source.startswith(("random:", "features:")):  # random weights and hand-crafted features saw no audio
+        return None
+    return _audio_hours_in(Path(source))
+
+
+def _audio_hours_in(folder: Path) -> float | None:
+    for name in ("meta.json", "summary.json"):
+        p = folder / name
+        if p.is_file():
+            try:
+                obj = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            # audio_hours_seen: what pretraining counts; audio_hours: what older exports' meta.json recorded.
+            for key in ("audio_hours_seen", "audio_hours"):
+                found = _find_key(obj, key)
+                if isinstance(found, int | float) and not isinstance(found, bool):
+                    return float(found)
+    return None
+
+
+def _find_key(obj: Any, key: str) -> Any:
+    if isinstance(obj, dict):
+        if key in obj:
+            return obj[key]
+        for v in obj.values():
+            got = _find_key(v, key)
+            if got is not None:
+                return got
+    return None
+
+
+def plot_hours(results: Sequence[dict], path: str | os.PathLike) -> list[str]:
+    """Plot the best layer's test score against audio-hours seen (log x), one line per data set and task.
+
+    Returns:
+        one message per run left out because its audio-hours are unknown.
+    Raises:
+        ValueError: no run has known audio-hours, or matplotlib is missing.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot-hours needs matplotlib: pip install matplotlib") from None
+    skipped, series = [], {}
+    for r in results:
+        hours = audio_hours(r)
+        if hours is None or hours <= 0:
+            skipped.append(f"{r['encoder']['source']}: audio-hours seen unknown, left out of the plot")
+            continue
+        m = r["task"]["metrics"][0]
+        s = r["results"]["candidates"][r["results"]["best_candidate"]]["test"][m]
+        series.setdefault(f"{Path(r['data']['manifest']).name}: {r['task']['name']} ({m})", []).append((hours, s))
+    if not series:
+        raise ValueError("no run has known audio-hours (audio_hours_seen in the encoder's meta.json or summary.json)")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, pts in series.items():
+        pts.sort(key=lambda t: t[0])
+        ax.errorbar(
+            [h for h, _ in pts],
+            [100 * s["mean"] for _, s in pts],
+            yerr=[100 * s["std"] for _, s in pts],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("audio hours seen in pretraining")
+    ax.set_ylabel("test score, best layer (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, suffix=Path(path).suffix or ".png") as tmp:
+        fig.savefig(tmp, dpi=110, format=(Path(path).suffix.lstrip(".") or "png"))
+    plt.close(fig)
+    return skipped
+
+
 def hydra_entry(cfg: Any) -> None:
-    """The Hydra task of ``mert probe``: the composed config as plain values, then :func:`run`."""
+    """The Hydra task of ``mert probe``: the composed config as plain values, then :func:`run`.
+
+    The protocol chosen and the overrides typed name the run folder (:func:`probe_run_dir`).
+    """
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue
 
@@ -412,4 +834,9 @@ def hydra_entry(cfg: Any) -> None:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as e:  # `???` in conf/probe.yaml: encoder= and data.manifest= are required
         raise ValueError(f"missing required setting {e.full_key}=... (docs/probing.md)") from None
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        choices = dict(hc.runtime.choices)
+        plain["protocol_name"] = choices.get("protocol")
+        plain["overrides"] = list(hc.overrides.task)
     run(plain)
