@@ -1,4 +1,5 @@
-"""`mert demo`'s parts without a training run: probe clip sets, the table, the pass/fail rule, progress lines.
+"""`mert demo`'s parts without a training run: probe clip sets, the table, the verdict and the --strict rule,
+progress lines.
 
 (The whole demo runs, tiny, in test_readme.py.)"""
 
@@ -11,7 +12,7 @@ import pytest
 
 from mert.data.splits import seeded_split
 from mert.data.synthetic import ARRANGEMENTS, ClipLabels
-from mert.demo import TASKS, format_table, probe_jobs, progress_lines, split_clips, verdict
+from mert.demo import TASKS, format_table, probe_jobs, progress_lines, split_clips, verdict, verdict_line
 
 
 def _results(pretrained: dict, random: dict, hand: dict) -> dict:
@@ -48,12 +49,21 @@ def test_table_and_verdict():
     assert table[-1].startswith("| **mean** | 12.7% | 40.0% | 50.0% | 60.0% | +20.0 |")
     assert len(table) == 2 + len(names) + 1 and all(line.count("|") == 7 for line in table)
 
-    tie = _results({**dict.fromkeys(names, 0.6), "pitch": 0.4}, rnd, dict.fromkeys(names, 0.5))
-    assert verdict(tie) == ["on pitch the pretrained encoder (40.0%) does not beat the random one (40.0%)"]
-    behind = _results(dict.fromkeys(names, 0.6), rnd, dict.fromkeys(names, 0.7))
-    (failure,) = verdict(behind)
-    assert "mean (60.0%) does not beat the hand-crafted features' mean (70.0%)" in failure
-    assert len(verdict(_results(rnd, rnd, dict.fromkeys(names, 0.7)))) == len(names) + 1
+    assert verdict_line(good) == (
+        "pretrained 60.0% on the mean: ahead of the random encoder (40.0%, +20.0; ahead on 5 of 5 tasks), "
+        "ahead of hand-crafted features (50.0%, +10.0)"
+    )
+
+    # --strict asks only for the mean over random: one task level, hand-crafted ahead, still no failure.
+    mixed = _results({**dict.fromkeys(names, 0.6), "pitch": 0.4}, rnd, dict.fromkeys(names, 0.7))
+    assert verdict(mixed) == []
+    assert verdict_line(mixed) == (
+        "pretrained 56.0% on the mean: ahead of the random encoder (40.0%, +16.0; ahead on 4 of 5 tasks), "
+        "behind hand-crafted features (70.0%, -14.0)"
+    )
+    level = _results(rnd, rnd, dict.fromkeys(names, 0.7))
+    assert verdict(level) == ["the pretrained encoder's mean (40.0%) is not ahead of the random encoder's (40.0%)"]
+    assert verdict_line(level).startswith("pretrained 40.0% on the mean: not ahead of the random encoder (40.0%, +0.0;")
 
 
 def test_probe_clips_are_balanced_held_out_and_fit_their_task():
@@ -101,3 +111,34 @@ def test_progress_lines_print_about_ten_lines(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 10 and lines[0].startswith("pretrain: step 5/50 | loss 4.900 |") and "ETA" in lines[0]
     assert lines[-1].startswith("pretrain: step 50/50 |") and lines[-1].endswith("ETA 0:00")
+
+
+def test_demo_options_name_a_known_experiment():
+    from mert.demo import DEMO_EXPERIMENTS, DemoOptions
+
+    assert {"demo_cpu", "cpu_hour", "conformer_kmeans", "conformer_cpu_hour"} <= set(DEMO_EXPERIMENTS)
+    assert DemoOptions().max_steps is None and DemoOptions().teacher == "kmeans"
+    assert DemoOptions(experiment="conformer_melrvq").teacher == "rvq"
+    assert DemoOptions(experiment="conformer_rp", teacher="kmeans").teacher == "kmeans"
+    with pytest.raises(ValueError, match="--experiment must be one of"):
+        DemoOptions(experiment="tiny_cpu")
+    with pytest.raises(ValueError, match="--max-steps"):
+        DemoOptions(max_steps=0)
+    with pytest.raises(ValueError, match="kmeans\\+rvq works with the 75 Hz experiments"):
+        DemoOptions(experiment="conformer_kmeans", teacher="kmeans+rvq")
+
+
+@pytest.mark.slow
+def test_cpu_hour_runs_through_the_demo_for_a_few_steps(tmp_path, capsys):
+    """The hour recipe through `mert demo --experiment cpu_hour`, cut to 3 steps on a tiny model."""
+    import json
+
+    pytest.importorskip("lightning")
+    from mert.cli import main as cli
+
+    quick = ["--max-steps", "3", "--corpus-clips", "12", "--probe-clips", "48", "--model", "tiny", "--seconds", "1"]
+    quick += ["--note-seconds", "1", "--segment-seconds", "1", "--out", str(tmp_path / "d")]
+    assert cli(["demo", "--experiment", "cpu_hour", *quick]) == 0
+    summary = json.loads((tmp_path / "d" / "results.json").read_text())["pretraining"]
+    assert summary["steps"] == 3 and summary["seconds_per_sample"] == 1.0
+    assert "name: cpu_hour" in (tmp_path / "d" / "run" / "config.yaml").read_text()

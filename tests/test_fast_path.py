@@ -11,8 +11,10 @@ from torch import nn
 from mert import Encoder, EncoderConfig
 from mert.models.fast_path import (
     _INFERENCE_CACHE,
+    conv1d,
     folded_group_norm_conv,
     linear,
+    onednn_bf16_conv_ok,
     shifted_attention,
     strided_conv,
 )
@@ -112,6 +114,63 @@ def test_positional_conv_weight_cache_follows_parameter_changes():
     assert pos.weight_g.grad is not None and pos.weight_v.grad is not None
 
 
+def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got.float() - ref).norm() / ref.norm())
+
+
+# (channels, groups, taps): the tiny presets' positional conv (8 channels per group, an even kernel: oneDNN's
+# bf16 kernel gets it wrong on AVX512-BF16/AMX CPUs), odd taps, 2 channels per group, depthwise, a dense conv.
+_CONV_LAYOUTS = [(32, 4, 16), (32, 4, 15), (32, 16, 128), (32, 32, 16), (24, 1, 4)]
+
+
+@pytest.mark.parametrize("channels,groups,kernel", _CONV_LAYOUTS)
+@pytest.mark.parametrize("autocast", [False, True])
+def test_bf16_conv1d_matches_float32_on_this_cpu(channels, groups, kernel, autocast):
+    """bf16 convs (bf16 tensors, or CPU autocast) give float32's numbers up to bf16 rounding whatever kernel
+    this CPU's torch picks, and the probe says exactly when torch's own bf16 conv does not."""
+    torch.manual_seed(0)
+    x, w = torch.randn(2, channels, 150), torch.randn(channels, channels // groups, kernel) * 0.1
+    b = torch.randn(channels)
+    xb, wb, bb = x.bfloat16(), w.bfloat16(), b.bfloat16()
+    ref = F.conv1d(xb.float(), wb.float(), bb.float(), padding=kernel // 2, groups=groups)
+    with torch.inference_mode():
+        if autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = conv1d(xb.float(), wb.float(), bb.float(), padding=kernel // 2, groups=groups)
+        else:
+            got = conv1d(xb, wb, bb, padding=kernel // 2, groups=groups)
+        plain = F.conv1d(xb, wb, bb, padding=kernel // 2, groups=groups)
+    assert got.dtype == torch.bfloat16 and got.shape == ref.shape
+    assert _rel_err(got, ref) <= 1e-2  # bf16 rounding of the output is ~2e-3
+    torch_is_right = _rel_err(plain, ref) <= 1e-2
+    import mert.models.fast_path as fast_path
+
+    if fast_path._ONEDNN_BF16 and torch.backends.mkldnn.enabled:
+        assert onednn_bf16_conv_ok(channels, w.shape, 1, kernel // 2, 1, groups) == torch_is_right
+    else:  # torch's own kernel (im2col + GEMM) runs bf16 convs here
+        assert torch_is_right
+
+
+def test_conv1d_runs_float32_exactly_where_the_probe_failed(monkeypatch):
+    """The dispatch, on any CPU: a layout the probe rejected runs in float32 (rounded to bf16 once at the end),
+    a layout it accepted is ``F.conv1d`` itself; float32 convs are never touched."""
+    import mert.models.fast_path as fast_path
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 32, 60).bfloat16(), (torch.randn(32, 8, 16) * 0.1).bfloat16(), torch.randn(32).bfloat16()
+    key = (32, 32, 8, 16, 1, 8, 1, 4)
+    monkeypatch.setattr(fast_path, "_ONEDNN_BF16", True)
+    monkeypatch.setitem(fast_path._BF16_CONV_OK, key, False)
+    with torch.inference_mode():
+        got = conv1d(x, w, b, padding=8, groups=4)
+        assert torch.equal(got, F.conv1d(x.float(), w.float(), b.float(), padding=8, groups=4).bfloat16())
+        monkeypatch.setitem(fast_path._BF16_CONV_OK, key, True)
+        assert torch.equal(conv1d(x, w, b, padding=8, groups=4), F.conv1d(x, w, b, padding=8, groups=4))
+        monkeypatch.setitem(fast_path._BF16_CONV_OK, key, False)  # float32 input: no bf16 kernel to avoid
+        xf, wf, bf = x.float(), w.float(), b.float()
+        assert torch.equal(conv1d(xf, wf, bf, padding=8, groups=4), F.conv1d(xf, wf, bf, padding=8, groups=4))
+
+
 @pytest.mark.parametrize("layout", ["95m", "330m"])
 def test_fast_inference_equals_autograd_path(layout):
     enc = _layout_encoder(layout)
@@ -175,6 +234,25 @@ def test_shifted_attention_edge_cases(monkeypatch):
     assert (big.float() - ref.float()).abs().max() <= 0.05  # keys scaled before vs inside the kernel
     monkeypatch.setattr(fast_path, "_SHIFT_LIMIT", float("inf"))  # without the fallback these rows overflow
     assert not torch.isfinite(shifted_attention(q * 30000, k, v)).all()
+
+
+@pytest.mark.parametrize("wins", [False, True])
+def test_bf16_attention_dispatch_follows_the_cpu_probe(monkeypatch, wins):
+    """bf16 inference takes shifted_attention only where it is the faster kernel (no AMX), else torch's own."""
+    import mert.models.fast_path as fast_path
+    from mert.models.fast_path import attention
+
+    monkeypatch.setattr(fast_path, "_SHIFTED_ATTENTION_WINS", wins)
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, 2, 30, 8).bfloat16() for _ in range(3))
+    mask = torch.ones(2, 1, 1, 30, dtype=torch.bool)
+    mask[1, ..., 20:] = False
+    with torch.inference_mode():
+        got = attention(q, k, v, mask, 0.0)
+        shifted = shifted_attention(q, k, v, mask[:, 0, 0]).flatten(2)
+        flash = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2)
+    assert not torch.equal(shifted, flash)  # the two kernels round differently: the check below can tell them apart
+    assert torch.equal(got, shifted if wins else flash)
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

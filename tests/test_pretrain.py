@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mert import Encoder, EncoderConfig, frame_lengths
-from mert.pretrain import MERTObjective, mix_in_batch, span_mask
+from mert.pretrain import MERTObjective, block_mask, mix_in_batch, span_mask
 from tests.helpers import BandEnergies, FrameStatsCodes, make_objective, music_like
 
 
@@ -42,6 +42,73 @@ def test_span_mask_respects_padding_and_minimum():
     b = span_mask(lengths, 374, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
     assert not span_mask(lengths, 374, mask_prob=0.0).any()
+
+
+@pytest.mark.parametrize("frame_rate", [75.0, 25.0])
+def test_block_mask_statistics(frame_rate):
+    block = round(0.4 * frame_rate)  # 30 frames at 75 Hz (conv family), 10 at 25 Hz (mel family)
+    t = int(5 * frame_rate)
+    g = torch.Generator().manual_seed(0)
+    masks = torch.stack(
+        [block_mask(torch.tensor([t]), t, mask_prob=0.6, block=block, generator=g)[0] for _ in range(400)]
+    )
+    # 400 draws x 13 blocks of Bernoulli(0.6): the masked fraction's standard error is about 0.007.
+    assert abs(masks.float().mean().item() - 0.6) < 0.03
+    blocks = masks[:, : (t // block) * block].reshape(400, -1, block)
+    assert (blocks.all(-1) | ~blocks.any(-1)).all(), "every block is masked whole or not at all"
+    per_block = blocks.any(-1).float().mean(0)
+    assert (per_block - 0.6).abs().max() < 0.1, per_block  # every block position is equally likely
+    assert not block_mask(torch.tensor([t]), t, mask_prob=0.0, block=block).any()
+    assert block_mask(torch.tensor([t]), t, mask_prob=1.0, block=block).all()
+
+
+def test_block_mask_padding_seeds_and_per_item_generators():
+    lengths = torch.tensor([125, 37, 9, 0])
+    m = block_mask(lengths, 125, mask_prob=0.6, block=10, generator=torch.Generator().manual_seed(3))
+    for i, n in enumerate(lengths.tolist()):
+        assert not m[i, n:].any(), "padding is never masked"
+    a = block_mask(lengths, 125, mask_prob=0.6, block=10, generator=torch.Generator().manual_seed(5))
+    b = block_mask(lengths, 125, mask_prob=0.6, block=10, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    # One generator per item: an item's mask is its own, whichever batch it is drawn in.
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    pair = block_mask(torch.tensor([125, 125]), 125, mask_prob=0.5, block=10, generator=gens([7, 8]))
+    alone = block_mask(torch.tensor([125]), 125, mask_prob=0.5, block=10, generator=gens([8]))
+    assert torch.equal(pair[1], alone[0])
+    with pytest.raises(ValueError, match="block"):
+        block_mask(lengths, 125, block=0)
+
+
+def test_objective_block_masking_and_noise_replacement():
+    obj = make_objective(mask_span_seconds=0.4, mask_prob=0.6, mix_prob=0.0)
+    assert obj.mask_block_frames == 30  # 0.4 s at the tiny encoder's 75 Hz
+    wav = music_like(24000 * 2, batch=2)
+    out = obj(wav, sample_seeds=[1, 2])
+    t = out.pred_mask.shape[1]
+    runs = out.pred_mask[:, : (t // 30) * 30].reshape(2, -1, 30)
+    assert (runs.all(-1) | ~runs.any(-1)).all()
+    assert torch.isfinite(out.loss)
+    again = obj(wav, sample_seeds=[1, 2])
+    assert torch.equal(out.pred_mask, again.pred_mask)
+    # Noise replacement: the encoder sees noise at the masked frames' samples and no mask_emb.
+    noisy = make_objective(mask_span_seconds=0.4, mask_prob=0.6, mix_prob=0.0, mask_replace="noise")
+    seen = {}
+    noisy.encoder.register_forward_pre_hook(lambda m, args, kw: seen.update(x=args[0], kw=kw), with_kwargs=True)
+    out = noisy(wav, sample_seeds=[1, 2])
+    assert seen["kw"]["pred_mask"] is None
+    hop = noisy.encoder.config.hop_length
+    frame_of_sample = torch.arange(wav.shape[1]) // hop
+    inside = frame_of_sample < t
+    masked = torch.zeros_like(wav, dtype=torch.bool)
+    masked[:, inside] = out.pred_mask[:, frame_of_sample[inside]]
+    assert masked.any() and (~masked).any()
+    assert torch.equal(seen["x"][~masked], wav[~masked])
+    replaced = seen["x"][masked]
+    assert abs(replaced.std().item() - 0.1) < 0.01 and not torch.equal(replaced, wav[masked])
+    with pytest.raises(ValueError, match="mask_span_seconds"):
+        make_objective(mask_span_seconds=0.0)
+    with pytest.raises(ValueError, match="mask_replace"):
+        make_objective(mask_replace="zeros")
 
 
 # ----------------------------------------------------------------------------------------------------- mixing

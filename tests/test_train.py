@@ -52,11 +52,22 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
         "mert_95m": ["data.manifest=x.tsv"],
         "mert_330m": ["data.manifest=x.tsv"],
         "demo_cpu": ["data.shards=x", "targets.code_teacher.path=km.pt"],
+        "cpu_hour": ["data.shards=x", "targets.code_teacher.path=km.pt"],
+        "conformer_kmeans": ["data.shards=x", "targets.code_teacher.path=km.pt"],
+        "conformer_melrvq": ["data.shards=x", "targets.code_teacher.path=rvq.pt"],
+        "conformer_rp": ["data.shards=x"],
+        "conformer_cpu_hour": ["data.shards=x", "targets.code_teacher.path=km.pt"],
+        "gpu_mert_v2_632m": ["data.manifest=x.tsv"],
+        "gpu_muq_300m": ["data.manifest=x.tsv"],
     }.get(experiment, [])
     cfg = _compose([f"experiment={experiment}", f"run_dir={tmp_path}", *extra])
     OmegaConf.resolve(cfg)
     model = EncoderConfig.from_dict(OmegaConf.to_container(cfg.model))
-    assert model.name in {"tiny", "small", "95m", "330m"}
+    assert model.name in {"tiny", "small", "95m", "330m", "conformer_small", "mert_v2", "muq_large"}
+    # Teachers sit on the encoder's frame grid (the mel family's is not its unused conv_kernel/conv_stride).
+    for node in (cfg.targets.code_teacher, cfg.targets.feature_teacher):
+        if node is not None and "conv_stride" in node:
+            assert (tuple(node.conv_kernel), tuple(node.conv_stride)) == (model.frame_kernel, model.frame_stride)
     if experiment.startswith("mert_"):
         preset = EncoderConfig.preset(experiment.split("_")[1])
         assert model.replace(name=preset.name) == preset  # the YAML repeats the Python preset exactly
@@ -76,7 +87,8 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
 
     allowed = set(inspect.signature(pl.Trainer.__init__).parameters)
     assert set(cfg.trainer) - {"_target_"} <= allowed
-    enc = Encoder(model) if experiment != "mert_330m" else None  # 330M is built in the slow tier only
+    big = experiment == "mert_330m" or experiment.startswith("gpu_")
+    enc = Encoder(model) if not big else None  # 330M and up are built in the slow tier only
     if enc is not None and experiment in ("tiny_cpu",):
         teachers = instantiate(cfg.targets, _convert_="all")
         objective = instantiate(cfg.objective, encoder=enc, **teachers)
@@ -118,11 +130,15 @@ def test_tiny_cpu_run_resume_and_export(tmp_path):
         assert abs(resumed[step] - full[step]) <= 1e-6, (step, resumed[step], full[step])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["accumulate_grad_batches"] == 2 and summary["micro_batches"] == 16
+    # Audio seen, the learning-curve axis: 8 steps x 8 clips x 1.5 s.
+    assert summary["global_batch_size"] == 8 and summary["seconds_per_sample"] == 1.5
+    assert summary["audio_hours"] == round(8 * 8 * 1.5 / 3600, 4)
 
     assert cli(["export", str(run), str(tmp_path / "release")]) == 0
     enc = Encoder.from_pretrained(tmp_path / "release")
     meta = json.loads((tmp_path / "release" / "meta.json").read_text())
     assert meta["training"]["global_step"] == 8
+    assert meta["training"]["audio_hours"] == summary["audio_hours"] and meta["training"]["seconds_per_sample"] == 1.5
     assert set(meta["teachers"]) == {"codes", "features"}
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     for k, v in enc.state_dict().items():

@@ -1,6 +1,7 @@
 """``mert demo``: the whole loop on one CPU, nothing downloaded (what it runs: :mod:`mert.demo`).
 
-mert demo [--max-steps 500] [--out mert-demo] [--teacher kmeans|rvq|random_projection] [hydra overrides]
+mert demo [--experiment demo_cpu|cpu_hour] [--max-steps N] [--out mert-demo] [--teacher kmeans|rvq|random_projection]
+          [--strict] [hydra overrides]
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mert demo [options] [hydra overrides]``: 0 if the pretrained encoder passes (see :func:`verdict`), 1 if
-    not (after saying which condition failed), 2 on usage errors or without the train extra."""
+    """``mert demo [options] [hydra overrides]``: 0 when the loop ran (the table and a one-line verdict say where
+    the pretrained encoder stands); with ``--strict``, 1 when it is not ahead of the random encoder on the mean
+    (:func:`mert.demo.verdict`); 2 on usage errors or without the train extra."""
     from mert import demo
 
     d = demo.DemoOptions()  # the defaults live there, once
@@ -23,7 +25,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--out", default=d.out, help="output folder (default ./%(default)s)")
     ap.add_argument(
-        "--max-steps", type=int, default=d.max_steps, help="pretraining steps, run to the end (default %(default)s)"
+        "--max-steps",
+        type=int,
+        default=d.max_steps,
+        help="pretraining steps, run to the end (default: the experiment's, 500 for demo_cpu)",
+    )
+    ap.add_argument(
+        "--experiment",
+        choices=list(demo.DEMO_EXPERIMENTS),
+        default=d.experiment,
+        help="pretraining recipe: "
+        + "; ".join(f"{k} ({v})" for k, v in demo.DEMO_EXPERIMENTS.items())
+        + " (default %(default)s)",
     )
     ap.add_argument(
         "--corpus-clips", type=int, default=d.corpus_clips, help="clips in the pretraining corpus (default %(default)s)"
@@ -43,13 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--segment-seconds", type=float, default=d.segment_seconds, help="length of the pretraining segments"
     )
-    ap.add_argument("--model", default=d.model, help="model config group (small, tiny)")
+    ap.add_argument(
+        "--model", default=d.model, help="model config group (default: the experiment's, small or conformer_small)"
+    )
     ap.add_argument(
         "--teacher",
         choices=list(demo.DEMO_TEACHERS),
-        default=d.teacher,
-        help="acoustic teacher next to the CQT: kmeans (MFCC + chroma, the default), rvq (a residual VQ fitted on "
-        "the corpus's log-mel frames) or random_projection (BEST-RQ); docs/teachers.md compares them",
+        default=None,
+        help="acoustic teacher next to the CQT (default: the experiment's, kmeans for most): kmeans (MFCC + chroma), "
+        "rvq (a residual VQ fitted on the corpus's log-mel frames) or random_projection (BEST-RQ); docs/teachers.md "
+        "compares them",
     )
     ap.add_argument(
         "--rvq-input",
@@ -58,8 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="frames the --teacher rvq quantises: 128-band log-mel (default) or 84-bin log-CQT",
     )
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when the pretrained encoder is not ahead of the random one on the mean (default: exit 0 "
+        "whenever the loop ran)",
+    )
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for the pretraining run, e.g. optim.lr=3e-3")
     args = ap.parse_args(argv)
+    strict = vars(args).pop("strict")
     try:
         options = demo.DemoOptions(**vars(args))
     except ValueError as e:
@@ -80,9 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f", {paths['plot']}" if "plot" in paths else " (pip install matplotlib for the plot)")
         + f"; encoder: {paths['encoder']}"
     )
-    if results["failures"]:
-        print("\nmert demo: FAILED: " + "; ".join(results["failures"]) + ".", file=sys.stderr)
+    print(f"\nmert demo: {results['verdict']}.")
+    if strict and results["failures"]:
+        print("mert demo: FAILED (--strict): " + "; ".join(results["failures"]) + ".", file=sys.stderr)
         return 1
-    print("\nmert demo: passed (the pretrained encoder beats the random one on every task and hand-crafted "
-          "features on the mean).")  # fmt: skip
     return 0

@@ -1,7 +1,8 @@
 """``mert targets fit-kmeans`` and ``mert targets fit-rvq``: fit a teacher on your audio and save it.
 
     mert targets fit-kmeans AUDIO_DIR --out km.pt [--clusters 100] [--features mfcc,chroma]
-    mert targets fit-rvq AUDIO_DIR_OR_MANIFEST --out rvq.pt [--input logmel|cqt] [--codebooks 8]
+    mert targets fit-kmeans AUDIO_DIR --out km2.pt --from-encoder RUN_OR_EXPORT --layer K [--clusters 500]
+    mert targets fit-rvq AUDIO_DIR_OR_MANIFEST --out rvq.pt [--rvq-input logmel|cqt] [--codebooks 8]
 
 Both return 0 on success (also when some files were skipped; they are listed on stderr), 1 when nothing could
 be used, 2 on usage errors.
@@ -102,16 +103,43 @@ def fit_kmeans_cli(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--clusters", type=int, default=100, help="clusters per feature set (default 100)")
     parser.add_argument(
-        "--features", default="mfcc,chroma", help=f"comma-separated feature sets among {','.join(FEATURE_SETS)}"
+        "--features",
+        default=None,
+        help=f"comma-separated feature sets among {','.join(FEATURE_SETS)} (default mfcc,chroma)",
     )
     parser.add_argument("--iters", type=int, default=50, help="maximum k-means iterations")
+    parser.add_argument(
+        "--hop-length",
+        type=int,
+        default=320,
+        help="samples per frame: the encoder's hop (320 for 75 Hz encoders, 960 for the 25 Hz mel family)",
+    )
+    parser.add_argument(
+        "--from-encoder",
+        metavar="RUN_OR_EXPORT",
+        default=None,
+        help="cluster this encoder's own layer features instead (a second iteration): a pretraining run folder, a "
+        ".ckpt, or an exported folder; the file then holds the encoder, and only an encoder with the same front end "
+        "can train on its codes (audio is read at the encoder's sample rate; --sample-rate is not used)",
+    )
+    parser.add_argument("--layer", type=int, default=None, help="with --from-encoder: the hidden state to cluster")
     args = parser.parse_args(argv)
 
     prog = parser.prog
+    if args.from_encoder is not None or args.layer is not None:
+        if args.from_encoder is None or args.layer is None:
+            parser.error("--from-encoder and --layer go together")
+        if args.features is not None:
+            parser.error("--features does not apply with --from-encoder (the encoder's layer is the feature)")
     files = _fit_inputs(prog, args, manifests=False)
     if isinstance(files, int):
         return files
-    sets = [s.strip() for s in args.features.split(",") if s.strip()]
+    if args.from_encoder is not None:
+        return _fit_encoder_kmeans(prog, args, files)
+    sets = [s.strip() for s in (args.features or "mfcc,chroma").split(",") if s.strip()]
+    # The teacher serves any encoder with this hop (load() takes the encoder's own kernels and strides).
+    hop = args.hop_length
+    grid = {} if hop == 320 else {"conv_kernel": (hop,), "conv_stride": (hop,)}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # skips are reported below, in full
@@ -124,6 +152,7 @@ def fit_kmeans_cli(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 progress=not args.quiet,
                 sample_rate=args.sample_rate,
+                **grid,
             )
     except ValueError as e:
         print(f"{prog}: {e}", file=sys.stderr)
@@ -135,6 +164,45 @@ def fit_kmeans_cli(argv: list[str] | None = None) -> int:
         f"{prog}: {info['num_files']} file(s), {info['num_frames']} frames ({info['num_frames_used']} clustered), "
         f"{len(teacher.skipped_files)} skipped; {teacher.num_codebooks} codebook(s) "
         f"({','.join(teacher.feature_sets)}) x {teacher.codebook_size} clusters -> {out}"
+    )
+    return 0
+
+
+def _fit_encoder_kmeans(prog: str, args: argparse.Namespace, files: list[Path]) -> int:
+    """``fit-kmeans --from-encoder``: k-means on an encoder's layer ``--layer`` (HuBERT's second iteration)."""
+    from mert.pretrain.reload import load_run_encoder
+    from mert.targets.encoder_kmeans import EncoderKMeansTargets
+
+    try:
+        encoder, identity = load_run_encoder(args.from_encoder)
+    except (OSError, ValueError) as e:
+        print(f"{prog}: cannot load encoder {args.from_encoder!r}: {e}", file=sys.stderr)
+        return 2
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # skips are reported below, in full
+            teacher = EncoderKMeansTargets.fit(
+                encoder,
+                files,
+                layer=args.layer,
+                num_clusters=args.clusters,
+                max_frames=args.max_frames,
+                iters=args.iters,
+                seed=args.seed,
+                progress=not args.quiet,
+                identity=identity,
+            )
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    _report_skipped(prog, teacher.skipped_files)
+    out = teacher.save(args.out)
+    info, grid = teacher.fit_info, teacher.grid
+    print(
+        f"{prog}: {info['num_files']} file(s), {info['num_frames']} frames ({info['num_frames_used']} clustered), "
+        f"{len(teacher.skipped_files)} skipped; layer {teacher.layer} of {identity['name']} "
+        f"({teacher.encoder_sha256[:12]}) x {teacher.codebook_size} clusters on its {grid['frame_rate']:g} Hz grid "
+        f"-> {out}\n  train on it: targets=encoder_kmeans_cqt targets.code_teacher.path={out}"
     )
     return 0
 
@@ -168,7 +236,9 @@ def fit_rvq_cli(argv: list[str] | None = None) -> int:
         max_frames=(300_000, "frames sampled from the corpus"),
         sample_rate=d.sample_rate,
     )
-    parser.add_argument("--input", choices=INPUTS, default=d.input, help=f"frame features (default {d.input})")
+    parser.add_argument(
+        "--input", "--rvq-input", dest="input", choices=INPUTS, default=d.input, help=f"frames (default {d.input})"
+    )
     parser.add_argument("--n-mels", type=int, default=d.n_mels, help=f"log-mel bands (default {d.n_mels})")
     parser.add_argument("--context", type=int, default=d.context, help="frames stacked on each side (default 0)")
     parser.add_argument("--dim", type=int, default=d.dim, help=f"latent size (default {d.dim})")

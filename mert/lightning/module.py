@@ -309,11 +309,16 @@ class PretrainModule(pl.LightningModule):
         """Training summary for ``meta.json``."""
         final = self._final or {"steps": self.global_step, "final_loss": self._last_loss()}
         loss = final["final_loss"]
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
         return {
             "steps": int(final["steps"]),
             "micro_batches": self.micro_batches_seen,
             "samples_seen": self.samples_seen,
             "audio_hours": round(self.audio_seconds / 3600, 4),
+            # The learning-curve x axis: audio_hours = global batch x seconds per sample (the crops actually drawn)
+            # x steps, for `mert probe compare`.
+            "global_batch_size": getattr(datamodule, "global_batch_size", None),
+            "seconds_per_sample": round(self.audio_seconds / self.samples_seen, 4) if self.samples_seen else None,
             "skipped_steps": self.skipped_steps,
             "skipped_files": self.skipped_files,
             "final_loss": None if loss is None or not math.isfinite(loss) else loss,

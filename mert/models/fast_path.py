@@ -20,8 +20,10 @@ and every use of a private torch API (``torch.ops.mkldnn.*``, ``torch.ops.aten.g
   folded into conv 0 (every device, also under autograd: this *is* the front end's formulation since the
   first release), else ``ConvFrontEnd.reference`` (plain ``F.conv1d`` over the whole clip) for a layer
   the GEMM form cannot compute.
-* :func:`attention`: :func:`shifted_attention` (bf16 inference on CPU), else
+* :func:`attention`: :func:`shifted_attention` (bf16 inference on a CPU without AMX), else
   ``F.scaled_dot_product_attention``.
+* :func:`conv1d`: ``F.conv1d``, except for a bf16 conv on CPU whose oneDNN kernel gives wrong numbers on this
+  CPU (checked once per layout, :func:`onednn_bf16_conv_ok`), which runs in float32 instead.
 
 Each fast form gives the reference's numbers up to float rounding (``tests/test_fast_path.py``); the figures
 that justify each are in ``docs/benchmarks.md``, measured with the benchmark named at the dispatch point.
@@ -44,6 +46,8 @@ __all__ = [
     "linear",
     "conv_frontend",
     "attention",
+    "conv1d",
+    "onednn_bf16_conv_ok",
     "strided_conv",
     "fold_group_norm",
     "folded_group_norm_conv",
@@ -428,10 +432,29 @@ def conv_frontend(frontend: nn.Module, wav: Tensor, lengths: Tensor | None) -> T
 
 
 # --------------------------------------------------------------------------------------------- attention
+def _shifted_attention_wins() -> bool:
+    """Whether :func:`shifted_attention` beats torch's bf16 flash kernel on this CPU: where oneDNN has no AMX.
+
+    Zen 5 (AVX512-BF16, no AMX), 95M shape (12 heads, 2250 frames): 53 ms per layer against 93 ms for flash.
+    Intel Sapphire Rapids (AMX), one thread, the same inputs: 169-232 ms against 71-95 ms, and a whole 10 s bf16
+    pass of the 95M model 0.82 s against 0.61 s with flash. There the per-head GEMMs, whose reduction is one
+    head wide (64), run at 160-270 GFLOP/s against 600-730 for a square bf16 GEMM, and the bf16 row maxima and
+    ``exp`` take a third of the kernel's time.
+    """
+    try:
+        return not bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without the probe: keep the kernel measured fastest where it was measured
+        return True
+
+
+_SHIFTED_ATTENTION_WINS = _shifted_attention_wins()  # a CPU property: probed once
+
+
 def _use_shifted_attention(q: Tensor, dropout_p: float) -> bool:
     # bfloat16 inference on CPU only: in float32 the flash kernel is the faster one (docs/benchmarks.md).
     return (
-        dropout_p == 0.0
+        _SHIFTED_ATTENTION_WINS
+        and dropout_p == 0.0
         and q.device.type == "cpu"
         and q.dtype == torch.bfloat16
         and not torch.is_autocast_enabled("cpu")
@@ -506,9 +529,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout
     """Dispatch point for softmax attention: ``q, k, v (b, h, t, e)``, ``attn_mask (b, 1, 1, t)`` True = may
     attend, or None -> ``(b, t, d)``.
 
-    bf16 inference on CPU runs :func:`shifted_attention`: 53 ms per layer against 93 ms for torch's bf16 flash
-    kernel at the 95M shape (2250 frames), with the same error to a float64 reference
-    (``benchmarks/attention.py``, ``docs/benchmarks.md``). Everything else, float32 included (per-head float32
+    bf16 inference on a CPU without AMX runs :func:`shifted_attention`: 53 ms per layer against 93 ms for torch's
+    bf16 flash kernel at the 95M shape (2250 frames) on Zen 5, with the same error to a float64 reference
+    (``benchmarks/attention.py``, ``docs/benchmarks.md``); with AMX flash is the faster one (see
+    ``_shifted_attention_wins``). Everything else, float32 included (per-head float32
     GEMMs were 1.3-2.8x slower than flash there), is the reference ``F.scaled_dot_product_attention``.
     """
     if _use_shifted_attention(q, dropout_p):
@@ -516,3 +540,83 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout
         return rearrange(shifted_attention(q, k, v, valid), "b t h e -> b t (h e)")
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     return rearrange(y, "b h t e -> b t (h e)")
+
+
+# --------------------------------------------------------------------------------------------- other convs
+# Per conv layout (input channels, weight shape, stride, padding, dilation, groups): whether oneDNN's bf16 kernel
+# gives float32's numbers up to bf16 rounding on this CPU. A property of the CPU and the torch build.
+_BF16_CONV_OK: dict[tuple, bool] = {}
+
+
+def onednn_bf16_conv_ok(
+    c_in: int, weight_shape: Sequence[int], stride: int, padding: int, dilation: int, groups: int
+) -> bool:
+    """Whether ``F.conv1d`` in bf16 on CPU computes this layout correctly; probed once per layout and cached.
+
+    torch sends bf16 convs to oneDNN only where oneDNN has bf16 kernels (``_is_mkldnn_bf16_supported``: AVX-512
+    cores, AVX512-BF16, AMX); elsewhere (an AVX2-only CPU) they take torch's own im2col + GEMM, which is correct.
+    With torch 2.9.1 on an Intel Sapphire Rapids (AMX), oneDNN's AMX conv kernel (``brg_conv_fwd`` with AMX in
+    ``ONEDNN_VERBOSE=1``) returns numbers unrelated to the convolution (relative error ~1) for grouped bf16 convs
+    whose groups have 2 to 12 input channels and whose kernel width is even: the tiny presets' positional conv
+    (32 channels in 4 groups, 16 taps). The published models' (48 or 64 channels per group, 128 taps) are
+    correct, and so is every layout under ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``, the kernels a CPU with
+    AVX512-BF16 but no AMX (AMD Zen 4/5) runs. Which layouts fail depends on the CPU
+    and the oneDNN version, so instead of a rule this runs the layout once on a short random input in bf16 and
+    in float32 and compares (a correct kernel is off by bf16 rounding, ~2e-3; a failing one by ~1).
+
+    Args:
+        c_in: input channels.
+        weight_shape: ``(o, c_in / groups, k)``.
+        stride, padding, dilation, groups: as ``F.conv1d`` takes them.
+    """
+    o, cpg, k = (int(n) for n in weight_shape)
+    key = (int(c_in), o, cpg, k, int(stride), int(padding), int(dilation), int(groups))
+    ok = _BF16_CONV_OK.get(key)
+    if ok is None:
+        gen = torch.Generator().manual_seed(0)
+        t = max(dilation * (k - 1) + 1 - 2 * padding, 1) + 8 * stride  # a few output frames past the borders
+        x = torch.randn(1, c_in, t, generator=gen).to(torch.bfloat16)
+        w = (torch.randn(o, cpg, k, generator=gen) * (cpg * k) ** -0.5).to(torch.bfloat16)
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+            got = F.conv1d(x, w, None, stride, padding, dilation, groups).float()
+            ref = F.conv1d(x.float(), w.float(), None, stride, padding, dilation, groups)
+        ok = bool(torch.isfinite(got).all()) and float((got - ref).norm()) <= 2e-2 * float(ref.norm())
+        _BF16_CONV_OK[key] = ok
+    return ok
+
+
+def _int1(v: int | Sequence[int]) -> int:
+    return int(v if isinstance(v, int) else v[0])
+
+
+def conv1d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> Tensor:
+    """Dispatch point for a plain ``F.conv1d``: ``x (b, c, t)``, ``weight (o, c / groups, k)`` -> ``(b, o, t')``.
+
+    A bf16 conv on CPU (bf16 tensors, or CPU autocast to bf16) that would run oneDNN's bf16 kernel, where that
+    kernel is wrong for this layout on this CPU (:func:`onednn_bf16_conv_ok`), runs in float32 and returns bf16,
+    as ``F.conv1d`` would have. Everything else is ``F.conv1d`` itself.
+    """
+    if isinstance(padding, str):
+        return F.conv1d(x, weight, bias, stride, padding, dilation, groups)
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if (
+        x.device.type == "cpu"
+        and _ONEDNN_BF16
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and (autocast_bf16 or (x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16))
+        and not onednn_bf16_conv_ok(x.shape[1], weight.shape, _int1(stride), _int1(padding), _int1(dilation), groups)
+    ):
+        with torch.autocast("cpu", enabled=False):
+            y = F.conv1d(x.float(), weight.float(), None if bias is None else bias.float(), stride, padding,
+                         dilation, groups)  # fmt: skip
+        return y.to(torch.bfloat16)
+    return F.conv1d(x, weight, bias, stride, padding, dilation, groups)

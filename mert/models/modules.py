@@ -15,7 +15,8 @@ This file is the reference: read top to bottom it is the whole network, as a mod
 long-audio windows and loading). Three ops reach their fast formulations through one dispatch point each in
 :mod:`mert.models.fast_path`, which falls back to the plain PyTorch written here: ``linear`` (every Linear),
 ``conv_frontend`` (:meth:`ConvFrontEnd.forward`; the reference is :meth:`ConvFrontEnd.reference`) and
-``attention``. Everything aligned in time is ``(b, t, ...)``; the reference front end works channels-first,
+``attention``; the other convs call ``conv1d``, ``F.conv1d`` unless this CPU's oneDNN bf16 kernel is wrong for
+their layout. Everything aligned in time is ``(b, t, ...)``; the reference front end works channels-first,
 as ``nn.Conv1d`` does.
 
 Padding: every module takes per-item valid lengths so that a clip gives the same numbers alone and inside a
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 
 from mert.models.config import EncoderConfig
 from mert.models.conformer import Conformer, Conv2dSubsampler, ConvNeXtSubsampler, MelFrontEnd
-from mert.models.fast_path import attention, conv_frontend, inference_cached, linear
+from mert.models.fast_path import attention, conv1d, conv_frontend, inference_cached, linear
 from mert.models.pooling import valid_mask
 
 __all__ = [
@@ -139,7 +140,7 @@ class ConvLayer(nn.Module):
         None uses every frame."""
         conv = self.conv
         weight, bias = conv.weight.to(x.dtype), None if conv.bias is None else conv.bias.to(x.dtype)
-        x = F.conv1d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        x = conv1d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         if self.norm_kind == "group":
             weight, bias = self.norm.weight.to(x.dtype), self.norm.bias.to(x.dtype)
             if lengths is None:
@@ -250,7 +251,7 @@ class PositionalConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(b, t, d) -> (b, t, d)``; the caller zeroes padded frames first, as zero padding is what a clip
         alone sees past its end."""
-        y = F.conv1d(
+        y = conv1d(
             rearrange(x, "b t d -> b d t"), self.weight(), self.bias, padding=self.kernel // 2, groups=self.groups
         )
         if self.kernel % 2 == 0:
@@ -277,7 +278,7 @@ class StackedPositionalConv(nn.Module):
         for i, conv in enumerate(self.convs):
             if keep is not None and i > 0:
                 y = y.masked_fill(~keep, 0.0)
-            y = conv(y)
+            y = conv1d(y, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
             if self.kernel % 2 == 0:
                 y = y[..., :-1]  # an even kernel with padding K/2 yields one extra frame
             y = F.gelu(rearrange(F.layer_norm(rearrange(y, "b d t -> b t d"), (y.shape[1],), eps=self.eps),

@@ -233,6 +233,7 @@ def _from_checkpoint(src: Path, meta: dict[str, Any] | None) -> tuple[EncoderCon
         except (OSError, ValueError):
             run_summary = {}
         summary["final_loss"] = run_summary.get("final_loss")
+        summary.update({k: run_summary[k] for k in ("global_batch_size", "seconds_per_sample") if k in run_summary})
         if run_summary.get("audio_hours_seen") is not None:
             summary["audio_hours_seen"] = run_summary["audio_hours_seen"]
     full_meta = {

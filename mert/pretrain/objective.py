@@ -12,7 +12,7 @@ Shape legend:
     v  codebook size
     f  feature-teacher bins (336 CQT bins)
 
-One step: teachers read the CLEAN audio -> span mask on the frame grid -> in-batch noise mixing of the input
+One step: teachers read the CLEAN audio -> span (or block) mask on the frame grid -> in-batch noise mixing of the input
 (training only) -> encoder with masked frames replaced by ``mask_emb`` -> heads on the masked frames only ->
 per-term loss SUMS and the masked-frame count. The trainer divides by the masked-frame count summed over all
 ranks, so every masked frame weighs the same whatever its rank (MERT-v1 targets and loss); ``PretrainOutput.loss`` is
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from mert.models.encoder import Encoder
 from mert.pretrain import health
 from mert.pretrain.heads import CodeHead, FeatureHead
-from mert.pretrain.masking import span_mask
+from mert.pretrain.masking import block_mask, span_mask
 from mert.pretrain.mixing import MixedSegment, mix_in_batch
 from mert.targets.base import Teacher
 
@@ -85,6 +85,14 @@ class MERTObjective(nn.Module):
         final_dim: code-head projection size per codebook (MERT-v1 targets and loss: 64 for 95M, 128 for 330M).
         logit_temperature: cosine-logit temperature (0.1).
         mask_prob, mask_span_frames, min_spans: span masking (0.8, 5, 2).
+        mask_span_seconds: None for MERT's span masking; a length in seconds (MusicFM/MuQ: 0.4) for block
+            masking instead: the frame axis is cut into blocks of ``round(mask_span_seconds * frame_rate)``
+            frames and each is masked with probability ``mask_prob`` (MusicFM/MuQ: 0.6), on any frame grid.
+        mask_replace: what the encoder sees at masked frames: ``"embedding"`` (MERT, HuBERT: the front end's
+            output replaced by the learned ``mask_emb``) or ``"noise"`` (MusicFM: the masked frames' input
+            samples replaced by Gaussian noise of std ``mask_noise_std`` before the front end; the teachers
+            still read the clean audio).
+        mask_noise_std: std of that noise (0.1).
         mix_prob, mix_max_segments, mix_min_seconds, mix_max_seconds: in-batch noise mixing (0.5, 3, 0.5, 1.0);
             applied in training mode only.
         code_weight: weight of each codebook's cross-entropy (1.0; the codebooks are summed).
@@ -114,6 +122,9 @@ class MERTObjective(nn.Module):
         mask_prob: float = 0.8,
         mask_span_frames: int = 5,
         min_spans: int = 2,
+        mask_span_seconds: float | None = None,
+        mask_replace: str = "embedding",
+        mask_noise_std: float = 0.1,
         mix_prob: float = 0.5,
         mix_max_segments: int = 3,
         mix_min_seconds: float = 0.5,
@@ -161,6 +172,21 @@ class MERTObjective(nn.Module):
         )
         self.feature_head = FeatureHead(d, feature_teacher.dim) if feature_teacher is not None else None
         self.mask_prob, self.mask_span_frames, self.min_spans = mask_prob, mask_span_frames, min_spans
+        if not 0.0 <= mask_prob <= 1.0:
+            raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
+        self.mask_block_frames: int | None = None
+        if mask_span_seconds is not None:
+            if not mask_span_seconds > 0:
+                raise ValueError(
+                    f"mask_span_seconds must be > 0 seconds (or null for span masking), got {mask_span_seconds}"
+                )
+            self.mask_block_frames = max(1, round(float(mask_span_seconds) * encoder.config.frame_rate))
+        self.mask_span_seconds = mask_span_seconds
+        if mask_replace not in ("embedding", "noise"):
+            raise ValueError(f"mask_replace must be 'embedding' or 'noise', got {mask_replace!r}")
+        if mask_noise_std < 0:
+            raise ValueError(f"mask_noise_std must be >= 0, got {mask_noise_std}")
+        self.mask_replace, self.mask_noise_std = mask_replace, float(mask_noise_std)
         self.mix = dict(
             prob=mix_prob, max_segments=mix_max_segments, min_seconds=mix_min_seconds, max_seconds=mix_max_seconds
         )
@@ -235,6 +261,35 @@ class MERTObjective(nn.Module):
             return self.code_head is not None and self.code_weight != 0
         return self.feature_head is not None and self.feature_weight != 0
 
+    def draw_mask(
+        self, frame_lens: Tensor, num_frames: int, generator: torch.Generator | Sequence[torch.Generator] | None
+    ) -> Tensor:
+        """``(b,)`` valid frames -> ``pred_mask (b, t)``: block masking when ``mask_span_seconds`` is set, else
+        MERT's span masking."""
+        if self.mask_block_frames is not None:
+            return block_mask(
+                frame_lens, num_frames, mask_prob=self.mask_prob, block=self.mask_block_frames, generator=generator
+            )
+        return span_mask(
+            frame_lens,
+            num_frames,
+            mask_prob=self.mask_prob,
+            span=self.mask_span_frames,
+            min_spans=self.min_spans,
+            generator=generator,
+        )
+
+    def _noise_masked_frames(self, x: Tensor, pred_mask: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``(b, l)`` input with the samples of masked frames (frame ``i``: samples ``[i*hop, (i+1)*hop)``)
+        replaced by N(0, mask_noise_std^2) noise."""
+        hop = self.encoder.config.hop_length
+        b, l = x.shape
+        per_sample = pred_mask.repeat_interleave(hop, dim=1)[:, :l]  # (b, t*hop) -> (b, <= l)
+        if per_sample.shape[1] < l:
+            per_sample = F.pad(per_sample, (0, l - per_sample.shape[1]), value=False)
+        noise = torch.randn(b, l, generator=generator).to(device=x.device, dtype=x.dtype) * self.mask_noise_std
+        return torch.where(per_sample, noise, x)
+
     @torch.no_grad()
     def compute_targets(self, wav: Tensor, lengths: Tensor | None = None) -> dict[str, Tensor]:
         """Teacher targets of clean audio: ``{"codes": (b, t, k) int64, "features": (b, t, f)}``."""
@@ -290,21 +345,17 @@ class MERTObjective(nn.Module):
                 )
 
         mask_gen = generator if sample_seeds is None else [torch.Generator().manual_seed(int(s)) for s in sample_seeds]
-        pred_mask = span_mask(
-            frame_lens,
-            t,
-            mask_prob=self.mask_prob,
-            span=self.mask_span_frames,
-            min_spans=self.min_spans,
-            generator=mask_gen,
-        ).to(wav.device)
+        pred_mask = self.draw_mask(frame_lens, t, mask_gen).to(wav.device)
         x, segments = wav, []
         if self.training and self.mix["prob"] > 0:
             x, segments = mix_in_batch(
                 wav, None if full else lengths, sample_rate=enc.sample_rate, generator=generator, **self.mix
             )
+        enc_mask: Tensor | None = pred_mask
+        if self.mask_replace == "noise":
+            x, enc_mask = self._noise_masked_frames(x, pred_mask, generator), None
 
-        out = enc(x, None if full else lengths, sample_rate=enc.sample_rate, pred_mask=pred_mask)
+        out = enc(x, None if full else lengths, sample_rate=enc.sample_rate, pred_mask=enc_mask)
         stats: dict[str, Tensor] = {}
         if collect_stats:
             stats.update(health.collect_encoder_stats(out.features, out.hidden_states, ~out.padding_mask))

@@ -3,14 +3,15 @@
 Every teacher maps ``(b, l)`` clean audio to ``(b, t, ...)`` targets with ``t = frame_lengths(l)``:
 ``EncodecTargets`` and ``CQTTargets`` are MERT-v1's two teachers (MERT-v1 targets and loss);
 ``RandomProjectionTargets``, ``KMeansTargets`` and ``RVQTargets`` (a residual VQ fitted on your corpus) work without
-downloads. Importing this
-package is light: nnAudio, EnCodec and torchaudio load when a teacher is built.
+downloads; ``EncoderKMeansTargets`` re-clusters a pretrained encoder's own features (a second
+iteration). Importing this package is light: nnAudio, EnCodec and torchaudio load when a teacher is built.
 """
 
 from mert.targets.base import FittedTeacher, Teacher
 from mert.targets.concat import ConcatTargets
 from mert.targets.cqt import CQTTargets
 from mert.targets.encodec import EncodecTargets
+from mert.targets.encoder_kmeans import EncoderKMeansTargets
 from mert.targets.factory import TEACHERS, build_teacher, teacher_from_settings
 from mert.targets.features import FrameFeatures
 from mert.targets.kmeans import KMeansTargets
@@ -21,6 +22,7 @@ __all__ = [
     "CQTTargets",
     "ConcatTargets",
     "EncodecTargets",
+    "EncoderKMeansTargets",
     "FrameFeatures",
     "KMeansTargets",
     "RVQConfig",

@@ -13,6 +13,7 @@ refused at run time.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import warnings
@@ -108,7 +109,9 @@ class EncodecTargets(Teacher):
         bandwidth: kbps, one of 1.5, 3, 6, 12, 24 -> 2, 4, 8, 16, 32 codebooks. MERT uses 6 (MERT-v1 targets and loss).
         sample_rate: must be 24000 (the model's rate); resample audio before it reaches the teacher.
         check_codes: raise if a codebook gives one constant code over a batch of non-silent audio.
-        conv_kernel, conv_stride: the encoder front end whose frame count the targets match (hop 320).
+        conv_kernel, conv_stride: the encoder front end (its frame grid) whose frame count the targets match: a
+            hop of 320, or a multiple ``m * 320`` (960 for the 25 Hz mel family), which keeps every ``m``-th
+            EnCodec frame (MuQ's 25 Hz EnCodec targets).
 
     Attributes:
         kind: ``"codes"``.
@@ -142,7 +145,12 @@ class EncodecTargets(Teacher):
                 f"EncodecTargets uses the 24 kHz EnCodec model and needs sample_rate={_SAMPLE_RATE}, got "
                 f"{sample_rate}; resample the audio to 24 kHz"
             )
-        check_hop(self, _HOP, "EnCodec 24 kHz")
+        hop = math.prod(self.conv_stride)
+        # A coarser encoder grid whose hop is a multiple of 320 samples (MERT-v2 and MuQ: 960, 25 Hz) takes every
+        # m-th EnCodec frame, as MuQ does (frame i of the encoder starts where EnCodec frame m*i starts).
+        self.frame_step = hop // _HOP if hop % _HOP == 0 and hop >= _HOP else 1
+        if self.frame_step == 1:
+            check_hop(self, _HOP, "EnCodec 24 kHz")
         self.weights = None if weights is None else Path(weights).expanduser().resolve()
         if self.weights is not None and self.weights.is_dir():
             self.weights = self.weights / ENCODEC_24KHZ_FILE
@@ -210,13 +218,13 @@ class EncodecTargets(Teacher):
             )
 
     def compute(self, wav: Tensor) -> Tensor:
-        """``(b, l)`` -> ``(b, ceil(l / 320), k)`` int64 codes."""
+        """``(b, l)`` -> ``(b, ceil(ceil(l / 320) / m), k)`` int64 codes (``m = frame_step``, 1 at 75 Hz)."""
         if self.num_frames(wav.shape[1]) == 0:
             return empty_targets(wav, self.num_codebooks, dtype=torch.int64)
         dtype = next(self.codec.parameters()).dtype  # follows the teacher if someone casts it
         x = rearrange(wav.to(dtype), "b l -> b 1 l")  # EnCodec takes (b, channels, l); the 24 kHz model is mono
         ((codes, _scale),) = self.codec.encode(x)  # one segment: the 24 kHz model does not chunk
-        codes = rearrange(codes, "b k t -> b t k")
+        codes = rearrange(codes, "b k t -> b t k")[:, :: self.frame_step]
         if self.check_codes:
             self._check_not_constant(wav, codes)
         return codes.long()

@@ -12,6 +12,7 @@ from mert.targets.base import Teacher
 from mert.targets.concat import ConcatTargets
 from mert.targets.cqt import CQTTargets
 from mert.targets.encodec import EncodecTargets
+from mert.targets.encoder_kmeans import EncoderKMeansTargets
 from mert.targets.kmeans import KMeansTargets
 from mert.targets.random_projection import RandomProjectionTargets
 from mert.targets.rvq import RVQTargets
@@ -27,6 +28,15 @@ def _rvq(*, path: str, sample_rate: int | None = None, sha256: str | None = None
     return RVQTargets.load(path, sample_rate=sample_rate, sha256=sha256)
 
 
+def _encoder_kmeans(
+    *, path: str, sample_rate: int | None = None, layer: int | None = None, encoder_sha256: str | None = None
+) -> EncoderKMeansTargets:
+    teacher = EncoderKMeansTargets.load(path, sample_rate=sample_rate, encoder_sha256=encoder_sha256)
+    if layer is not None and int(layer) != teacher.layer:
+        raise ValueError(f"{path!r} clusters layer {teacher.layer}, not the layer {layer} these settings name")
+    return teacher
+
+
 def _concat(*, teachers: list[Teacher | Mapping[str, Any]]) -> ConcatTargets:
     return ConcatTargets([t if isinstance(t, Teacher) else teacher_from_settings(t) for t in teachers])
 
@@ -37,6 +47,7 @@ TEACHERS: dict[str, Callable[..., Teacher]] = {
     "random_projection": RandomProjectionTargets,  # BEST-RQ; offline, no fitting
     "kmeans": _kmeans,  # MERT-v0 baseline; fitted with `mert targets fit-kmeans`
     "rvq": _rvq,  # learned residual VQ on log-mel/CQT frames; fitted with `mert targets fit-rvq`
+    "encoder_kmeans": _encoder_kmeans,  # k-means of an encoder's own layer (HuBERT iteration 2)
     "concat": _concat,  # several code teachers' codebooks side by side
 }
 _BY_CLASS = {
@@ -46,6 +57,7 @@ _BY_CLASS = {
     "KMeansTargets": "kmeans",
     "RVQTargets": "rvq",
     "ConcatTargets": "concat",
+    "EncoderKMeansTargets": "encoder_kmeans",
 }
 
 
@@ -53,11 +65,13 @@ def build_teacher(name: str, **kwargs: Any) -> Teacher:
     """Build a teacher by name.
 
     Args:
-        name: ``"encodec"``, ``"cqt"``, ``"random_projection"``, ``"kmeans"``, ``"rvq"`` or ``"concat"``
+        name: ``"encodec"``, ``"cqt"``, ``"random_projection"``, ``"kmeans"``, ``"rvq"``, ``"encoder_kmeans"``
+            or ``"concat"``
             (``-`` and ``_`` are interchangeable; class names such as ``"CQTTargets"`` work too).
         **kwargs: the teacher's constructor arguments; ``"kmeans"`` takes ``path=`` (a file written by
             ``KMeansTargets.save`` or ``mert targets fit-kmeans``) and optionally ``sample_rate=``; ``"rvq"`` takes
-            ``path=`` (``mert targets fit-rvq``) and optionally ``sample_rate=`` and ``sha256=``; ``"concat"``
+            ``path=`` (``mert targets fit-rvq``) and optionally ``sample_rate=`` and ``sha256=``;
+            ``"encoder_kmeans"`` takes ``path=`` (``mert targets fit-kmeans --from-encoder``); ``"concat"``
             takes ``teachers=`` (teachers or their settings dicts).
     Raises:
         ValueError: unknown name.
