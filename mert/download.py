@@ -44,10 +44,12 @@ from pathlib import Path, PurePosixPath
 from mert.registry import normalise_sha256
 
 __all__ = [
+    "check_format",
     "check_sha256",
     "default_cache_dir",
     "download_url",
     "fetch_url",
+    "is_safetensors",
     "offline_mode",
     "sha256_file",
     "unpack_if_archive",
@@ -124,7 +126,9 @@ def download_url(
 
     Raises:
         FileNotFoundError: not cached with ``local_files_only``, or the server answers 404/410.
-        ValueError: the file does not match the expected digest (nothing is left in the cache).
+        ValueError: the file does not match the expected digest, or its first bytes do not fit its name (an
+            HTML page, a ``.safetensors`` without a header: nothing is left in the cache), a non-http(s) address,
+            or a redirect to another scheme or from https to http without a digest.
         OSError: the server cannot be reached, answers an error, or sends fewer bytes than announced (the
             partial file is kept, and the next call continues it).
     """
@@ -148,6 +152,9 @@ def fetch_url(
     ``local_files_only`` is taken as given (:func:`download_url` adds :func:`offline_mode` to it).
     """
     base, _, fragment = url.partition("#")
+    scheme = urllib.parse.urlsplit(base).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{base}: only http:// and https:// downloads are supported, not {scheme or 'no'} scheme")
     expected = _expected_digest(url, fragment, sha256)
     if expected is None and base.lower().startswith("http://"):
         warnings.warn(
@@ -234,6 +241,13 @@ def _fetch(url: str, target: Path, expected: str | None) -> None:
     part, meta = _part_path(target), _part_meta_path(target)
     for attempt in (1, 2):
         digest, resumed_from = _stream(url, part, meta, expected)
+        if expected is None or digest == expected:
+            try:
+                check_format(part, target.name, url)
+            except ValueError:
+                part.unlink(missing_ok=True)  # never cached: the next call asks the server again
+                meta.unlink(missing_ok=True)
+                raise
         if expected is not None and digest != expected:
             part.unlink(missing_ok=True)
             meta.unlink(missing_ok=True)
@@ -270,7 +284,8 @@ def _stream(url: str, part: Path, meta: Path, expected: str | None) -> tuple[str
         if validator is not None:  # the server sends the whole file instead if it changed since the partial one
             headers["If-Range"] = validator
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT_S)
+        opener = urllib.request.build_opener(_CheckedRedirect(pinned=expected is not None))
+        response = opener.open(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT_S)
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # the partial file is not a prefix of this file: start over
             part.unlink()
@@ -278,6 +293,8 @@ def _stream(url: str, part: Path, meta: Path, expected: str | None) -> tuple[str
             return _stream(url, part, meta, expected)
         kind = FileNotFoundError if err.code in (404, 410) else OSError
         raise kind(f"could not download {url}: HTTP {err.code} {err.reason}") from err
+    except _RefusedRedirect as err:
+        raise ValueError(f"could not download {url}: {err.reason}") from None
     except urllib.error.URLError as err:
         raise OSError(f"could not reach {url}: {err.reason}; check the address and the network") from err
     except OSError as err:  # e.g. a timeout before the headers arrived
@@ -291,6 +308,7 @@ def _stream(url: str, part: Path, meta: Path, expected: str | None) -> tuple[str
         meta.unlink(missing_ok=True)
         return _stream(url, part, meta, expected)
     with response:
+        _check_content_type(url, response.headers.get("Content-Type"), part.name[1 : -len(".part")])
         length = response.headers.get("Content-Length")
         remaining = int(length) if length else None
         if offset and response.status != 206:  # no range support, or If-Range saw a changed file
@@ -336,6 +354,124 @@ def _stream(url: str, part: Path, meta: Path, expected: str | None) -> tuple[str
             "again to continue it"
         )
     return digest.hexdigest(), offset
+
+
+class _RefusedRedirect(urllib.error.URLError):
+    """A redirect to a scheme a download may not take (raised inside urllib, turned into a ValueError)."""
+
+
+class _CheckedRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows redirects only to http(s), and from https only to https unless the file's digest is pinned.
+
+    urllib's own handler follows https -> http and -> ftp, which would let one redirect remove the transport
+    security that an unpinned https:// source relies on.
+    """
+
+    def __init__(self, pinned: bool) -> None:
+        super().__init__()
+        self.pinned = pinned
+
+    def http_error_302(self, req, fp, code, msg, headers):  # noqa: ANN001, ANN201 (urllib's signature)
+        # Checked before urllib's own scheme check, whose HTTPError would read like a server failure.
+        if newurl := headers.get("location") or headers.get("uri"):
+            self._check(req, urllib.parse.urljoin(req.full_url, newurl))
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 (urllib's signature)
+        self._check(req, urllib.parse.urljoin(req.full_url, newurl))
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    def _check(self, req: urllib.request.Request, newurl: str) -> None:
+        old_scheme = urllib.parse.urlsplit(req.full_url).scheme.lower()
+        new_scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if new_scheme not in ("http", "https"):
+            raise _RefusedRedirect(
+                f"refusing the redirect from {req.full_url} to {newurl}: only http(s) downloads are allowed"
+            )
+        if old_scheme == "https" and new_scheme == "http" and not self.pinned:
+            raise _RefusedRedirect(
+                f"refusing the redirect from {req.full_url} to plain-http {newurl}: nothing would vouch for what "
+                "arrives; pin the file with sha256= or a '#sha256=<hex>' fragment, or use the https address"
+            )
+
+
+# What a file's first bytes must look like, by the ending of its name (tar: "ustar" at byte 257).
+_MAGIC: dict[str, tuple[str, tuple[bytes, ...]]] = {
+    ".tar.gz": ("gzip", (b"\x1f\x8b",)),
+    ".tgz": ("gzip", (b"\x1f\x8b",)),
+    ".tar.xz": ("xz", (b"\xfd7zXZ\x00",)),
+    ".tar.bz2": ("bzip2", (b"BZh",)),
+    ".zip": ("zip", (b"PK\x03\x04", b"PK\x05\x06")),
+    # torch.save writes a zip; older files and plain pickles start with the pickle PROTO opcode.
+    ".bin": ("PyTorch (zip or pickle)", (b"PK\x03\x04", b"\x80")),
+    ".pt": ("PyTorch (zip or pickle)", (b"PK\x03\x04", b"\x80")),
+    ".pth": ("PyTorch (zip or pickle)", (b"PK\x03\x04", b"\x80")),
+    ".ckpt": ("PyTorch (zip or pickle)", (b"PK\x03\x04", b"\x80")),
+    ".th": ("PyTorch (zip or pickle)", (b"PK\x03\x04", b"\x80")),
+}
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """True when ``path`` starts with a safetensors header: an 8-byte little-endian length, then a JSON object
+    that fits in the file. The name of the file plays no part (a URL's last segment may be anything)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 2 <= length <= size - 8
+
+
+def _looks_like_html(head: bytes) -> bool:
+    start = head.lstrip()[:15].lower()
+    return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml"))
+
+
+def check_format(path: Path, name: str, source: str) -> None:
+    """Refuse a downloaded file whose first bytes do not fit its name: an HTML page (a login or error page served
+    with status 200), a ``.safetensors`` without a safetensors header, an archive or ``.bin`` of another kind.
+
+    Raises:
+        ValueError: naming ``source`` and what the bytes look like instead.
+    """
+    with open(path, "rb") as f:
+        head = f.read(512)
+    lower = name.lower()
+    what = None
+    if _looks_like_html(head) and not lower.endswith((".html", ".htm", ".xml")):
+        what = "an HTML/XML page"
+    elif lower.endswith(".safetensors") and not is_safetensors(path):
+        what = "not a safetensors file (no safetensors header)"
+    elif lower.endswith(".tar"):
+        what = None if head[257:262] == b"ustar" else "not a tar archive"
+    else:
+        for suffix, (kind, magics) in _MAGIC.items():
+            # A safetensors file under a torch-ish name loads all the same (the loader reads the header).
+            torch_name = kind.startswith("PyTorch")
+            if lower.endswith(suffix) and not head.startswith(magics) and not (torch_name and is_safetensors(path)):
+                what = f"not a {kind} file"
+                break
+    if what is not None:
+        raise ValueError(
+            f"download of {source} is {what} (first bytes {head[:16]!r}); it was not cached. Check the address: "
+            "servers answer some failures (a login or error page) with status 200"
+        )
+
+
+def _check_content_type(url: str, content_type: str | None, name: str) -> None:
+    """An HTML answer is never a checkpoint: refuse it before reading the body."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind in ("text/html", "application/xhtml+xml") and not name.lower().endswith((".html", ".htm")):
+        raise OSError(
+            f"could not download {url}: the server answered with an HTML page (Content-Type {kind}), not a file; "
+            "check the address (it may need a login or point at a web page about the file)"
+        )
 
 
 def _range_start(response) -> int | None:

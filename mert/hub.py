@@ -112,6 +112,8 @@ def resolve_source(
     if entry is not None:
         revision, sha256, label = _apply_entry(entry, revision, sha256)
         source, what, from_url = entry.source, f"checkpoint {entry.name!r}", entry.is_url
+    elif not is_url(source) and _looks_local(source):
+        raise _missing_path(source)
     elif is_url(source) or _HUB_ID.match(source):
         from_url = is_url(source)
     else:
@@ -158,6 +160,71 @@ def _apply_entry(
     return revision, digest, label
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".json")
+
+
+def _looks_local(source: str) -> bool:
+    """True for a string meant as a local path, which must never be sent to the Hub as a repo id.
+
+    That is: an absolute, home-relative (``~``) or dot-relative path, Windows separators, more than one ``/``,
+    a weights-file ending, or ``owner/name`` whose ``owner`` is an existing local folder (``runs/exprot`` typed
+    for ``runs/export``).
+    """
+    if re.match(r"^[A-Za-z][\w+.-]*://", source):  # an address of some scheme, not a path
+        return False
+    if source.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in source or re.match(r"^[A-Za-z]:", source):
+        return True
+    if source.count("/") > 1 or source.lower().endswith(_WEIGHT_SUFFIXES):
+        return True
+    first = source.split("/", 1)[0]
+    return "/" in source and Path(first).expanduser().is_dir()
+
+
+def _missing_path(source: str) -> FileNotFoundError:
+    """The error for a local path that does not exist, with the closest name in its parent folder."""
+    path = Path(source).expanduser()
+    parent = path.parent if str(path.parent) else Path(".")
+    hint = ""
+    with contextlib.suppress(OSError):
+        if parent.is_dir():
+            close = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1, cutoff=0.6)
+            hint = f"; did you mean {str(parent / close[0])!r}?" if close else ""
+        else:
+            hint = f"; its folder {str(parent)!r} does not exist either"
+    return FileNotFoundError(
+        f"checkpoint path {source!r} does not exist (looked for {str(path.absolute())!r}); it looks like a local "
+        f"path, so it was not looked up on the Hugging Face Hub{hint}"
+    )
+
+
+_PROBE_TIMEOUT_S = 3.0
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """None when a TCP connection to the Hub (or the proxy that reaches it) opens within a few seconds, else why.
+
+    One quick connection attempt instead of huggingface_hub's retries with back-off (1+2+4+8+8 s) when the
+    machine is offline or the endpoint is wrong; a Hub that answers slowly or with errors is left to
+    huggingface_hub.
+    """
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(endpoint)
+    proxy = None if urllib.request.proxy_bypass(parts.hostname or "") else urllib.request.getproxies().get(parts.scheme)
+    target = urllib.parse.urlsplit(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else parts
+    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    if not host:
+        return None
+    try:
+        socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        via = f" through the proxy {proxy}" if proxy else ""
+        return f"the Hub at {endpoint} cannot be reached{via}: {err.strerror or err}"
+    return None
+
+
 def _unknown_source(source: str) -> FileNotFoundError:
     """The error for a string that is no path, URL, hub id or name; it lists the names and suggests a close one."""
     try:
@@ -200,6 +267,10 @@ def _from_hub(
     )
 
     hf_cache = _hub_cache_dir(cache_dir)
+    unreachable = None if local_files_only else _unreachable(endpoint or constants.ENDPOINT)
+    if unreachable is not None:  # huggingface_hub would retry for ~25 s before the same answer: use the cache
+        log.info("%s; using the local cache only", unreachable)
+        local_files_only = True
     where = f"Hugging Face repo {repo_id!r} (revision {revision or 'main'!r})"
     if what is not None:
         where = f"{what} ({where})"
@@ -230,10 +301,12 @@ def _from_hub(
     except LocalEntryNotFoundError as err:
         cache = hf_cache if hf_cache is not None else Path(constants.HF_HUB_CACHE)
         repo_folder = cache / f"models--{repo_id.replace('/', '--')}"
+        why = unreachable or (
+            "offline: --offline, local_files_only=True, MERT_OFFLINE=1 or HF_HUB_OFFLINE=1; or the Hub is unreachable"
+        )
         raise FileNotFoundError(
             f"{where} is not in the cache ({repo_folder} has no {tried[-1]}) and cannot be downloaded now "
-            "(offline: --offline, local_files_only=True, MERT_OFFLINE=1 or HF_HUB_OFFLINE=1; or the Hub is "
-            f"unreachable). On a machine with internet access run `mert download {label} --cache-dir DIR`, copy DIR "
+            f"({why}). On a machine with internet access run `mert download {label} --cache-dir DIR`, copy DIR "
             "here (keeping its symlinks, e.g. `cp -a` or `rsync -a`) and set MERT_CACHE to it or pass cache_dir=; "
             f"DIR/hf/models--{repo_id.replace('/', '--')} then holds the files."
         ) from err

@@ -150,6 +150,25 @@ _BUILTIN = tuple(
 )
 
 
+# Teacher weights, fetched and cached like model weights (`mert download encodec-24khz`). EnCodec's 24 kHz
+# checkpoint, as torch.hub and the encodec package name it; its sha256 (whose first 8 hex digits are in the file
+# name) and size (93,171,529 bytes) agree across independent public pins of this file; they could not be
+# re-checked against the server from the build machine.
+ENCODEC_24KHZ = "encodec-24khz"
+_BUILTIN += (
+    CheckpointEntry(
+        name=ENCODEC_24KHZ,
+        source="https://dl.fbaipublicfiles.com/encodec/v0/encodec_24khz-d7cc33bc.th",
+        sha256="d7cc33bcf1aad7f2dad9836f36431530744abeace3ca033005e3290ed4fa47bf",
+        licence="MIT",
+        description="teacher: EnCodec 24 kHz (MERT-v1's acoustic codes; targets=encodec_cqt finds it when cached)",
+        aliases=("encodec_24khz",),
+        sample_rate=24000,
+        builtin=True,
+    ),
+)
+
+
 def is_url(source: str) -> bool:
     """True for an ``http://`` or ``https://`` address."""
     return urllib.parse.urlsplit(source).scheme.lower() in ("http", "https")

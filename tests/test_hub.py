@@ -28,7 +28,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*plain http.// with no sha256:U
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 CONFIG = b'{"model_type": "hubert"}'
-WEIGHTS = b"not really safetensors" * 100
+_HEADER = b'{"__metadata__": {"note": "not really weights"}}'
+WEIGHTS = len(_HEADER).to_bytes(8, "little") + _HEADER + b"\x00" * 2000  # a safetensors header, no tensors
 
 
 @pytest.fixture(autouse=True)
@@ -110,10 +111,27 @@ def test_local_file_sha256_is_checked(tmp_path):
         resolve_source(tmp_path, sha256="0" * 64)
 
 
-@pytest.mark.parametrize("source", ["not a checkpoint", "./missing/dir/x", "ftp://host/x.bin", "a/b/c"])
+@pytest.mark.parametrize("source", ["not a checkpoint", "ftp://host/x.bin"])
 def test_unknown_source_is_explained(source):
     with pytest.raises(FileNotFoundError, match="neither an existing path, nor an http"):
         resolve_source(source)
+
+
+@pytest.mark.parametrize("source", ["./missing/dir/x", "a/b/c", "~/nope/model", "weights.safetensors", "runs/exprot"])
+def test_mistyped_local_path_never_goes_to_the_hub(source, tmp_path, monkeypatch):
+    """A path-like string that does not exist is refused locally, with the closest name, before any request."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "export").mkdir(parents=True)  # "runs/exprot" is a typo of this folder
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a request would fail differently (and slowly)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Hub was contacted")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", no_network)
+    with pytest.raises(FileNotFoundError, match="does not exist.*not looked up on the Hugging Face Hub") as err:
+        resolve_source(source)
+    if source == "runs/exprot":
+        assert "did you mean 'runs/export'" in str(err.value)
 
 
 def test_missing_path_object_is_not_taken_for_a_repo_id(tmp_path):
@@ -143,24 +161,24 @@ def test_url_download_then_cache_hit(files, tmp_path):
 
 
 def test_explicit_cache_dir_and_local_files_only(files, tmp_path):
-    url = files.add("w.bin", WEIGHTS)
+    url = files.add("w.safetensors", WEIGHTS)
     cache = tmp_path / "elsewhere"
     with pytest.raises(FileNotFoundError, match=r"not in the download cache.*local_files_only") as info:
         resolve_source(url, cache_dir=cache, local_files_only=True)
     assert url in str(info.value)
-    assert files.gets["w.bin"] == 0 and not cache.exists()
+    assert files.gets["w.safetensors"] == 0 and not cache.exists()
     path = download_url(url, cache_dir=cache)
     assert path.is_relative_to(cache)
     assert resolve_source(url, cache_dir=cache, local_files_only=True) == path
-    assert files.gets["w.bin"] == 1
+    assert files.gets["w.safetensors"] == 1
 
 
 def test_sha256_fragment_verified(files):
     digest = hashlib.sha256(WEIGHTS).hexdigest()
-    url = files.add("good.bin", WEIGHTS)
+    url = files.add("good.safetensors", WEIGHTS)
     assert resolve_source(f"{url}#sha256={digest}").read_bytes() == WEIGHTS
     assert resolve_source(url, sha256=digest.upper()).read_bytes() == WEIGHTS  # same cache entry, re-verified
-    assert files.gets["good.bin"] == 1
+    assert files.gets["good.safetensors"] == 1
     with pytest.raises(ValueError, match="disagrees"):
         resolve_source(f"{url}#sha256={digest}", sha256="0" * 64)
     with pytest.raises(ValueError, match="not a SHA-256 digest"):
@@ -169,7 +187,7 @@ def test_sha256_fragment_verified(files):
 
 def test_tampered_download_is_rejected_and_not_kept(files, tmp_path):
     expected = hashlib.sha256(WEIGHTS).hexdigest()
-    url = files.add("tampered.bin", WEIGHTS + b"!")
+    url = files.add("tampered.safetensors", WEIGHTS + b"!")
     with pytest.raises(ValueError, match="sha256 mismatch") as info:
         resolve_source(f"{url}#sha256={expected}")
     message = str(info.value)
@@ -178,11 +196,11 @@ def test_tampered_download_is_rejected_and_not_kept(files, tmp_path):
 
 
 def test_corrupt_cached_copy_is_downloaded_again(files):
-    url = files.add("w.bin", WEIGHTS)
+    url = files.add("w.safetensors", WEIGHTS)
     path = resolve_source(url)
     path.write_bytes(b"bit rot")
     assert resolve_source(url, sha256=hashlib.sha256(WEIGHTS).hexdigest()).read_bytes() == WEIGHTS
-    assert files.gets["w.bin"] == 2
+    assert files.gets["w.safetensors"] == 2
     path.write_bytes(b"bit rot")
     with pytest.raises(ValueError, match="sha256 mismatch"):
         resolve_source(url, sha256=hashlib.sha256(WEIGHTS).hexdigest(), local_files_only=True)
@@ -190,13 +208,13 @@ def test_corrupt_cached_copy_is_downloaded_again(files):
 
 
 def test_truncated_response_raises_and_leaves_nothing(files, tmp_path):
-    url = files.add("truncated.bin", WEIGHTS)
+    url = files.add("truncated.safetensors", WEIGHTS)
     with pytest.raises(OSError, match=rf"truncated.*{len(WEIGHTS)} of {len(WEIGHTS) + 1000} bytes") as info:
         resolve_source(url)
     assert url in str(info.value)
     # No final file; only the partial download, kept so the next call can continue it (tests/test_registry.py).
     left = [p.name for p in cached_files(tmp_path / "mert-cache")]
-    assert left == [".truncated.bin.part", ".truncated.bin.part.json"]
+    assert left == [".truncated.safetensors.part", ".truncated.safetensors.part.json"]
 
 
 def test_http_error_names_the_url(files):
@@ -206,7 +224,7 @@ def test_http_error_names_the_url(files):
 
 
 def test_concurrent_callers_download_once(files):
-    url = files.add("shared.bin", WEIGHTS)
+    url = files.add("shared.safetensors", WEIGHTS)
     files.delay_s = 0.3
     barrier = threading.Barrier(4)
     results: list[Path] = []
@@ -222,7 +240,7 @@ def test_concurrent_callers_download_once(files):
         t.join(timeout=20)
     assert len(results) == 4 and len(set(results)) == 1
     assert results[0].read_bytes() == WEIGHTS
-    assert files.gets["shared.bin"] == 1
+    assert files.gets["shared.safetensors"] == 1
 
 
 # --- archives -------------------------------------------------------------------------------------------------------

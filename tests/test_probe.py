@@ -159,7 +159,7 @@ def test_regression_label_that_is_not_a_number(tmp_path):
 
 
 def test_split_column_must_be_all_or_nothing(tmp_path):
-    rows = [{"path": f"{i}.wav", "label": "a", "split": "train" if i else ""} for i in range(5)]
+    rows = [{"path": f"{i}.wav", "label": "ab"[i % 2], "split": "train" if i else ""} for i in range(5)]
     m = _write_manifest(tmp_path / "s.csv", rows, ("path", "label", "split"))
     with pytest.raises(ValueError, match="1 of 5 manifest rows have no split"):
         ProbeDataset.from_manifest(m, TaskSpec(type="multiclass"))

@@ -31,7 +31,7 @@ from tests.helpers import HubHandler, Quiet, cached_files, serving
 
 PIN_95M = lookup_checkpoint("MERT-v1-95M").revision
 MAIN_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
-DATA = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable
+DATA = bytes((i + 0x80) % 256 for i in range(256)) * 40  # 10240 bytes, every offset distinguishable; a pickle start
 
 
 @pytest.fixture(autouse=True)
@@ -178,8 +178,9 @@ def assert_same_weights(a: Encoder, b: Encoder) -> None:
 
 def test_builtin_entries_are_pinned_and_resolve_by_alias():
     names = [e.name for e in builtin_checkpoints()]
-    assert names == ["MERT-v1-95M", "MERT-v1-330M", "MERT-v2-30s", "MERT-v2-FullSong", "MuQ-large-msd-iter"]
-    for entry in builtin_checkpoints():
+    models = ["MERT-v1-95M", "MERT-v1-330M", "MERT-v2-30s", "MERT-v2-FullSong", "MuQ-large-msd-iter"]
+    assert names == [*models, "encodec-24khz"]  # then the teacher weights (tests/test_encodec_download.py)
+    for entry in builtin_checkpoints()[: len(models)]:
         # Pinned to a commit wherever public sources name one (docs/checkpoints.md says which do not).
         if entry.name not in ("MERT-v2-30s", "MuQ-large-msd-iter"):
             assert re.fullmatch(r"[0-9a-f]{40}", entry.revision) and entry.pinned
@@ -200,7 +201,10 @@ def test_unknown_name_lists_the_known_ones():
     with pytest.raises(FileNotFoundError) as info:
         resolve_source("MERT-v1-96M")
     message = str(info.value)
-    assert "MERT-v1-95M, MERT-v1-330M, MERT-v2-30s, MERT-v2-FullSong, MuQ-large-msd-iter, team-small" in message
+    assert (
+        "MERT-v1-95M, MERT-v1-330M, MERT-v2-30s, MERT-v2-FullSong, MuQ-large-msd-iter, encodec-24khz, team-small"
+        in message
+    )
     assert "did you mean 'MERT-v1-95M'" in message
 
 
@@ -234,7 +238,7 @@ def test_user_url_entry_round_trip(server, tmp_path, tiny_encoder, capsys):
 
     stored = json.loads(registry_path().read_text())
     assert stored == {"my-tiny": {"source": url, "sha256": sha(data), "licence": "Apache-2.0", "description": "tiny"}}
-    builtin = ["MERT-v1-95M", "MERT-v1-330M", "MERT-v2-30s", "MERT-v2-FullSong", "MuQ-large-msd-iter"]
+    builtin = ["MERT-v1-95M", "MERT-v1-330M", "MERT-v2-30s", "MERT-v2-FullSong", "MuQ-large-msd-iter", "encodec-24khz"]
     assert [e.name for e in list_checkpoints()] == [*builtin, "my-tiny"]
     assert main(["download", "--list"]) == 0
     listing = capsys.readouterr().out

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "onnx: OUT/model.onnx for onnxruntime (docs/deployment.md)",
     )
     p.add_argument("--layers", default=None, help="onnx only: hidden states to output, e.g. '7' or '0,6,12' (all)")
-    p.add_argument("--opset", type=int, default=None, help="onnx only: ONNX opset (default 18)")
+    p.add_argument("--opset", type=int, default=None, help="onnx only: ONNX opset, 18 or newer (default 18)")
     p.add_argument(
         "--overwrite",
         action="store_true",

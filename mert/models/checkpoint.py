@@ -21,12 +21,14 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from mert.download import is_safetensors
 from mert.models.config import CONFIG_FORMAT, EncoderConfig
 from mert.models.modules import EncoderNetwork
 from mert.registry import WEIGHT_FILES
@@ -71,6 +73,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
             present = sorted(p.name for p in path.iterdir())[:20]
             raise FileNotFoundError(
                 f"no weights file in {str(path)!r}: expected one of {list(WEIGHT_FILES)}, found {present}"
+                f"{_run_hint(path)}"
             )
         folder = path
     else:
@@ -82,7 +85,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
     _check_finite(state, weights)
     config_file = folder / "config.json"
     if METADATA_CONFIG_KEY in file_meta:  # our safetensors: the config travels inside the file
-        config = EncoderConfig.from_dict(json.loads(file_meta[METADATA_CONFIG_KEY]))
+        where = f"{str(weights)!r} (safetensors metadata {METADATA_CONFIG_KEY!r})"
+        config = _parse_config(lambda: EncoderConfig.from_dict(_loads(file_meta[METADATA_CONFIG_KEY])), where)
         if config_file.is_file():
             _warn_if_config_json_differs(config_file, config, weights)
         return config, check_keys(state, config, weights), meta
@@ -90,6 +94,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
         raise FileNotFoundError(
             f"{str(weights)!r} carries no config and there is no config.json beside it; "
             "a MERT checkpoint needs its config.json (Hugging Face layout) or our safetensors metadata"
+            f"{_run_hint(weights)}"
         )
     raw = _read_json(config_file)
     model_type = raw.get("model_type")
@@ -100,14 +105,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
         config = muq_config_to_encoder_config(raw, source=str(config_file))
         return config, check_keys(convert_muq_state_dict(state, config, raw), config, weights), meta
     if model_type == CONFIG_FORMAT:
-        config = EncoderConfig.from_dict(raw)
+        config = _parse_config(lambda: EncoderConfig.from_dict(raw), repr(str(config_file)))
         return config, check_keys(state, config, weights), meta
     if model_type in HF_MODEL_TYPES:
         pre_file = folder / "preprocessor_config.json"
         pre = _read_json(pre_file) if pre_file.is_file() else None
-        config = hf_config_to_encoder_config(raw, pre, source=str(config_file))
+        where = repr(str(config_file))
+        config = _parse_config(lambda: hf_config_to_encoder_config(raw, pre, source=str(config_file)), where)
         if isinstance(raw.get(METADATA_CONFIG_KEY), dict):  # our HF export: the exact config travels along
-            ours = EncoderConfig.from_dict(raw[METADATA_CONFIG_KEY])
+            where = f"{str(config_file)!r} (key {METADATA_CONFIG_KEY!r})"
+            ours = _parse_config(lambda: EncoderConfig.from_dict(raw[METADATA_CONFIG_KEY]), where)
             if _hf_structure(ours) != _hf_structure(config):
                 raise ValueError(
                     f"{str(config_file)!r}: its {METADATA_CONFIG_KEY!r} entry contradicts the HubertConfig keys "
@@ -120,6 +127,17 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EncoderConfig, dict[str, T
         f"one of {list(HF_MODEL_TYPES)} (a Hugging Face MERT/HuBERT checkpoint), a MERT-v2 config (with "
         "subsampling_channels) or a MuQ config (with encoder_dim and w2v2_config)"
     )
+
+
+def _run_hint(path: Path) -> str:
+    """Advice for a pretraining run folder or a Lightning ``.ckpt`` given where a release is expected."""
+    run = path.parent.parent if path.suffix == ".ckpt" else path
+    if path.suffix == ".ckpt" or (run / "checkpoints").is_dir() or (run / "config.yaml").is_file():
+        return (
+            f"; {str(path)!r} looks like a pretraining run or its checkpoint: turn it into a loadable model with "
+            f"`mert export {str(path)} OUT` and pass OUT"
+        )
+    return ""
 
 
 def _check_finite(state: dict[str, Tensor], source: Path) -> None:
@@ -150,15 +168,40 @@ def _warn_if_config_json_differs(config_file: Path, config: EncoderConfig, weigh
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint folder; anything else (a list, null, a number) is refused naming the file."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object ({{...}}), got {type(obj).__name__} {obj!r:.40}")
+    return obj
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON: {e}") from None
+
+
+def _parse_config(build: Callable[[], EncoderConfig], where: str) -> EncoderConfig:
+    """Run ``build`` and turn any complaint about the untrusted values into one ``ValueError`` naming ``where``.
+
+    Sizes, types and ranges are checked by :meth:`EncoderConfig.validate` before any module exists.
+    """
+    try:
+        return build()
+    except (ValueError, TypeError, AttributeError, OverflowError) as e:
+        if isinstance(e, ValueError) and where.split("'")[1] in str(e):
+            raise  # already names the file
+        raise ValueError(f"{where}: invalid encoder config: {e}") from None
 
 
 def _read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Tensors and (for safetensors) the header metadata; pickles are opened with ``weights_only=True``."""
-    if path.suffix == ".safetensors":
+    # By the header, not the name: a downloaded file is named after its URL ("weights", "download?id=3").
+    if path.suffix == ".safetensors" or is_safetensors(path):
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -169,12 +212,30 @@ def _read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses arbitrary pickles; a truncated file fails to unpickle
-        raise ValueError(f"{str(path)!r} could not be loaded as a plain state dict (weights_only=True): {e}") from None
+        raise ValueError(
+            f"{str(path)!r} is neither a safetensors file nor a plain PyTorch state dict ({load_error_reason(e)}); "
+            "only tensors are read from checkpoints, never code"
+        ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
     return obj, {}
+
+
+def load_error_reason(err: BaseException) -> str:
+    """The useful part of a ``torch.load(weights_only=True)`` failure, in one line.
+
+    torch's message advises re-running with ``weights_only=False`` (which executes whatever the file holds) or
+    allow-listing the file's globals: that advice is dropped here, so no error of ours passes it on.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch highlights its advice with terminal colours
+    if match := re.search(r"WeightsUnpickler error:\s*(.*)", text, re.DOTALL):
+        text = match.group(1)  # the reason; everything before it is advice
+    parts = [p.strip() for p in re.split(r"\n+|(?<=\.) +(?=[A-Z])", text)]  # lines, then sentences
+    noise = re.compile(r"weights.only|file an issue|documentation|safe_globals|allowlist|trust|option", re.IGNORECASE)
+    keep = [p for p in parts if p and not noise.search(p)]
+    return f"{type(err).__name__}: {'; '.join(keep) or 'unreadable'}"
 
 
 # --------------------------------------------------------------------------------------------- HF conversion
@@ -327,7 +388,9 @@ def check_keys(state: dict[str, Tensor], config: EncoderConfig, source: Path) ->
     the network ``config`` describes (built on the meta device, so nothing is allocated).
     """
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in EncoderNetwork(config).state_dict().items()}
+        reference = EncoderNetwork(config).state_dict()
+    expected = {k: v.shape for k, v in reference.items()}
+    state = _check_dtypes(state, {k: v.is_floating_point() for k, v in reference.items()}, source)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [
@@ -338,6 +401,30 @@ def check_keys(state: dict[str, Tensor], config: EncoderConfig, source: Path) ->
             f"weights in {str(source)!r} do not fit the config ({config.num_layers} layers, width "
             f"{config.hidden_size}): missing {missing[:6]}, unexpected {unexpected[:6]}, shape mismatches {shapes[:6]}"
         )
+    return state
+
+
+def _check_dtypes(state: dict[str, Tensor], floating: dict[str, bool], source: Path) -> dict[str, Tensor]:
+    """Weights the network holds in floating point must be floating point (``floating``: key -> whether it is);
+    mixed float precisions, which fail at the first forward pass, become float32. Integer buffers (BatchNorm's
+    ``num_batches_tracked``) stay as they are.
+
+    Returns ``state`` (converted when mixed). Raises ``ValueError`` naming ``source`` and the first offending keys.
+    """
+    not_float = [f"{k} ({v.dtype})" for k, v in state.items() if floating.get(k, True) and not v.is_floating_point()]
+    if not_float:
+        raise ValueError(
+            f"{str(source)!r} holds non-floating-point weights: {not_float[:4]}; every encoder weight must be "
+            "float32, float16 or bfloat16 (a quantised checkpoint has to be dequantised first)"
+        )
+    dtypes: dict[torch.dtype, list[str]] = {}
+    for k, v in state.items():
+        if v.is_floating_point():
+            dtypes.setdefault(v.dtype, []).append(k)
+    if len(dtypes) > 1:
+        summary = "; ".join(f"{len(keys)} in {d} (e.g. {keys[0]})" for d, keys in dtypes.items())
+        warnings.warn(f"{str(source)!r} mixes weight precisions ({summary}); loading them all as float32", stacklevel=3)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     return state
 
 

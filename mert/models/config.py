@@ -123,12 +123,16 @@ class EncoderConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value > _LIMITS[name]:  # configs come from downloaded files: bound what a model may allocate
+                raise ValueError(f"{name}={value} is beyond the supported maximum {_LIMITS[name]}")
+        if self.sample_rate < 1000:
+            raise ValueError(f"sample_rate must be at least 1000 Hz, got {self.sample_rate}")
 
         def number(value: Any) -> bool:
             return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-        if not (number(self.layer_norm_eps) and self.layer_norm_eps > 0):
-            raise ValueError(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}")
+        if not (number(self.layer_norm_eps) and 0 < self.layer_norm_eps < 1):
+            raise ValueError(f"layer_norm_eps must be a number in (0, 1), got {self.layer_norm_eps!r}")
         if not (number(self.frontend_grad_mult) and self.frontend_grad_mult >= 0):  # 0: a frozen front end
             raise ValueError(f"frontend_grad_mult must be a number >= 0, got {self.frontend_grad_mult!r}")
         for name in ("normalize_input", "conv_bias", "feat_proj_layer_norm", "pre_ln"):
@@ -137,6 +141,11 @@ class EncoderConfig:
         for name in ("conv_dim", "conv_kernel", "conv_stride"):
             if any(v < 1 for v in getattr(self, name)):
                 raise ValueError(f"{name} must hold positive integers, got {list(getattr(self, name))}")
+            if any(v > _LIMITS[name] for v in getattr(self, name)) or len(getattr(self, name)) > 64:
+                raise ValueError(
+                    f"{name} is beyond the supported maximum (64 layers of at most {_LIMITS[name]}), got "
+                    f"{list(getattr(self, name))[:8]}"
+                )
         n = len(self.conv_dim)
         if n == 0 or len(self.conv_kernel) != n or len(self.conv_stride) != n:
             raise ValueError(
@@ -150,9 +159,9 @@ class EncoderConfig:
         if (
             isinstance(self.pos_conv_layers, bool)
             or not isinstance(self.pos_conv_layers, int)
-            or self.pos_conv_layers < 1
+            or not 1 <= self.pos_conv_layers <= 64
         ):
-            raise ValueError(f"pos_conv_layers must be a positive integer, got {self.pos_conv_layers!r}")
+            raise ValueError(f"pos_conv_layers must be an integer in [1, 64], got {self.pos_conv_layers!r}")
         if self.frontend_init not in ("kaiming", "gabor"):
             raise ValueError(f"frontend_init must be 'kaiming' or 'gabor', got {self.frontend_init!r}")
         if self.hidden_size % self.num_heads:
@@ -165,7 +174,7 @@ class EncoderConfig:
             raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
         for name in ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout", "layerdrop"):
             p = getattr(self, name)
-            if not 0.0 <= p < 1.0:
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
         self._validate_families()
 
@@ -310,13 +319,22 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
-        """Build from a mapping, rejecting unknown keys so typos in configs fail loudly."""
+        """Build from a mapping, rejecting unknown keys so typos in configs fail loudly.
+
+        Raises:
+            ValueError: ``d`` is not a mapping, has unknown keys, or a value of the wrong type or range.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"an encoder config must be a JSON object of fields, got {type(d).__name__} {d!r:.60}")
         d = {k: v for k, v in d.items() if k != "model_type"}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown EncoderConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as e:  # e.g. a number where a list belongs, or a comparison with a string
+            raise ValueError(f"invalid encoder config: {e}") from None
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> EncoderConfig:
@@ -362,6 +380,21 @@ def frame_lengths(
         n = (n - k) // s + 1
     return max(n, 0)
 
+
+# Upper bounds for sizes read from checkpoints (a hostile config.json must not allocate terabytes); each is
+# far beyond any published MERT-style model.
+_LIMITS = {
+    "hidden_size": 16384,
+    "num_layers": 256,
+    "num_heads": 512,
+    "ffn_size": 131072,
+    "pos_conv_kernel": 4096,
+    "pos_conv_groups": 16384,
+    "sample_rate": 768000,
+    "conv_dim": 16384,
+    "conv_kernel": 4096,
+    "conv_stride": 4096,
+}
 
 # The 330M and tiny presets train without any dropout or LayerDrop.
 _NO_DROPOUT = dict(

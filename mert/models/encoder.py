@@ -19,6 +19,7 @@ Contracts (``docs/embeddings.md``):
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -351,6 +352,11 @@ class Encoder(EncoderNetwork):
         features when the clip spans several windows: ``features`` is then ``(b, 0, c)``). ``mean`` keeps each
         kept layer's mean over valid frames, ``(b, 1, d)``, accumulated window by window.
         """
+        for arg, value in (("chunk_seconds", chunk_seconds), ("overlap_seconds", overlap_seconds)):
+            number = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+            finite = number and math.isfinite(value)
+            if value is not None and not finite:
+                raise ValueError(f"{arg} must be a finite number of seconds, got {value!r}")
         hop = self.hop_length
         window = int(round(chunk_seconds * self.sample_rate))
         if window < self.config.min_samples:

@@ -403,6 +403,8 @@ class EncoderNetwork(nn.Module):
         super().__init__()
         if isinstance(config, str):
             config = EncoderConfig.preset(config)
+        if not isinstance(config, EncoderConfig):
+            raise TypeError(f"config must be an EncoderConfig or a preset name such as 'tiny', got {config!r}")
         self.config = config
         if config.frontend == "mel":  # spectrogram family (mert.models.conformer): no projection, a subsampler
             self.frontend: nn.Module = MelFrontEnd(config)

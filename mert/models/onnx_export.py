@@ -24,11 +24,14 @@ from torch import Tensor, nn
 
 from mert.models.pooling import parse_layers
 
-__all__ = ["export_onnx", "DEFAULT_OPSET"]
+__all__ = ["export_onnx", "DEFAULT_OPSET", "MIN_OPSET"]
 
 # ONNX opset written by default: 18 is what torch 2.9's dynamo exporter targets natively, and onnxruntime has
 # supported it since 1.14.
 DEFAULT_OPSET = 18
+# The exporter cannot convert its graph down to older opsets (it says so in a log line and writes 18 anyway), so
+# those are refused up front; newer ones are converted, and the written opset is checked either way.
+MIN_OPSET = 18
 
 
 class _OnnxEncoder(nn.Module):
@@ -64,7 +67,7 @@ def export_onnx(
         path: the ``.onnx`` file to write.
         layers: hidden states to output (:func:`mert.parse_layers` syntax, default all); the graph stops after
             the deepest one, so ``layers=7`` exports a 7-layer graph.
-        opset: ONNX opset version.
+        opset: ONNX opset version, from :data:`MIN_OPSET` (18) to the newest the installed ``onnx`` knows.
         check: run the exported model with onnxruntime on a padded batch and compare with the encoder
             (raises ``RuntimeError`` if any output differs by more than 1e-4); skipped if onnxruntime is absent.
     Returns:
@@ -72,6 +75,8 @@ def export_onnx(
     Raises:
         ImportError: ``onnx``/``onnxscript`` are not installed (``pip install "mert[onnx]"``).
         ValueError: a spectrogram-family encoder (MERT-v2, MuQ), which this exporter does not trace.
+        ValueError: an ``opset`` outside the range above (before any work).
+        RuntimeError: the exporter wrote another opset than asked (nothing is written).
     """
     if encoder.config.frontend != "conv":
         raise ValueError(
@@ -84,6 +89,12 @@ def export_onnx(
         import onnxscript  # noqa: F401  (the dynamo exporter's translator)
     except ImportError as e:
         raise ImportError(f"ONNX export needs onnx and onnxscript: pip install 'mert[onnx]' ({e})") from None
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ValueError(
+            f"opset {opset!r} cannot be written: this exporter writes ONNX opsets {MIN_OPSET} to {newest} (installed "
+            f"onnx); onnxruntime reads opset {MIN_OPSET} since version 1.14"
+        )
     idx = parse_layers(layers, encoder.config.num_hidden_states)
     enc = copy.deepcopy(encoder).to(device="cpu", dtype=torch.float32).eval()
     # One front-end tile whatever the length: the tiling loop would otherwise be traced for the example's length.
@@ -109,6 +120,9 @@ def export_onnx(
             verbose=False,
         )
     model = program.model_proto
+    written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:  # torch logs a failed conversion and goes on: never report success for the wrong opset
+        raise RuntimeError(f"the ONNX exporter wrote opset {written}, not the requested {opset}; nothing was written")
     meta = {
         "sample_rate": str(sr),
         "frame_rate": str(enc.config.frame_rate),

@@ -8,6 +8,7 @@ MERT-v1-95M), so the helpers make "one layer", "several layers" and "a learned s
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -41,6 +42,9 @@ def parse_layers(spec: str | int | Sequence[int] | None, num_states: int) -> lis
         return list(range(num_states))
     if spec == "last":
         return [num_states - 1]
+    if isinstance(spec, bool) or isinstance(spec, (list, tuple)) and any(isinstance(i, bool) for i in spec):
+        # True == 1 would silently pick layer 1
+        raise ValueError(f"layers must be an int, a list of ints or a string such as '0,6,12', got {spec!r}")
     if isinstance(spec, int):
         items: list[int] = [spec]
     elif isinstance(spec, str):
@@ -56,7 +60,12 @@ def parse_layers(spec: str | int | Sequence[int] | None, num_states: int) -> lis
                     f"cannot parse layer spec {spec!r}: use e.g. 'all', 'last', '6', '0,6,12', '1-12'"
                 ) from None
     else:
-        items = [int(i) for i in spec]
+        try:  # operator.index: numpy integers pass, floats such as 1.5 do not
+            items = [operator.index(i) for i in spec]
+        except TypeError:
+            raise ValueError(
+                f"layers must be an int, a list of ints or a string such as '0,6,12', got {spec!r}"
+            ) from None
     out = []
     for i in items:
         j = i + num_states if i < 0 else i

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from mert.fileio import UnsafeOutputError, atomic_dir, check_outputs, write_json_atomic, write_text_atomic
-from mert.models.checkpoint import load_checkpoint, save_checkpoint, save_hf_checkpoint
+from mert.models.checkpoint import load_checkpoint, load_error_reason, save_checkpoint, save_hf_checkpoint
 from mert.models.config import EncoderConfig
 
 __all__ = ["EXPORT_FILES", "check_export_target", "export_run", "find_checkpoint", "weights_digest"]
@@ -157,7 +157,7 @@ def export_run(
             with torch.device("meta"):
                 enc = Encoder(config)
             enc.load_state_dict(state, assign=True)
-            export_onnx(enc, folder / "model.onnx", layers=layers, opset=opset or DEFAULT_OPSET)
+            export_onnx(enc, folder / "model.onnx", layers=layers, opset=DEFAULT_OPSET if opset is None else opset)
             write_json_atomic(folder / "meta.json", {"mert_version": __version__, **meta})
 
     if src.is_dir() and (src / "config.json").is_file() and not (src / "checkpoints").is_dir():
@@ -207,11 +207,15 @@ def _from_checkpoint(src: Path, meta: dict[str, Any] | None) -> tuple[EncoderCon
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, or a checkpoint that is not ours
-        raise ValueError(f"cannot read checkpoint {str(ckpt_path)!r}: {e}") from None
+        raise ValueError(f"cannot read checkpoint {str(ckpt_path)!r}: {load_error_reason(e)}") from None
     info = ckpt.get("mert") if isinstance(ckpt, dict) else None
-    if not isinstance(info, dict) or "encoder_config" not in info:
-        raise ValueError(f"{str(ckpt_path)!r} is not a mert pretraining checkpoint (no 'mert' section)")
-    config = EncoderConfig.from_dict(info["encoder_config"])
+    if not isinstance(info, dict) or "encoder_config" not in info or not isinstance(ckpt.get("state_dict"), dict):
+        what = "no 'mert' section" if isinstance(ckpt, dict) else f"it holds a {type(ckpt).__name__}, not a dict"
+        raise ValueError(f"{str(ckpt_path)!r} is not a mert pretraining checkpoint ({what})")
+    try:
+        config = EncoderConfig.from_dict(info["encoder_config"])
+    except ValueError as e:
+        raise ValueError(f"{str(ckpt_path)!r}: its 'mert.encoder_config' is invalid: {e}") from None
     state = {k[len(ENCODER_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(ENCODER_PREFIX)}
     run = (ckpt.get("hyper_parameters") or {}).get("run", {})
     summary = {

@@ -296,5 +296,21 @@ class FeatureCache:
         feats: list[np.ndarray | None] = []
         for e in dataset.examples:
             p = self.path(e)
-            feats.append(np.load(p) if p.is_file() else None)
+            feats.append(_load_item(p) if p.is_file() else None)
         return feats, np.array([f is not None for f in feats])
+
+
+def _load_item(path: Path) -> np.ndarray:
+    """One cached feature array; a damaged or foreign file (a pickle, a truncated write) is refused naming it."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(
+            f"feature cache file {str(path)!r} cannot be read ({e}); delete that file and run again to recompute it"
+        ) from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fc":
+        raise ValueError(
+            f"feature cache file {str(path)!r} does not hold float features (dtype "
+            f"{getattr(arr, 'dtype', type(arr).__name__)}); delete that file and run again to recompute it"
+        )
+    return arr

@@ -14,7 +14,11 @@ Label encodings per task type:
 * ``frame_multiclass``: segments ``start:end:label`` (seconds) joined by ``;``; frames outside every segment
   take the class ``none``.
 
-``auto`` infers the type from the labels (all numeric: regression; any ``;``: multilabel; else multiclass).
+``auto`` infers the type from the labels: whole numbers (``0``, ``1``, ``11``: class ids, the usual encoding of
+keys and genres) are classes (tags when joined by ``;``); other numbers (``0.25``, ``1e-3``) are regression; any
+``;``: multilabel; else multiclass. Integer targets meant as quantities (tempo, year) need the regression type.
+A manifest with fewer than two classes (or a constant regression target), or listing one file and segment twice
+with different labels, is refused with the counts.
 Splits come from the ``split`` column (``train``/``valid``/``test``; ``val``/``validation``/``dev`` accepted)
 or, when it is absent or empty, from :func:`mert.data.splits.seeded_split`, stratified by class.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +47,7 @@ TASK_TYPES = ("multiclass", "multilabel", "regression", "beat", "onset", "frame_
 _FRAME_TYPES = ("beat", "onset", "frame_multiclass")
 EVENT_TYPES = ("beat", "onset")  # labels are event times; scored by F-measure within a tolerance window
 NONE_CLASS = "none"
+_INTEGER = re.compile(r"[+-]?\d+")
 
 
 @dataclass(frozen=True)
@@ -100,13 +106,50 @@ def _is_number(s: str) -> bool:
     return True
 
 
+def _is_integer(s: str) -> bool:
+    return bool(_INTEGER.fullmatch(s.strip()))
+
+
 def infer_task_type(labels: Sequence[str]) -> str:
-    """``regression`` when every label is numbers, ``multilabel`` when any has ``;``, else ``multiclass``."""
-    if all(lab and all(_is_number(p) for p in lab.split(";")) for lab in labels):
+    """The task type ``auto`` stands for: ``regression`` when every label is numbers and some are not whole numbers;
+    ``multilabel`` when any has ``;``; else ``multiclass`` (integer labels are class ids, as keys 0-11 are)."""
+    numeric = all(lab and all(_is_number(p) for p in lab.split(";")) for lab in labels)
+    if numeric and not all(_is_integer(p) for lab in labels for p in lab.split(";")):
         return "regression"
+    if numeric:
+        distinct = len({lab for lab in labels})
+        if distinct > 20:  # many distinct whole numbers may well be a quantity (tempo, year)
+            log.warning(
+                "the labels are %d distinct whole numbers, read as class ids; if they are quantities (tempo, year), "
+                "set the task type to regression",
+                distinct,
+            )
     if any(";" in lab for lab in labels):
         return "multilabel"
     return "multiclass"
+
+
+def _refuse_conflicting_labels(examples: Sequence[ManifestRow], name: str) -> None:
+    """One file and segment listed with two different labels would train on contradictions: refuse it.
+
+    Raises:
+        ValueError: with the number of such clips and the first one (its rows and labels).
+    """
+    seen: dict[tuple[str, float | None, float | None], ManifestRow] = {}
+    conflicts: list[tuple[ManifestRow, ManifestRow]] = []
+    for e in examples:
+        key = (os.path.normpath(e.path), e.start, e.end)
+        first = seen.setdefault(key, e)
+        if first is not e and first.label != e.label:
+            conflicts.append((first, e))
+    if conflicts:
+        a, b = conflicts[0]
+        clips = len({(os.path.normpath(x.path), x.start, x.end) for x, _ in conflicts})
+        raise ValueError(
+            f"{name}: {clips} clip(s) are listed more than once with different labels ({len(conflicts)} conflicting "
+            f"rows), e.g. {str(a.path)!r} is {a.label!r} in row {a.row} and {b.label!r} in row {b.row}; keep one "
+            "label per clip"
+        )
 
 
 @dataclass
@@ -142,11 +185,13 @@ class ProbeDataset:
     ) -> ProbeDataset:
         """Read ``manifest`` and parse its labels for ``task`` (inferring the type when it is ``auto``)."""
         examples = read_manifest(manifest, root)
+        _refuse_conflicting_labels(examples, Path(manifest).name)
         labels = [e.label for e in examples]
         if task.type == "auto":
             task = TaskSpec(**{**task.__dict__, "type": infer_task_type(labels)})
         ds = cls(examples, task)
         ds._parse_labels(Path(manifest).name)
+        ds._refuse_unlearnable(Path(manifest).name)
         ds.splits = ds._make_splits(split_seed, split_fractions)
         return ds
 
@@ -197,6 +242,21 @@ class ProbeDataset:
             self.classes = [NONE_CLASS, *sorted({s[2] for segs in raw for s in segs} - {NONE_CLASS})]
             index = {c: i for i, c in enumerate(self.classes)}
             self.segments = [[(a, b, index[c]) for a, b, c in segs] for segs in raw]
+
+    def _refuse_unlearnable(self, name: str) -> None:
+        """A target with one value teaches nothing and scores 100 % (or r2 = -inf): refuse it, with the counts."""
+        kind, n = self.task.type, len(self.examples)
+        if kind == "multiclass" and len(self.classes) < 2:
+            raise ValueError(
+                f"{name}: every one of the {n} examples has the label {self.classes[0]!r}; a classifier needs at "
+                "least two classes (add examples of other classes)"
+            )
+        if kind == "multilabel" and len({tuple(row) for row in np.asarray(self.targets).tolist()}) < 2:
+            raise ValueError(f"{name}: all {n} examples carry the same tags {self.classes}; nothing is left to predict")
+        if kind == "regression" and n and bool((np.asarray(self.targets) == self.targets[0]).all()):
+            raise ValueError(f"{name}: all {n} regression targets equal {self.targets[0].tolist()}; nothing to predict")
+        if kind == "frame_multiclass" and len(self.classes) < 2:
+            raise ValueError(f"{name}: none of the {n} examples has a labelled segment; nothing to predict")
 
     def _make_splits(self, seed: int, fractions: Sequence[float]) -> np.ndarray:
         given = [e.split for e in self.examples]

@@ -78,12 +78,20 @@ def load_teacher_file(
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, truncated, or a pickle carrying code
-        raise ValueError(f"could not read {kind} teacher {str(path)!r}: {e}") from None
+        from mert.models.checkpoint import load_error_reason
+
+        raise ValueError(f"could not read {kind} teacher {str(path)!r}: {load_error_reason(e)}") from None
     if not isinstance(state, dict) or state.get("format") != fmt:
         article = "an" if kind[0] in "AEIORU" else "a"  # said as letters: "an RVQ", "a k-means"
         raise ValueError(f"{str(path)!r} is not {article} {kind} teacher file (written by {writer})")
-    if state["format_version"] > version:
-        raise ValueError(f"{str(path)!r} has format version {state['format_version']}; upgrade mert to read it")
+    found = state.get("format_version")
+    if isinstance(found, bool) or not isinstance(found, int):
+        raise ValueError(
+            f"{str(path)!r} has no valid 'format_version' (got {found!r}); it was not written by {writer}, "
+            "or it was edited: fit it again"
+        )
+    if found > version:
+        raise ValueError(f"{str(path)!r} has format version {found}; upgrade mert to read it")
     return path, state
 
 

@@ -205,10 +205,17 @@ class FittedTeacher(Teacher):
         path, state = load_teacher_file(
             path, cls.FORMAT, cls.FORMAT_VERSION, cls.KIND, cls.FIT_COMMAND, f"{cls.__name__}.save"
         )
-        fitted = cls.fitted_rate(state)
-        if sample_rate is not None and int(sample_rate) != fitted:
-            raise ValueError(f"{str(path)!r} was fitted at {fitted} Hz, not {sample_rate} Hz")
-        teacher = cls.from_state(path, state, (conv_kernel, conv_stride), **checks)
+        try:  # a file of the right format whose entries are missing or of the wrong type: name it, no traceback
+            fitted = cls.fitted_rate(state)
+            if sample_rate is not None and int(sample_rate) != fitted:
+                raise ValueError(f"{str(path)!r} was fitted at {fitted} Hz, not {sample_rate} Hz")
+            teacher = cls.from_state(path, state, (conv_kernel, conv_stride), **checks)
+        except (KeyError, TypeError, AttributeError, IndexError) as e:
+            missing = isinstance(e, KeyError) and e.args
+            what = f"entry {e.args[0]!r} is missing" if missing else f"{type(e).__name__}: {e}"
+            raise ValueError(
+                f"{str(path)!r} is not a complete {cls.KIND} teacher file ({what}); fit it again"
+            ) from None
         restore_fit_info(teacher, path, state)
         return teacher
 

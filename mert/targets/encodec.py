@@ -2,8 +2,9 @@
 
 Shape legend: ``b`` batch, ``l`` samples, ``t`` frames (75 Hz), ``k`` codebooks.
 
-At 6 kbps EnCodec uses 8 codebooks of 1024 codes at 75 Hz (0.75 kbps each). The published weights come from
-the internet; offline, pass ``weights=PATH`` to a copy of ``encodec_24khz-d7cc33bc.th``. A randomly
+At 6 kbps EnCodec uses 8 codebooks of 1024 codes at 75 Hz (0.75 kbps each). The published weights are a
+registered download (``mert download encodec-24khz``, pinned by sha256 and cached like model weights); offline,
+cache them first or pass ``weights=PATH`` to a copy of ``encodec_24khz-d7cc33bc.th``. A randomly
 initialised EnCodec has empty codebooks (k-means-initialised on the first training batch, which never
 happens here) and gives the same code everywhere, so such weights are refused at load and constant codes are
 refused at run time.
@@ -26,7 +27,7 @@ from torch import Tensor
 from mert.targets._common import check_hop, empty_targets, frontend_settings
 from mert.targets.base import Teacher
 
-__all__ = ["EncodecTargets", "ENCODEC_24KHZ_URL", "ENCODEC_24KHZ_FILE"]
+__all__ = ["EncodecTargets", "ENCODEC_24KHZ_URL", "ENCODEC_24KHZ_FILE", "published_weights"]
 
 ENCODEC_24KHZ_FILE = "encodec_24khz-d7cc33bc.th"
 ENCODEC_24KHZ_URL = f"https://dl.fbaipublicfiles.com/encodec/v0/{ENCODEC_24KHZ_FILE}"
@@ -59,6 +60,40 @@ def _check_hash_prefix(path: Path) -> None:
         )
 
 
+def published_weights() -> Path:
+    """The published EnCodec 24 kHz weights as a local file: from mert's download cache (``mert download
+    encodec-24khz``), else torch.hub's cache, else downloaded into mert's cache (sha256-checked, resumable, locked).
+
+    Raises:
+        FileNotFoundError: offline (``MERT_OFFLINE``/``HF_HUB_OFFLINE``) and in neither cache; the message says
+            how to fetch it and which config key takes a path.
+        OSError: the download failed.
+        ValueError: a cached or downloaded file does not match the registered digest.
+    """
+    from mert.download import fetch_url, offline_mode, url_cache_path
+    from mert.registry import ENCODEC_24KHZ, lookup_checkpoint
+
+    entry = lookup_checkpoint(ENCODEC_24KHZ)
+    fetch = dict(cache_dir=None, sha256=entry.sha256, label=ENCODEC_24KHZ, what="the EnCodec 24 kHz weights")
+    if not url_cache_path(entry.source).is_file():
+        hub = Path(torch.hub.get_dir()) / "checkpoints" / ENCODEC_24KHZ_FILE
+        if hub.is_file():  # fetched by the encodec package before: the name's hash prefix is checked at load
+            return hub
+    advice = (
+        f"on a machine with internet access run `mert download {ENCODEC_24KHZ} --cache-dir DIR`, copy DIR here and "
+        f"set MERT_CACHE to it; or set targets.code_teacher.weights=/path/to/{ENCODEC_24KHZ_FILE} ({entry.source})"
+    )
+    try:
+        return fetch_url(entry.source, local_files_only=offline_mode(), **fetch)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the EnCodec 24 kHz teacher weights are not cached and this machine is offline (MERT_OFFLINE or "
+            f"HF_HUB_OFFLINE): {advice}"
+        ) from None
+    except OSError as e:
+        raise OSError(f"could not download the EnCodec 24 kHz teacher weights ({e}); {advice}") from None
+
+
 class EncodecTargets(Teacher):
     """EnCodec 24 kHz codes: ``(b, l) -> (b, t, k)`` int64 in ``[0, 1024)``, ``t = frame_lengths(l)``.
 
@@ -68,8 +103,8 @@ class EncodecTargets(Teacher):
     samples before ``320 * (i + 1)``).
 
     Args:
-        weights: ``None`` for the published checkpoint through torch.hub (its download and cache; needs the
-            internet unless already cached), or a path to a state dict such as ``encodec_24khz-d7cc33bc.th``
+        weights: ``None`` for the published checkpoint (:func:`published_weights`: mert's download cache, then
+            torch.hub's, else a download), or a path to a state dict such as ``encodec_24khz-d7cc33bc.th``
             (or a folder holding that file). Loaded with ``torch.load(weights_only=True)``.
         bandwidth: kbps, one of 1.5, 3, 6, 12, 24 -> 2, 4, 8, 16, 32 codebooks. MERT uses 6 (MERT-v1 targets and loss).
         sample_rate: must be 24000 (the model's rate); resample audio before it reaches the teacher.
@@ -85,7 +120,7 @@ class EncodecTargets(Teacher):
         codec: the ``encodec.EncodecModel`` (encoder and quantiser; the decoder is dropped).
 
     Raises:
-        OSError: ``weights=None`` and the checkpoint cannot be downloaded.
+        OSError: ``weights=None`` and the checkpoint cannot be downloaded (FileNotFoundError when offline).
         FileNotFoundError: ``weights`` does not exist.
         ValueError: a hash-prefixed file name that disagrees with the file's sha256, a file that is not an
             EnCodec 24 kHz state dict, or weights whose codebooks are empty.
@@ -140,17 +175,8 @@ class EncodecTargets(Teacher):
         with warnings.catch_warnings():
             # encodec builds its convs with the deprecated torch.nn.utils.weight_norm; nothing to act on.
             warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
-            if self.weights is None:
-                try:
-                    return EncodecModel.encodec_model_24khz(pretrained=True)
-                except Exception as e:  # urllib/http/hash errors, varying by torch version
-                    raise OSError(
-                        f"could not get the published EnCodec 24 kHz weights through torch.hub "
-                        f"({type(e).__name__}: {e}). Without internet access: download {ENCODEC_24KHZ_URL} on a "
-                        f"machine that has it and pass EncodecTargets(weights='/path/to/{ENCODEC_24KHZ_FILE}')"
-                    ) from e
             codec = EncodecModel.encodec_model_24khz(pretrained=False)
-        path = self.weights
+        path = self.weights if self.weights is not None else published_weights()
         if not path.is_file():
             raise FileNotFoundError(
                 f"EnCodec weights {str(path)!r} do not exist; download {ENCODEC_24KHZ_URL} and pass its path"
@@ -159,7 +185,11 @@ class EncodecTargets(Teacher):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # not a torch file, or a pickle that carries code
-            raise ValueError(f"could not read EnCodec weights {str(path)!r} as a state dict: {e}") from None
+            from mert.models.checkpoint import load_error_reason
+
+            raise ValueError(
+                f"could not read EnCodec weights {str(path)!r} as a state dict: {load_error_reason(e)}"
+            ) from None
         if not isinstance(state, dict):
             raise ValueError(f"EnCodec weights {str(path)!r} hold a {type(state).__name__}, not a state dict")
         try:

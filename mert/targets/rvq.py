@@ -570,7 +570,10 @@ def fit_rvq(
         try:
             saved = torch.load(ckpt, map_location="cpu", weights_only=True)
         except Exception as e:  # a partial write or another file: start afresh rather than fail
-            warnings.warn(f"RVQ fit: ignoring unreadable checkpoint {str(ckpt)!r} ({e})", stacklevel=2)
+            from mert.models.checkpoint import load_error_reason
+
+            reason = load_error_reason(e)
+            warnings.warn(f"RVQ fit: ignoring unreadable checkpoint {str(ckpt)!r} ({reason})", stacklevel=2)
             saved = None
         if saved is not None and saved.get("fingerprint") == fingerprint and saved["step"] <= steps:
             model.load_state_dict(saved["model"])
