@@ -71,7 +71,9 @@ def _readable_checkpoint(path: Path) -> str | None:
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # a truncated zip, a half-written pickle, a file that is not a checkpoint
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        from mert.models.checkpoint import load_error_reason
+
+        return load_error_reason(e)
     return None
 
 
