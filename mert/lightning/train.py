@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from mert.lightning.runfolder import NON_SCIENTIFIC_KEYS
+
 log = logging.getLogger("mert.pretrain")
 
 __all__ = [
@@ -32,21 +34,11 @@ __all__ = [
     "NON_SCIENTIFIC_PREFIXES",
 ]
 
-# Overrides that do not change what is learned; they never change the run directory.
-NON_SCIENTIFIC_PREFIXES = (
-    "trainer",
-    "logger",
-    "callbacks",
-    "hydra",
-    "run_dir",
-    "runs_root",
-    "ckpt_path",
-    "experiment",
-    "name",
-    "data.num_workers",
-    "data.micro_batch_size",
-    "resume",
-    "checkpoint_every_minutes",
+# Overrides that leave the run directory as it is: the keys that never change what is learned (one list, in
+# runfolder, also used to compare a resume), less the data paths (another corpus is another run), plus the whole
+# trainer (its scientific keys, precision, clipping and accumulation, are refused on resume, not a new run).
+NON_SCIENTIFIC_PREFIXES = ("trainer",) + tuple(
+    k for k in NON_SCIENTIFIC_KEYS if not k.startswith("data.") or k in ("data.num_workers", "data.micro_batch_size")
 )
 
 
@@ -188,9 +180,9 @@ def _build_encoder(cfg: Any, ckpt_path: str | None, allow: Sequence[str] = ()):
                     for k in config.to_dict()
                     if k != "name" and getattr(config, k) != getattr(asked, k)
                 ]
-                if changed and all(any(f"model.{k}" == a or a == "model" for a in allow) for k in [
-                    c.split(":", 1)[0] for c in changed
-                ]):
+                if changed and all(
+                    any(f"model.{k}" == a or a == "model" for a in allow) for k in [c.split(":", 1)[0] for c in changed]
+                ):
                     return Encoder(asked)  # +resume.allow_changes lets these model.* changes through
                 if changed:
                     raise ValueError(
