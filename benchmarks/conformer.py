@@ -232,8 +232,10 @@ def run_small(args) -> None:
         print(f"| {name} | {params[name] / 1e6:.2f} M | {cfg.frame_rate:g} | {wall:.3f} | {audio / cpu:.1f} | "
               f"{audio / wall:.1f} |")  # fmt: skip
     ratios = sorted(r["small"][1] / r["conformer_small"][1] for r in rounds)
-    print(f"\nconformer_small / small, audio seconds per CPU second: median {ratios[len(ratios) // 2]:.2f}x over "
-          f"{len(ratios)} rounds (range {ratios[0]:.2f}-{ratios[-1]:.2f})")
+    print(
+        f"\nconformer_small / small, audio seconds per CPU second: median {ratios[len(ratios) // 2]:.2f}x over "
+        f"{len(ratios)} rounds (range {ratios[0]:.2f}-{ratios[-1]:.2f})"
+    )
 
 
 def _small_yaml() -> dict:

@@ -140,12 +140,27 @@ _BUILTIN = tuple(
         builtin=True,
     )
     for name, source, revision, parameters, description in (
-        ("MERT-v2-30s", "m-a-p/MERT-v2-30s", None, 632_295_808,
-         "MERT-v2 (30 s clips): mel + ConvNeXt-V2 subsampler + 24 conformer blocks x 1024, 25 Hz frames"),
-        ("MERT-v2-FullSong", "m-a-p/MERT-v2-FullSong", "d8ba1c745e733b3908ce6ad16ebeb17ac7600a42", 632_295_808,
-         "MERT-v2 (full songs): mel + ConvNeXt-V2 subsampler + 24 conformer blocks x 1024, 25 Hz frames"),
-        ("MuQ-large-msd-iter", "OpenMuQ/MuQ-large-msd-iter", None, 316_343_296,
-         "MuQ large: mel + 2-D conv subsampler + 12 conformer blocks x 1024, 25 Hz frames"),
+        (
+            "MERT-v2-30s",
+            "m-a-p/MERT-v2-30s",
+            None,
+            632_295_808,
+            "MERT-v2 (30 s clips): mel + ConvNeXt-V2 subsampler + 24 conformer blocks x 1024, 25 Hz frames",
+        ),
+        (
+            "MERT-v2-FullSong",
+            "m-a-p/MERT-v2-FullSong",
+            "d8ba1c745e733b3908ce6ad16ebeb17ac7600a42",
+            632_295_808,
+            "MERT-v2 (full songs): mel + ConvNeXt-V2 subsampler + 24 conformer blocks x 1024, 25 Hz frames",
+        ),
+        (
+            "MuQ-large-msd-iter",
+            "OpenMuQ/MuQ-large-msd-iter",
+            None,
+            316_343_296,
+            "MuQ large: mel + 2-D conv subsampler + 12 conformer blocks x 1024, 25 Hz frames",
+        ),
     )  # fmt: skip
 )
 

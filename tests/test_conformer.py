@@ -173,7 +173,7 @@ def test_mert_embed_on_the_conformer_family_matches_the_python_api(tmp_path):
     torch.manual_seed(0)
     enc = Encoder("conformer_tiny").eval()
     enc.save_pretrained(tmp_path / "model")
-    (path, _), = _write_clips(tmp_path / "audio", 1, seconds=3.0)
+    ((path, _),) = _write_clips(tmp_path / "audio", 1, seconds=3.0)
     args = ["embed", path, "--model", str(tmp_path / "model"), "--pool", "none", "--layers", "last", "--format",
             "safetensors", "--out", str(tmp_path / "o"), "--quiet"]  # fmt: skip
     assert main(args) == 0

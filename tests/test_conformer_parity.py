@@ -141,8 +141,15 @@ def test_muq_layout_refuses_what_it_cannot_build(muq_reference, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- MERT-v2
 def mert_v2_published_shapes(
-    width: int = 1024, layers: int = 24, ffn: int = 4096, channels=(128, 512, 1024), depths=(3, 4, 5),
-    strides=(1, 2, 2), n_mels: int = 128, n_fft: int = 2048, kernel: int = 31,
+    width: int = 1024,
+    layers: int = 24,
+    ffn: int = 4096,
+    channels=(128, 512, 1024),
+    depths=(3, 4, 5),
+    strides=(1, 2, 2),
+    n_mels: int = 128,
+    n_fft: int = 2048,
+    kernel: int = 31,
 ) -> dict[str, tuple[int, ...]]:
     """Every key of MERT-v2's model.safetensors with its shape, written from the spec's description."""
     shapes: dict[str, tuple[int, ...]] = {
@@ -155,29 +162,52 @@ def mert_v2_published_shapes(
     for i, (c, depth, s) in enumerate(zip(channels, depths, strides)):
         pre = f"subsampling_module.{i}"
         if c != c_in or s != 1:
-            shapes |= {f"{pre}.resampling_layer.0.weight": (c_in,), f"{pre}.resampling_layer.0.bias": (c_in,),
-                       f"{pre}.resampling_layer.2.weight": (c, c_in, 2), f"{pre}.resampling_layer.2.bias": (c,)}
+            shapes |= {
+                f"{pre}.resampling_layer.0.weight": (c_in,),
+                f"{pre}.resampling_layer.0.bias": (c_in,),
+                f"{pre}.resampling_layer.2.weight": (c, c_in, 2),
+                f"{pre}.resampling_layer.2.bias": (c,),
+            }
         for j in range(depth):
             p = f"{pre}.convnext_layers.{j}"
-            shapes |= {f"{p}.depthwise_block.1.weight": (c, 1, 7), f"{p}.depthwise_block.1.bias": (c,),
-                       f"{p}.pointwise_block.0.weight": (c,), f"{p}.pointwise_block.0.bias": (c,),
-                       f"{p}.pointwise_block.1.weight": (4 * c, c), f"{p}.pointwise_block.1.bias": (4 * c,),
-                       f"{p}.pointwise_block.3.weight": (1, 1, 4 * c), f"{p}.pointwise_block.3.bias": (1, 1, 4 * c),
-                       f"{p}.pointwise_block.4.weight": (c, 4 * c), f"{p}.pointwise_block.4.bias": (c,)}
+            shapes |= {
+                f"{p}.depthwise_block.1.weight": (c, 1, 7),
+                f"{p}.depthwise_block.1.bias": (c,),
+                f"{p}.pointwise_block.0.weight": (c,),
+                f"{p}.pointwise_block.0.bias": (c,),
+                f"{p}.pointwise_block.1.weight": (4 * c, c),
+                f"{p}.pointwise_block.1.bias": (4 * c,),
+                f"{p}.pointwise_block.3.weight": (1, 1, 4 * c),
+                f"{p}.pointwise_block.3.bias": (1, 1, 4 * c),
+                f"{p}.pointwise_block.4.weight": (c, 4 * c),
+                f"{p}.pointwise_block.4.bias": (c,),
+            }
         c_in = c
     for i in range(layers):
         p = f"layers.{i}"
-        for norm in ("ffn1_layer_norm", "attn_layer_norm", "conv_module.layer_norm", "conv_module.conv_block.4.1",
-                     "ffn2_layer_norm", "final_layer_norm"):
+        for norm in (
+            "ffn1_layer_norm",
+            "attn_layer_norm",
+            "conv_module.layer_norm",
+            "conv_module.conv_block.4.1",
+            "ffn2_layer_norm",
+            "final_layer_norm",
+        ):
             shapes |= {f"{p}.{norm}.weight": (width,), f"{p}.{norm}.bias": (width,)}
         for f in ("ffn1", "ffn2"):
-            shapes |= {f"{p}.{f}.w_1.weight": (ffn, width), f"{p}.{f}.w_1.bias": (ffn,),
-                       f"{p}.{f}.w_2.weight": (width, ffn), f"{p}.{f}.w_2.bias": (width,)}
+            shapes |= {
+                f"{p}.{f}.w_1.weight": (ffn, width),
+                f"{p}.{f}.w_1.bias": (ffn,),
+                f"{p}.{f}.w_2.weight": (width, ffn),
+                f"{p}.{f}.w_2.bias": (width,),
+            }
         for proj in ("query_proj", "key_proj", "value_proj", "out_proj"):
             shapes |= {f"{p}.attn.{proj}.weight": (width, width), f"{p}.attn.{proj}.bias": (width,)}
-        shapes |= {f"{p}.conv_module.conv_block.1.weight": (2 * width, width, 1),
-                   f"{p}.conv_module.conv_block.3.weight": (width, 1, kernel),
-                   f"{p}.conv_module.conv_block.6.weight": (width, width, 1)}
+        shapes |= {
+            f"{p}.conv_module.conv_block.1.weight": (2 * width, width, 1),
+            f"{p}.conv_module.conv_block.3.weight": (width, 1, kernel),
+            f"{p}.conv_module.conv_block.6.weight": (width, width, 1),
+        }
     return shapes  # fmt: skip
 
 
@@ -327,8 +357,15 @@ def test_mert_v2_hub_id_resolves_through_the_registry(tmp_path, monkeypatch):
     state = {k: torch.randn(s, generator=g) * 0.1 for k, s in mert_v2_published_shapes(**sizes).items()}
     state["feature_extractor.mel_std"] = torch.full((128,), 20.0)
     save_file(state, str(tmp_path / "model.safetensors"))
-    config = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-              "conv_depthwise_kernel_size": 7, "subsampling_channels": [128, 64, 32], "subsampling_depths": [1, 1, 1]}
+    config = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "conv_depthwise_kernel_size": 7,
+        "subsampling_channels": [128, 64, 32],
+        "subsampling_depths": [1, 1, 1],
+    }
     weights = (tmp_path / "model.safetensors").read_bytes()
     files = {"config.json": json.dumps(config).encode(), "model.safetensors": weights}
     hub = PinnedHub({"m-a-p/MERT-v2-30s": files})

@@ -133,8 +133,16 @@ def test_settings_newer_than_the_checkpoint_are_reported_unless_this_command_add
 # ------------------------------------------------------------------------------------------- preflight, the lock
 @pytest.mark.parametrize(
     "case",
-    ["run_dir_file", "parent_file", "checkpoints_file", "missing_manifest", "empty_manifest", "teacher_file",
-     "ckpt_folder", "init_from_missing"],
+    [
+        "run_dir_file",
+        "parent_file",
+        "checkpoints_file",
+        "missing_manifest",
+        "empty_manifest",
+        "teacher_file",
+        "ckpt_folder",
+        "init_from_missing",
+    ],
 )
 def test_preflight_refuses_in_one_line_and_creates_nothing(tmp_path, capsys, case):
     run_dir = tmp_path / "run"

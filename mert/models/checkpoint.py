@@ -641,8 +641,11 @@ def _index_replacement(name: str) -> str:
 
 
 def _convert_family(
-    state: dict[str, Tensor], table: list[tuple[str, str]], qkv: tuple[str, tuple[str, str, str]],
-    ignore: re.Pattern | None, what: str,
+    state: dict[str, Tensor],
+    table: list[tuple[str, str]],
+    qkv: tuple[str, tuple[str, str, str]],
+    ignore: re.Pattern | None,
+    what: str,
 ) -> dict[str, Tensor]:
     """Rename ``state`` by ``table`` and fuse each layer's q/k/v projections into ``attn.qkv``."""
     renames = [(_index_pattern(a), _index_replacement(b)) for a, b in table]

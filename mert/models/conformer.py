@@ -455,4 +455,3 @@ class Conformer(nn.Module):
         if self.norm is not None and depth == len(self.layers):
             states[-1] = self.norm(x)
         return states
-
