@@ -572,7 +572,7 @@ def save_hf_checkpoint(
 
 
 # --------------------------------------------------------------------------------------------- MERT-v2 and MuQ
-# The spectrogram + Conformer family's published layouts (shared/mert-spec.md section 7). Each table lists
+# The spectrogram + Conformer family's published layouts (docs/checkpoints.md, docs/architecture.md). Each table lists
 # (published name, ours); "{i}" and "{j}" stand for indices; a name ending in "." is a prefix, any other a whole
 # key. The attention's q/k/v projections are fused into our ``attn.qkv`` separately.
 _MERT_V2_KEYS: list[tuple[str, str]] = [
@@ -788,7 +788,7 @@ def _unsqueeze_pointwise(out: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def convert_mert_v2_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """MERT-v2's published keys (``shared/mert-spec.md`` section 7) -> ours, q/k/v fused; a wrapper prefix shared
+    """MERT-v2's published keys -> ours, q/k/v fused; a wrapper prefix shared
     by every key is dropped."""
     state = _strip_wrapper(state, ("feature_extractor.", "subsampling_module.", "layers."))
     return _unsqueeze_pointwise(_convert_family(state, _MERT_V2_KEYS, _MERT_V2_QKV, None, "MERT-v2"))

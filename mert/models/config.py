@@ -1,9 +1,9 @@
 """`EncoderConfig`: the typed description of a MERT-style encoder.
 
 The dataclass travels inside every checkpoint we write (``config.json`` and the safetensors metadata), so a
-weights file is never separated from the numbers needed to rebuild its model. Presets hold the exact figures
-of ``shared/mert-spec.md`` section 1; ``tiny`` keeps the real 320-sample hop so every code path that depends on
-the 75 Hz grid is exercised by the fast tests.
+weights file is never separated from the numbers needed to rebuild its model. The 95m and 330m presets hold
+the exact figures of MERT-v1 (``docs/architecture.md``, "References"); ``tiny`` keeps the real 320-sample hop so
+every code path that depends on the 75 Hz grid is exercised by the fast tests.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class EncoderConfig:
     pos_conv_layers: int = 5  # convs in the "stack" layout (unused by "weight_norm")
     layer_norm_eps: float = 1e-5
 
-    # --- spectrogram family (frontend="mel": MERT-v2, MuQ/MusicFM; shared/mert-spec.md section 7) ---
+    # --- spectrogram family (frontend="mel": MERT-v2, MuQ/MusicFM; docs/architecture.md) ---
     # "conv": the waveform conv stack above + feature projection (MERT-v1, HuBERT, music2vec). "mel": an STFT
     # power mel spectrogram in dB, normalised per bin with stored statistics, then a subsampler to the width.
     frontend: Literal["conv", "mel"] = "conv"
@@ -431,7 +431,7 @@ PRESETS: dict[str, EncoderConfig] = {
     ),
 }
 
-# The spectrogram + Conformer family (shared/mert-spec.md section 7): 24 kHz, 2048-point STFT every 240 samples,
+# The spectrogram + Conformer family (docs/architecture.md): 24 kHz, 2048-point STFT every 240 samples,
 # 128 mel bins, subsampled 4x to 25 Hz.
 _MEL_CONFORMER = dict(frontend="mel", block="conformer", frontend_grad_mult=1.0, **_NO_DROPOUT)
 

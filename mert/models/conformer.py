@@ -1,4 +1,4 @@
-"""The spectrogram + Conformer family in plain PyTorch: MERT-v2, MuQ/MusicFM (``shared/mert-spec.md`` section 7).
+"""The spectrogram + Conformer family in plain PyTorch: MERT-v2, MuQ/MusicFM (``docs/architecture.md``).
 
 Shape legend:
     b  batch

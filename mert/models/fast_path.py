@@ -26,7 +26,8 @@ and every use of a private torch API (``torch.ops.mkldnn.*``, ``torch.ops.aten.g
   CPU (checked once per layout, :func:`onednn_bf16_conv_ok`), which runs in float32 instead.
 
 Each fast form gives the reference's numbers up to float rounding (``tests/test_fast_path.py``); the figures
-that justify each are in ``docs/benchmarks.md``, measured with the benchmark named at the dispatch point.
+that justify each are in ``docs/benchmarks.md`` and ``docs/notes/2026-12-01-cpu-speed.md`` (an Intel CPU with AMX:
+``docs/notes/2026-12-07-bf16-on-amx.md``), measured with the benchmark named at the dispatch point.
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ _INT8_REDUCE_RANGE = _int8_reduce_range()  # a CPU property: probed once, not on
 
 # --------------------------------------------------------------------------------------------- inference caches
 #: Keep a copy of every Linear weight in oneDNN's blocked layout for inference. In float32 this is 5-16 %
-#: faster on the benchmark CPU (95M: 2.71 vs 2.86 s for 30 s, 0.68 vs 0.79 s for 10 s) but costs 4 bytes per
-#: parameter more resident memory (380 MB for 95M), which put a 10-minute `embed_file` over 2 GB; so it is off
+#: faster on the Zen 5 benchmark CPU (95M: 2.71 vs 2.86 s for 30 s, 0.68 vs 0.79 s for 10 s) but costs 4 bytes
+#: per parameter more resident memory (380 MB for 95M), which put a 10-minute `embed_file` over 2 GB; so it is off
 #: by default (``docs/benchmarks.md``). Unpacked weights still go through oneDNN, which reorders them per call.
 #: Read at every call: packed copies are made when it is on and dropped when it is off.
 PACK_WEIGHTS = False
@@ -202,7 +203,8 @@ def linear(
     Why oneDNN: torch's own float32 ``F.linear`` calls MKL's sgemm, which on the AMD EPYC (Zen 5) benchmark
     machine runs a 2048^3 GEMM at 208 GFLOP/s against oneDNN's 476 (the GEMM peaks that
     ``benchmarks/encoder_vs_hf.py`` prints), and a whole 30 s fp32 pass took 4.40 s with ``F.linear`` against
-    2.96 s through oneDNN (``docs/benchmarks.md``). Results agree to float rounding.
+    2.96 s through oneDNN (``docs/notes/2026-12-01-cpu-speed.md``). On an Intel Xeon with AMX, MKL is not slower and
+    oneDNN gains 1-4 % (``docs/notes/2026-12-07-bf16-on-amx.md``). Results agree to float rounding.
 
     Args:
         x: ``(..., k)``; may be a strided view with unit stride in its last axis.
@@ -400,10 +402,10 @@ def conv_frontend(frontend: nn.Module, wav: Tensor, lengths: Tensor | None) -> T
     and the stack runs in tiles of ``frontend.tile_frames`` output frames, each reading its receptive field of
     samples, so the 512-channel maps of the first layers never exist for the whole clip (0.3 GB for 30 s).
     Measured in ``torch.profiler`` profiles of 30 s passes, the pass that ``benchmarks/encoder_vs_hf.py`` times
-    (``docs/benchmarks.md``, "What the speed-up is made of"): oneDNN's direct conv 1.63 s vs 1.0-1.2 s as GEMMs
-    for the 5 strided 512-channel layers; conv 0 + GroupNorm + GELU 717 ms -> ~210 ms folded; the front end
-    1.87 -> 1.72 s in tiles. A frame's numbers do not depend on the
-    tiling. Any layer the GEMM form does not fit (see ``_gemm_form_fits``) takes ``frontend.reference``.
+    (``docs/notes/2026-12-01-cpu-speed.md``, "What the speed-up is made of"; Zen 5): oneDNN's direct conv 1.63 s
+    vs 1.0-1.2 s as GEMMs for the 5 strided 512-channel layers; conv 0 + GroupNorm + GELU 717 ms -> ~210 ms
+    folded; the front end 1.87 -> 1.72 s in tiles. A frame's numbers do not depend on the tiling. Any layer the
+    GEMM form does not fit (see ``_gemm_form_fits``) takes ``frontend.reference``.
 
     The first conv runs in the waveform's precision (float32 for a bf16 model: it is cheap, and bf16 samples
     would lose the quiet parts of the signal); the others in the weights' dtype.
@@ -451,7 +453,8 @@ _SHIFTED_ATTENTION_WINS = _shifted_attention_wins()  # a CPU property: probed on
 
 
 def _use_shifted_attention(q: Tensor, dropout_p: float) -> bool:
-    # bfloat16 inference on CPU only: in float32 the flash kernel is the faster one (docs/benchmarks.md).
+    # bfloat16 inference on CPU only: in float32 the flash kernel is the faster one
+    # (docs/notes/2026-12-01-cpu-speed.md).
     return (
         _SHIFTED_ATTENTION_WINS
         and dropout_p == 0.0
@@ -531,9 +534,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout
 
     bf16 inference on a CPU without AMX runs :func:`shifted_attention`: 53 ms per layer against 93 ms for torch's
     bf16 flash kernel at the 95M shape (2250 frames) on Zen 5, with the same error to a float64 reference
-    (``benchmarks/attention.py``, ``docs/benchmarks.md``); with AMX flash is the faster one (see
-    ``_shifted_attention_wins``). Everything else, float32 included (per-head float32
-    GEMMs were 1.3-2.8x slower than flash there), is the reference ``F.scaled_dot_product_attention``.
+    (``benchmarks/attention.py``, ``docs/notes/2026-12-01-cpu-speed.md``); with AMX flash is the faster one (see
+    ``_shifted_attention_wins``, ``docs/notes/2026-12-07-bf16-on-amx.md``). Everything else, float32 included
+    (per-head float32 GEMMs were 1.3-2.8x slower than flash there), is the reference
+    ``F.scaled_dot_product_attention``.
     """
     if _use_shifted_attention(q, dropout_p):
         valid = None if attn_mask is None else rearrange(attn_mask, "b 1 1 t -> b t")

@@ -71,7 +71,8 @@ def gabor_filterbank(channels: int, kernel: int, sample_rate: int, fmin_hz: floa
 
     Why: a small model pretrained for minutes cannot learn a filterbank from a random 10-tap first layer: pooled
     features of such a fresh front end tell a note's pitch class 23-25 % of the time, of this bank's (with
-    LayerNorm) 50 % (``benchmarks/frontend_cqt.py``, ``docs/pretraining.md``).
+    LayerNorm) 50 % (``benchmarks/frontend_cqt.py``; ``docs/notes/2026-12-01-small-cpu-recipe.md``, "Why the small
+    model learnt almost nothing").
     """
     if channels < 2 or kernel < 3:
         raise ValueError(f"a Gabor filterbank needs at least 2 channels and 3 taps, got {channels} and {kernel}")

@@ -105,7 +105,8 @@ class MERTObjective(nn.Module):
             standardised across its bins first (zero mean, unit variance; MAE's normalised-pixel loss). A
             log-CQT has a large common offset (mean -2.5 at floor 0.01); regressing it raw, the first hundred
             steps push every frame's output the same way and the representation collapses to one vector, so
-            the head predicts the average spectrum whatever the input (``docs/pretraining.md``).
+            the head predicts the average spectrum whatever the input
+            (``docs/notes/2026-12-01-small-cpu-recipe.md``, "Why the small model learnt almost nothing").
 
     Teachers are frozen and kept outside the module tree: they are not in ``state_dict()``, ``parameters()``
     or any optimiser, yet ``.to(device)`` moves them with the objective.
