@@ -124,16 +124,34 @@ def test_unwritable_outputs_and_self_export_are_one_line_errors(tmp_path, capsys
 
 
 def test_read_only_parent_is_a_one_line_error(tmp_path, capsys):
+    """A read-only place to export to. Root ignores directory permissions, so as root the command runs in a
+    process without the capabilities that override them (setpriv), as a normal user would."""
     import os
+    import shutil
+    import subprocess
+    import sys
 
-    if os.geteuid() == 0:
-        pytest.skip("root ignores directory permissions")
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
+    run = _run(tmp_path / "run", 0)
     try:
-        assert cli(["export", str(_run(tmp_path / "run", 0)), str(ro / "out")]) == 1
-        err = capsys.readouterr().err
-        assert "mert export: cannot write" in err and "Permission denied" in err and err.count("\n") == 1
+        if os.geteuid() != 0:
+            assert cli(["export", str(run), str(ro / "out")]) == 1
+            err = capsys.readouterr().err
+        else:
+            if shutil.which("setpriv") is None:
+                pytest.skip("root ignores directory permissions and setpriv is not installed")
+            nocap = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+            proc = subprocess.run(
+                [*nocap, sys.executable, "-m", "mert.cli", "export", str(run), str(ro / "out")],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert proc.returncode == 1, proc.stderr
+            err = proc.stderr
+        assert "mert export: cannot write" in err and "Permission denied" in err and err.count("\n") == 1, err
+        assert not (ro / "out").exists()
     finally:
         ro.chmod(0o755)
 
