@@ -62,12 +62,18 @@ def test_embed_commands_run(tmp_path):
     assert emb.shape == (3, 32)  # tiny preset: 2 layers + input, width 32, mean-pooled
 
 
-def test_main_job_runs_end_to_end_quickly(tmp_path):
-    """The README's main job with a tiny budget: every stage runs and writes its outputs."""
+@pytest.mark.parametrize(
+    "experiment,model",
+    [("default", "conformer_tiny"), pytest.param("demo_cpu", "tiny", marks=pytest.mark.slow)],
+)
+def test_main_job_runs_end_to_end_quickly(tmp_path, experiment, model):
+    """The README's main job with a tiny budget (the default recipe, and MERT-v1's conv family): every stage runs
+    and writes its outputs."""
     pytest.importorskip("lightning")
     steps = _mert_steps(_blocks("bash")[0])
     assert steps == [["mert", "demo"]]
-    quick = ["--max-steps", "3", "--corpus-clips", "12", "--probe-clips", "48", "--model", "tiny"]
+    quick = ["--max-steps", "3", "--corpus-clips", "12", "--probe-clips", "48", "--model", model]
+    quick += [] if experiment == "default" else ["--experiment", experiment]
     quick += ["--seconds", "1", "--note-seconds", "1", "--segment-seconds", "1"]
     res = _run(["mert", "demo", "--out", "d", *quick], tmp_path, 600)
     assert res.returncode == 0, res.stderr  # 0 whenever the loop ran, whatever the scores

@@ -1,6 +1,6 @@
 """``mert demo``: the whole loop on one CPU, nothing downloaded (what it runs: :mod:`mert.demo`).
 
-mert demo [--experiment demo_cpu|cpu_hour] [--max-steps N] [--out mert-demo] [--teacher kmeans|rvq|random_projection]
+mert demo [--experiment conformer_kmeans|demo_cpu|...] [--max-steps N] [--out mert-demo] [--teacher kmeans|rvq|random_projection]
           [--strict] [hydra overrides]
 """
 
@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-steps",
         type=int,
         default=d.max_steps,
-        help="pretraining steps, run to the end (default: the experiment's, 500 for demo_cpu)",
+        help="pretraining steps, run to the end (default: the experiment's, 500 for conformer_kmeans)",
     )
     ap.add_argument(
         "--experiment",
