@@ -26,21 +26,13 @@ from mert.download import download_url, url_cache_path
 from mert.hub import resolve_source
 from tests.helpers import Quiet, serving
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*plain http.// with no sha256:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*plain http.// with no sha256:UserWarning"),
+    pytest.mark.usefixtures("isolated_hub_env"),
+]
 
 _HEADER = b'{"__metadata__": {"note": "not really weights"}}'
 SAFETENSORS = len(_HEADER).to_bytes(8, "little") + _HEADER + b"\x00" * 64
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MERT_CACHE", str(tmp_path / "mert-cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    for var in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "MERT_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
 
 
 class Site:

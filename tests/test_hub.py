@@ -24,23 +24,15 @@ from mert.hub import resolve_source
 from tests.helpers import HubHandler, Quiet, cached_files, serving
 
 # The loopback servers speak plain http://: the warning about unpinned plain-http downloads is tested once below.
-pytestmark = pytest.mark.filterwarnings("ignore:.*plain http.// with no sha256:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*plain http.// with no sha256:UserWarning"),
+    pytest.mark.usefixtures("isolated_hub_env"),
+]
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 CONFIG = b'{"model_type": "hubert"}'
 _HEADER = b'{"__metadata__": {"note": "not really weights"}}'
 WEIGHTS = len(_HEADER).to_bytes(8, "little") + _HEADER + b"\x00" * 2000  # a safetensors header, no tensors
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    """Keep every cache under tmp_path and every request on loopback."""
-    monkeypatch.setenv("MERT_CACHE", str(tmp_path / "mert-cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
 
 
 class FileServer:

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mert.download import sha256_file
+
 __all__ = [
     "RunFolderBusy",
     "SCIENTIFIC_TRAINER_KEYS",
@@ -188,14 +190,6 @@ def _describe_data(identity: Mapping[str, Any]) -> str:
     return " ".join(parts[:1]) + (f" ({parts[1]})" if len(parts) > 1 else "")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def data_identity(cfg: Any, dataset: Any) -> dict[str, Any]:
     """What the run trains on, independent of where it lies: a manifest's SHA-256, a shard index's SHA-256 (or
     the shard names and sizes without an index), plus the dataset's length. A synthetic dataset is identified
@@ -205,7 +199,7 @@ def data_identity(cfg: Any, dataset: Any) -> dict[str, Any]:
     length = len(dataset) if hasattr(dataset, "__len__") else None
     manifest = OmegaConf.select(cfg, "data.dataset.entries_or_manifest_path", default=None)
     if isinstance(manifest, str) and Path(manifest).is_file():
-        return {"kind": "manifest", "sha256": _sha256_file(Path(manifest)), "length": length}
+        return {"kind": "manifest", "sha256": sha256_file(Path(manifest)), "length": length}
     info = getattr(dataset, "info", None)
     tars = getattr(dataset, "tars", None)
     if info or tars:

@@ -12,7 +12,6 @@ refused at run time.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -37,21 +36,15 @@ _HOP = 320  # 24000 / 75: the product of SEANet's ratios (8, 5, 4, 2)
 _HASH_IN_NAME = re.compile(r"^.+-(?P<prefix>[0-9a-f]{8,64})\.[A-Za-z0-9]+$")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_hash_prefix(path: Path) -> None:
     """If the file name carries a torch.hub hash prefix, the file's sha256 must start with it."""
     match = _HASH_IN_NAME.match(path.name)
     if match is None:
         return
     expected = match["prefix"]
-    actual = _sha256(path)
+    from mert.download import sha256_file
+
+    actual = sha256_file(path)
     if not actual.startswith(expected):
         raise ValueError(
             f"EnCodec weights {str(path)!r} are corrupt or not the named file: the name says sha256 starts with "
