@@ -11,7 +11,8 @@ import torch
 
 from mert import Encoder
 from mert.cli import main as cli
-from mert.pretrain.export import export_run, weights_digest
+from mert.models.checkpoint import weights_sha256
+from mert.pretrain.export import export_run
 
 
 def _run(folder: Path, seed: int, init_from: str | None = None, hours: float = 2.0) -> Path:
@@ -105,7 +106,7 @@ def test_export_into_a_folder_with_another_model_is_refused_and_overwrite_replac
     ]
     enc = Encoder.from_pretrained(out)
     ckpt = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
-    assert weights_digest(enc.state_dict()) == json.loads((out / "meta.json").read_text())["weights_sha256"]
+    assert weights_sha256(enc.state_dict()) == json.loads((out / "meta.json").read_text())["weights_sha256"]
     assert all(torch.equal(v, ckpt["state_dict"][f"objective.encoder.{k}"]) for k, v in enc.state_dict().items())
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
 

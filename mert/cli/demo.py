@@ -1,7 +1,7 @@
 """``mert demo``: the whole loop on one CPU, nothing downloaded (what it runs: :mod:`mert.demo`).
 
-mert demo [--experiment conformer_kmeans|demo_cpu|...] [--max-steps N] [--out mert-demo] [--teacher kmeans|rvq|random_projection]
-          [--strict] [hydra overrides]
+mert demo [--experiment conformer_kmeans|demo_cpu|...] [--max-steps N] [--out mert-demo]
+          [--teacher kmeans|rvq|random_projection] [--strict] [hydra overrides]
 """
 
 from __future__ import annotations

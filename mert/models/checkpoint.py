@@ -17,11 +17,12 @@ gives exactly the model that was saved.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from mert.registry import WEIGHT_FILES
 from mert.version import __version__
 
 __all__ = [
+    "weights_sha256",
     "load_checkpoint",
     "save_checkpoint",
     "save_hf_checkpoint",
@@ -51,6 +53,18 @@ __all__ = [
     "to_mert_v2_state_dict",
     "convert_muq_state_dict",
 ]
+
+
+def weights_sha256(weights: Mapping[str, Tensor]) -> str:
+    """SHA-256 over the tensors' names, shapes, dtypes and bytes, in name order: the identity of a set of weights
+    whatever file layout holds them (used by fitted teachers, the second-iteration teacher and exports)."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
 
 HF_MODEL_TYPES = ("mert_model", "hubert", "data2vec-audio")
 METADATA_CONFIG_KEY = "mert_config"

@@ -14,7 +14,6 @@ is replaced only when it holds this same model (equal weights digest) and nothin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,10 +22,16 @@ from typing import Any
 import torch
 
 from mert.fileio import UnsafeOutputError, atomic_dir, check_outputs, write_json_atomic, write_text_atomic
-from mert.models.checkpoint import load_checkpoint, load_error_reason, save_checkpoint, save_hf_checkpoint
+from mert.models.checkpoint import (
+    load_checkpoint,
+    load_error_reason,
+    save_checkpoint,
+    save_hf_checkpoint,
+    weights_sha256,
+)
 from mert.models.config import EncoderConfig
 
-__all__ = ["EXPORT_FILES", "check_export_target", "export_run", "find_checkpoint", "weights_digest"]
+__all__ = ["EXPORT_FILES", "check_export_target", "export_run", "find_checkpoint"]
 
 # Every file an export writes, in any format: a folder holding anything else is not ours to replace.
 EXPORT_FILES = frozenset(
@@ -41,17 +46,6 @@ EXPORT_FILES = frozenset(
         "model.onnx.data",
     }
 )
-
-
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the state dict's names, dtypes, shapes and bytes: the identity of a model's weights,
-    whatever the file layout they are written in."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        t = state[k].detach().to("cpu").contiguous()
-        h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def check_export_target(out: str | os.PathLike, digest: str, *, overwrite: bool = False) -> None:
@@ -182,7 +176,7 @@ def export_run(
         chosen = licence or inherited
         if licence and inherited == "unknown":
             why = f"stated by the exporter; {why}"
-    digest = weights_digest(state)
+    digest = weights_sha256(state)
     full_meta = {**full_meta, "licence": chosen, "weights_sha256": digest}
     check_export_target(out, digest, overwrite=overwrite)
     card = model_card(

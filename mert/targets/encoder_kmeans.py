@@ -16,7 +16,6 @@ Fitting: ``EncoderKMeansTargets.fit(source, files, layer=K)`` or
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
@@ -28,22 +27,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mert.models.checkpoint import weights_sha256
 from mert.targets._common import empty_targets
 from mert.targets._sampling import sample_frames
 from mert.targets.base import FittedTeacher, FrontEnd
 from mert.targets.kmeans import _nearest, kmeans
 
-__all__ = ["EncoderKMeansTargets", "state_digest"]
-
-
-def state_digest(state: Mapping[str, Tensor]) -> str:
-    """SHA-256 over an encoder's weights (names, dtypes, shapes and bytes, in sorted name order)."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+__all__ = ["EncoderKMeansTargets"]
 
 
 def _grid(sample_rate: int, kernel: Sequence[int], stride: Sequence[int]) -> dict[str, Any]:
@@ -72,7 +62,7 @@ class EncoderKMeansTargets(FittedTeacher):
 
     Attributes:
         kind: ``"codes"``; ``num_codebooks`` 1; ``codebook_size`` ``v``.
-        encoder_sha256: digest of the source encoder's weights (:func:`state_digest`).
+        encoder_sha256: digest of the source encoder's weights (:func:`mert.models.checkpoint.weights_sha256`).
         grid: the frame grid of the codes (sample rate, the grid's kernels and strides, hop, frame rate; for the
             mel family the kernels and strides of ``EncoderConfig.frame_kernel``/``frame_stride``).
     """
@@ -113,7 +103,7 @@ class EncoderKMeansTargets(FittedTeacher):
         self.register_buffer("mean", mean.detach().float().clone(), persistent=False)
         self.register_buffer("std", std.detach().float().clamp_min(1e-5).clone(), persistent=False)
         self.identity = dict(identity or {})
-        self.encoder_sha256 = state_digest(encoder.state_dict())
+        self.encoder_sha256 = weights_sha256(encoder.state_dict())
         self.grid = _grid(cfg.sample_rate, cfg.frame_kernel, cfg.frame_stride)
         self.path: Path | None = None
         self.skipped_files: list[tuple[str, str]] = []

@@ -39,6 +39,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from mert.fileio import torch_save_atomic
+from mert.models.checkpoint import weights_sha256
 from mert.models.config import frame_lengths
 from mert.targets._common import check_hop, empty_targets, saved_front_end
 from mert.targets._sampling import sample_frames
@@ -419,16 +420,6 @@ class RVQTargets(FittedTeacher):
     def settings(self) -> dict[str, Any]:
         """``{"class", "sample_rate", "path", "sha256"}``: the saved file holds everything else."""
         return {**super().settings(), "path": str(self.path), "sha256": self.sha256}
-
-
-def weights_sha256(weights: Mapping[str, Tensor]) -> str:
-    """SHA-256 over the tensors' names, shapes, dtypes and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(weights):
-        t = weights[name].detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- fitting
