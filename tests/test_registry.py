@@ -35,16 +35,9 @@ DATA = bytes((i + 0x80) % 256 for i in range(256)) * 40  # 10240 bytes, every of
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    """Caches and the user registry under tmp_path, every request on loopback, online by default."""
-    monkeypatch.setenv("MERT_CACHE", str(tmp_path / "mert-cache"))
+def _isolated_env(isolated_hub_env, tmp_path, monkeypatch):
+    """Caches (conftest's isolated_hub_env) and the user registry under tmp_path."""
     monkeypatch.setenv("MERT_REGISTRY", str(tmp_path / "config" / "registry.json"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    for var in ("HF_ENDPOINT", "MERT_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
 
 
 def sha(data: bytes) -> str:
