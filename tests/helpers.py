@@ -7,6 +7,7 @@ Import them as ``from tests.helpers import music_like``; test modules never impo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import threading
@@ -14,6 +15,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import torch
 from einops import rearrange
 
@@ -274,3 +276,81 @@ def filled_encodec(seed: int = 0):
             residual = residual - book.embed[book.quantize(residual)]
     model.set_target_bandwidth(6.0)
     return model.eval()
+
+
+def timbre_clip(seconds: float, timbre: str, tempo_bpm: float, seed: int, sr: int = 16000) -> np.ndarray:
+    """Eighth notes in one simple timbre (sine, saw or pluck) over a kick on every beat (beat ``k`` at
+    ``k * 60 / tempo_bpm`` s): labels a tiny random encoder separates, so these tests check the probe machinery;
+    ``render_clip``'s realistic instruments, rooms and noise make a harder task than they need."""
+    rng = np.random.default_rng(seed)
+    n, beat_n = int(seconds * sr), int(60.0 / tempo_bpm * sr)
+    note_n = beat_n // 2
+    t = np.arange(note_n) / sr
+    partials = {
+        "sine": [(1, 1.0)],
+        "saw": [(k, 1.0 / k) for k in range(1, 16)],
+        "pluck": [(k, 0.8**k) for k in range(1, 10)],
+    }
+    out = np.zeros(n + note_n)
+    for start in range(0, n, note_n):
+        f = 220.0 * 2 ** (int(rng.integers(0, 15)) / 12)
+        x = sum(a * np.sin(2 * np.pi * f * k * t) for k, a in partials[timbre] if f * k < sr / 2)
+        out[start : start + note_n] += 0.25 * x * np.exp(-(8.0 if timbre == "pluck" else 1.5) * t)
+    kick = np.sin(2 * np.pi * (50 + 60 * np.exp(-30 * t)) * t) * np.exp(-25 * t)
+    for start in range(0, n, beat_n):
+        out[start : start + note_n] += 0.5 * kick
+    out = out[:n] + 1e-3 * rng.standard_normal(n)
+    return (0.9 * out / np.abs(out).max()).astype(np.float32)
+
+
+# A fake Hugging Face Hub that knows a pinned commit.
+MAIN_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+class PinnedHub:
+    """Answers ``/{repo}/resolve/{revision}/{file}`` for ``main`` (= MAIN_COMMIT) and the 95M entry's pin."""
+
+    def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
+        from mert.registry import lookup_checkpoint
+
+        self.repos = repos
+        self.pin = lookup_checkpoint("MERT-v1-95M").revision
+        self.paths: list[str] = []
+        self.url = ""
+
+    def revisions(self) -> set[str]:
+        return {re.fullmatch(r"/[^/]+/[^/]+/resolve/([^/]+)/.+", p).group(1) for p in self.paths}
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        hub, pin = self, self.pin
+
+        class Handler(HubHandler):
+            def respond(self, body: bool) -> None:
+                hub.paths.append(urllib.parse.urlsplit(self.path).path)
+                repo, revision, filename = self.resolve_parts()
+                commit = {"main": MAIN_COMMIT, MAIN_COMMIT: MAIN_COMMIT, pin: pin}.get(revision)
+                files = hub.repos.get(repo, {})
+                status, data = (200, files[filename]) if commit and filename in files else (404, b"")
+                self.send_response(status)
+                if commit:
+                    self.send_header("X-Repo-Commit", commit)
+                if status == 404:
+                    self.send_header("X-Error-Code", "EntryNotFound" if commit else "RevisionNotFound")
+                else:
+                    self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+        return Handler
+
+
+# `mert probe` settings for the small-set tests: a random tiny encoder, the quick protocol, few epochs.
+QUICK_PROBE_ARGS = [
+    "encoder=random:tiny",
+    "protocol=quick",
+    "probe.max_epochs=5",
+    "progress=false",
+    "features.window_seconds=1.0",
+]

@@ -8,7 +8,7 @@ import pytest
 
 from mert.cli import main as cli
 from mert.cli import setup_logging
-from tests.test_probe_results import ARGS, small_set  # noqa: F401 (a fixture)
+from tests.helpers import QUICK_PROBE_ARGS as ARGS
 
 
 @pytest.fixture(autouse=True)

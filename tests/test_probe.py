@@ -20,6 +20,7 @@ from mert.probe.cache import FeatureCache, FeatureSpec
 from mert.probe.manifest import read_manifest
 from mert.probe.probes import WEIGHTED, ProbeConfig, ProbeData, run_probes, scorer
 from mert.probe.tasks import ProbeDataset, TaskSpec, infer_task_type
+from tests.helpers import timbre_clip
 
 SR = 16000  # files are written at 16 kHz so every read is resampled to the encoder's 24 kHz
 
@@ -33,31 +34,6 @@ def _write_manifest(path: Path, rows: list[dict], columns=("path", "label")) -> 
     return path
 
 
-def _timbre_clip(seconds: float, timbre: str, tempo_bpm: float, seed: int) -> np.ndarray:
-    """Eighth notes in one simple timbre (sine, saw or pluck) over a kick on every beat (beat ``k`` at
-    ``k * 60 / tempo_bpm`` s): labels a tiny random encoder separates, so these tests check the probe machinery;
-    ``render_clip``'s realistic instruments, rooms and noise make a harder task than they need."""
-    rng = np.random.default_rng(seed)
-    n, beat_n = int(seconds * SR), int(60.0 / tempo_bpm * SR)
-    note_n = beat_n // 2
-    t = np.arange(note_n) / SR
-    partials = {
-        "sine": [(1, 1.0)],
-        "saw": [(k, 1.0 / k) for k in range(1, 16)],
-        "pluck": [(k, 0.8**k) for k in range(1, 10)],
-    }
-    out = np.zeros(n + note_n)
-    for start in range(0, n, note_n):
-        f = 220.0 * 2 ** (int(rng.integers(0, 15)) / 12)
-        x = sum(a * np.sin(2 * np.pi * f * k * t) for k, a in partials[timbre] if f * k < SR / 2)
-        out[start : start + note_n] += 0.25 * x * np.exp(-(8.0 if timbre == "pluck" else 1.5) * t)
-    kick = np.sin(2 * np.pi * (50 + 60 * np.exp(-30 * t)) * t) * np.exp(-25 * t)
-    for start in range(0, n, beat_n):
-        out[start : start + note_n] += 0.5 * kick
-    out = out[:n] + 1e-3 * rng.standard_normal(n)
-    return (0.9 * out / np.abs(out).max()).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict:
     """60 synthetic 2 s clips with timbre, tempo and beat labels, plus manifests for every task type."""
@@ -67,14 +43,14 @@ def corpus(tmp_path_factory) -> dict:
     for i in range(60):
         timbre = ("sine", "saw", "pluck")[i % 3]
         tempo = (90.0, 150.0)[i % 2]
-        wav = _timbre_clip(2.0, timbre, tempo, seed=500 + i)
+        wav = timbre_clip(2.0, timbre, tempo, seed=500 + i)
         name = f"audio/c{i:02d}.wav"
         sf.write(root / name, wav, SR)
-        beat_n = int(60.0 / tempo * SR)  # _timbre_clip's beat grid
+        beat_n = int(60.0 / tempo * SR)  # timbre_clip's beat grid
         beats = [k * beat_n / SR for k in range(64) if k * beat_n < len(wav)]
         # Frame task: 1 s of this timbre, then 1 s of the next one.
         other = ("sine", "saw", "pluck")[(i + 1) % 3]
-        seg = np.concatenate([_timbre_clip(1.0, t, 120.0, seed=900 + i) for t in (timbre, other)])
+        seg = np.concatenate([timbre_clip(1.0, t, 120.0, seed=900 + i) for t in (timbre, other)])
         sf.write(root / f"audio/s{i:02d}.wav", seg, SR)
         rows.append(
             {

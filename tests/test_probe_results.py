@@ -11,32 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from mert.cli import main as cli
 from mert.probe.probes import ProbeConfig, ProbeData, bootstrap_interval, run_probes, scorer
-from tests.test_probe import _timbre_clip
+from tests.helpers import QUICK_PROBE_ARGS as ARGS
 
 SR = 16000
-
-
-@pytest.fixture(scope="module")
-def small_set(tmp_path_factory) -> dict:
-    """36 one-second clips of three timbres: the 30/3/3 split a newcomer meets first."""
-    root = tmp_path_factory.mktemp("small_probe")
-    (root / "audio").mkdir()
-    lines = ["path,label,split"]
-    for i in range(36):
-        timbre = ("sine", "saw", "pluck")[i % 3]
-        sf.write(root / f"audio/c{i:02d}.wav", _timbre_clip(1.0, timbre, 120.0, seed=700 + i), SR)
-        split = "train" if i < 30 else ("valid" if i < 33 else "test")
-        lines.append(f"audio/c{i:02d}.wav,{timbre},{split}")
-    (root / "set.csv").write_text("\n".join(lines) + "\n")
-    return {"root": root, "manifest": root / "set.csv"}
-
-
-ARGS = ["encoder=random:tiny", "protocol=quick", "probe.max_epochs=5", "progress=false", "features.window_seconds=1.0"]
 
 
 def _run(small_set, tmp_path, *extra) -> tuple[Path, dict]:

@@ -27,10 +27,9 @@ from mert.registry import (
     registry_path,
     unregister_checkpoint,
 )
-from tests.helpers import HubHandler, Quiet, cached_files, serving
+from tests.helpers import MAIN_COMMIT, PinnedHub, Quiet, cached_files, serving
 
 PIN_95M = lookup_checkpoint("MERT-v1-95M").revision
-MAIN_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 DATA = bytes((i + 0x80) % 256 for i in range(256)) * 40  # 10240 bytes, every offset distinguishable; a pickle start
 
 
@@ -117,42 +116,6 @@ def server():
 
 
 # --- a fake Hugging Face Hub that knows the pinned commit ------------------------------------------------------
-
-
-class PinnedHub:
-    """Answers ``/{repo}/resolve/{revision}/{file}`` for ``main`` (= MAIN_COMMIT) and the 95M entry's pin."""
-
-    def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
-        self.repos = repos
-        self.paths: list[str] = []
-        self.url = ""
-
-    def revisions(self) -> set[str]:
-        return {re.fullmatch(r"/[^/]+/[^/]+/resolve/([^/]+)/.+", p).group(1) for p in self.paths}
-
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        hub = self
-
-        class Handler(HubHandler):
-            def respond(self, body: bool) -> None:
-                hub.paths.append(urllib.parse.urlsplit(self.path).path)
-                repo, revision, filename = self.resolve_parts()
-                commit = {"main": MAIN_COMMIT, MAIN_COMMIT: MAIN_COMMIT, PIN_95M: PIN_95M}.get(revision)
-                files = hub.repos.get(repo, {})
-                status, data = (200, files[filename]) if commit and filename in files else (404, b"")
-                self.send_response(status)
-                if commit:
-                    self.send_header("X-Repo-Commit", commit)
-                if status == 404:
-                    self.send_header("X-Error-Code", "EntryNotFound" if commit else "RevisionNotFound")
-                else:
-                    self.send_header("ETag", f'"{sha(data)}"')
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(data)
-
-        return Handler
 
 
 def release_files(encoder: Encoder, folder: Path) -> dict[str, bytes]:
