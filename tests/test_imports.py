@@ -162,3 +162,15 @@ def test_benchmark_scripts_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT.parent)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers.py and tests/conftest.py: importing a test module from another runs
+    its module-level code twice and hides which file a fixture belongs to."""
+    import re
+    from pathlib import Path
+
+    pattern = re.compile(r"^\s*(from tests\.test_\w+ import|import tests\.test_)", re.MULTILINE)
+    offenders = [p.name for p in sorted(Path(__file__).parent.glob("*.py")) if pattern.search(p.read_text())]
+    assert offenders == [], f"import from tests/helpers.py or conftest.py instead: {offenders}"
+    assert pattern.search("from tests.test_probe import x\n")  # the check can fail
