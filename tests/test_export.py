@@ -258,3 +258,18 @@ def test_push_to_hub_uploads_the_export_through_huggingface_hub(tmp_path, monkey
         err = capsys.readouterr().err
         assert err.startswith("mert export: could not push") and "401" in err and err.count("\n") == 1
     assert hub.files == pushed and hub.calls.count("/api/models/user/repo/commit/main") == 1
+
+
+def test_an_unfinished_run_exports_with_a_warning(tmp_path):
+    """A run stopped by a signal (summary.json: completed false) still exports, but says so and records it."""
+    run = _run(tmp_path / "run", 0)
+    (run / "summary.json").write_text(json.dumps({"completed": False, "status": "stopped by SIGTERM"}))
+    with pytest.warns(UserWarning, match="did not finish.*step 1234"):
+        export_run(run, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["training"]["completed"] is False
+    (run / "summary.json").write_text(json.dumps({"completed": True}))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        export_run(run, tmp_path / "out2")

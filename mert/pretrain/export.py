@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,16 @@ def _from_checkpoint(src: Path, meta: dict[str, Any] | None) -> tuple[EncoderCon
         summary.update({k: run_summary[k] for k in ("global_batch_size", "seconds_per_sample") if k in run_summary})
         if run_summary.get("audio_hours_seen") is not None:
             summary["audio_hours_seen"] = run_summary["audio_hours_seen"]
+        if "completed" in run_summary:
+            summary["completed"] = run_summary["completed"]
+        if run_summary.get("completed") is False:
+            # A stopped or crashed run exports fine (that is what its checkpoint is for), but not silently.
+            warnings.warn(
+                f"{run_dir} did not finish (summary.json: completed false, {run_summary.get('status', 'stopped')}); "
+                f"exporting its checkpoint at step {summary['global_step']}",
+                UserWarning,
+                stacklevel=2,
+            )
     full_meta = {
         "training": summary,
         "teachers": info.get("teachers", {}),
