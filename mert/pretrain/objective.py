@@ -216,6 +216,24 @@ class MERTObjective(nn.Module):
             teacher._apply(fn, recurse)
         return self
 
+    def compile(self, enabled: bool = True, *, mode: str | None = None, dynamic: bool | None = None) -> MERTObjective:
+        """Compile the student's hot path with :func:`torch.compile`, in place; returns ``self``.
+
+        The encoder's network (:meth:`mert.Encoder.compile`) and the prediction heads are compiled; masking,
+        mixing, the teachers (frozen, under ``no_grad``) and the loss bookkeeping stay eager. Nothing is
+        wrapped, so ``state_dict()`` keys do not change. The heads see a different number of masked frames every
+        step, so they compile with dynamic shapes unless ``dynamic=False``.
+        """
+        self.encoder.compile(enabled, mode=mode, dynamic=dynamic)
+        for head in (self.code_head, self.feature_head):
+            if head is None:
+                continue
+            if enabled:  # dynamic from the start: the masked-frame count changes every step
+                head.compile(mode=mode, dynamic=True if dynamic is None else dynamic)
+            else:
+                head._compiled_call_impl = None
+        return self
+
     def teacher_settings(self) -> dict[str, Any]:
         """JSON-able description of the teachers, for checkpoints' ``meta.json``."""
         return {role: t.settings() for role, t in self._teachers.items()}
