@@ -97,6 +97,7 @@ def _row(label: str, eager: list[tuple[float, float]], compiled: list[tuple[floa
 
 
 def bench(name: str, args: argparse.Namespace, device: torch.device) -> list[str]:
+    torch._dynamo.reset()  # each model compiles from scratch (the heads' code is shared between models)
     eager, wav, targets = _build(name, args.batch, args.seconds, device)
     compiled = copy.deepcopy(eager).compile(mode=args.mode)
     rows = []

@@ -543,6 +543,12 @@ class Encoder(EncoderNetwork):
         if not enabled:
             self.__dict__.pop("_compiled_encode", None)
             return self
+        if any(getattr(m, "mert_int8", False) for m in self.modules()):
+            warnings.warn(
+                "compiled, the encoder runs its linear layers in its float dtype: quantize_int8() does not apply "
+                "to a compiled encoder (call enc.compile(False) to use int8)",
+                stacklevel=2,
+            )
         # The unbound function, called with the encoder as an argument: a deep copy of the module (ONNX export,
         # an EMA copy) runs the same compiled code on its own weights instead of on this module's.
         fn = torch.compile(
