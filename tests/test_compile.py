@@ -11,6 +11,7 @@ import copy
 import csv
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -62,6 +63,11 @@ def test_encoder_pass_traces_as_one_graph_with_eager_numbers(preset):
     theirs = twin(wav, lengths, sample_rate=enc.sample_rate, pred_mask=pred_mask).last_hidden_state
     torch.testing.assert_close(mine, got.last_hidden_state, rtol=0, atol=0)
     assert not torch.equal(theirs, mine)
+    # Pickled (how ddp_spawn hands the module to its ranks): the copy compiles again in its own process.
+    clone = pickle.loads(pickle.dumps(enc))
+    assert clone.is_compiled and "_compiled_encode" not in clone.__dict__
+    again = clone(wav, lengths, sample_rate=enc.sample_rate, pred_mask=pred_mask).last_hidden_state
+    torch.testing.assert_close(again, mine, rtol=0, atol=0)
     assert not enc.compile(False).is_compiled
 
 

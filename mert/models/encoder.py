@@ -540,8 +540,9 @@ class Encoder(EncoderNetwork):
             mode, dynamic, fullgraph, backend, options: as :func:`torch.compile` takes them (``mode=None`` is
                 torch's default; ``"max-autotune"`` searches kernels longer on GPUs).
         """
+        self.__dict__.pop("_compiled_encode", None)
         if not enabled:
-            self.__dict__.pop("_compiled_encode", None)
+            self.__dict__.pop("_compile_options", None)
             return self
         if any(getattr(m, "mert_int8", False) for m in self.modules()):
             warnings.warn(
@@ -549,25 +550,32 @@ class Encoder(EncoderNetwork):
                 "to a compiled encoder (call enc.compile(False) to use int8)",
                 stacklevel=2,
             )
-        # The unbound function, called with the encoder as an argument: a deep copy of the module (ONNX export,
-        # an EMA copy) runs the same compiled code on its own weights instead of on this module's.
-        fn = torch.compile(
-            type(self)._encode, mode=mode, dynamic=dynamic, fullgraph=fullgraph, backend=backend, options=options
-        )
-        self.__dict__["_compiled_encode"] = fn
+        # The settings travel with the module (pickled to spawned DDP ranks, deep-copied); the compiled function
+        # is made on the first call in each process and each copy (see _encode_pass).
+        options = dict(mode=mode, dynamic=dynamic, fullgraph=fullgraph, backend=backend, options=options)
+        self.__dict__["_compile_options"] = options
         return self
 
     @property
     def is_compiled(self) -> bool:
         """Whether :meth:`compile` is on."""
-        return "_compiled_encode" in self.__dict__
+        return "_compile_options" in self.__dict__
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_compiled_encode", None)  # compiled code is per process; the settings rebuild it
+        return state
 
     def _encode_pass(
         self, wav: Tensor, lengths: Tensor | None, pred_mask: Tensor | None = None, depth: int | None = None
     ) -> EncoderOutput:
-        fn = self.__dict__.get("_compiled_encode")
-        if fn is None or torch.compiler.is_compiling():
+        options = self.__dict__.get("_compile_options")
+        if options is None or torch.compiler.is_compiling():
             return self._encode(wav, lengths, pred_mask, depth=depth)
+        fn = self.__dict__.get("_compiled_encode")
+        if fn is None:
+            # The unbound function, called with the encoder as an argument: a module's own code, whatever copy.
+            fn = self.__dict__["_compiled_encode"] = torch.compile(type(self)._encode, **options)
         return fn(self, wav, lengths, pred_mask, depth=depth)
 
     # ------------------------------------------------------------------ precision

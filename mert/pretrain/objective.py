@@ -225,14 +225,25 @@ class MERTObjective(nn.Module):
         step, so they compile with dynamic shapes unless ``dynamic=False``.
         """
         self.encoder.compile(enabled, mode=mode, dynamic=dynamic)
+        self._compile_options = dict(mode=mode, dynamic=dynamic) if enabled else None
+        self._compile_heads()
+        return self
+
+    def _compile_heads(self) -> None:
+        options = self.__dict__.get("_compile_options")
         for head in (self.code_head, self.feature_head):
             if head is None:
                 continue
-            if enabled:  # dynamic from the start: the masked-frame count changes every step
-                head.compile(mode=mode, dynamic=True if dynamic is None else dynamic)
+            if options is not None:  # dynamic from the start: the masked-frame count changes every step
+                dynamic = True if options["dynamic"] is None else options["dynamic"]
+                head.compile(mode=options["mode"], dynamic=dynamic)
             else:
                 head._compiled_call_impl = None
-        return self
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # nn.Module drops compiled forwards when pickled (a spawned DDP rank gets this module by pickle).
+        super().__setstate__(state)
+        self._compile_heads()
 
     def teacher_settings(self) -> dict[str, Any]:
         """JSON-able description of the teachers, for checkpoints' ``meta.json``."""
