@@ -163,3 +163,20 @@ def test_tiny_cpu_trains_compiled_like_eager_and_resumes(tmp_path):
         assert abs(compiled[step] - eager[step]) <= 1e-4 * abs(eager[step]), (step, compiled[step], eager[step])
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
     assert "compile: true" in (run / "config.yaml").read_text()  # recorded beside the architecture
+
+
+@pytest.mark.slow
+def test_ddp_spawn_ranks_train_compiled_like_eager(tmp_path):
+    _needs_cxx()
+    pytest.importorskip("lightning")
+    from mert.cli import main as cli
+
+    # ddp_spawn pickles the module into two processes: each compiles its own copy from the settings it carries.
+    fast = ["experiment=tiny_cpu", "trainer=ddp_cpu", "trainer.max_steps=2", "trainer.log_every_n_steps=1",
+            "logger=csv", "callbacks=default", "data.dataset.num_clips=32", "data.dataset.seconds=1.5"]  # fmt: skip
+    assert cli(["pretrain", *fast, f"run_dir={tmp_path / 'eager'}"]) == 0
+    assert cli(["pretrain", *fast, "model.compile=true", f"run_dir={tmp_path / 'compiled'}"]) == 0
+    eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    assert sorted(eager) == sorted(compiled) == [0, 1]
+    for step in eager:
+        assert abs(compiled[step] - eager[step]) <= 1e-4 * abs(eager[step]), (step, compiled[step], eager[step])
