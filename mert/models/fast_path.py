@@ -25,6 +25,9 @@ and every use of a private torch API (``torch.ops.mkldnn.*``, ``torch.ops.aten.g
 * :func:`conv1d`: ``F.conv1d``, except for a bf16 conv on CPU whose oneDNN kernel gives wrong numbers on this
   CPU (checked once per layout, :func:`onednn_bf16_conv_ok`), which runs in float32 instead.
 
+Under :func:`torch.compile` (``Encoder.compile``) every dispatch point takes the reference form, which the
+compiler fuses itself, except that bf16 convs on CPU run in float32 there.
+
 Each fast form gives the reference's numbers up to float rounding (``tests/test_fast_path.py``); the figures
 that justify each are in ``docs/benchmarks.md`` and ``docs/notes/2026-12-01-cpu-speed.md`` (an Intel CPU with AMX:
 ``docs/notes/2026-12-07-bf16-on-amx.md``), measured with the benchmark named at the dispatch point.
@@ -616,9 +619,18 @@ def conv1d(
     kernel is wrong for this layout on this CPU (:func:`onednn_bf16_conv_ok`), runs in float32 and returns bf16,
     as ``F.conv1d`` would have. Everything else is ``F.conv1d`` itself.
     """
-    if isinstance(padding, str) or torch.compiler.is_compiling():  # compiled: inductor picks the conv kernels
+    if isinstance(padding, str):
         return F.conv1d(x, weight, bias, stride, padding, dilation, groups)
     autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if torch.compiler.is_compiling():
+        # The per-layout probe below is Python state the compiler cannot trace: compiled, every bf16 conv on CPU
+        # runs in float32 (inductor would otherwise call the same oneDNN kernel); everything else is F.conv1d.
+        if x.device.type == "cpu" and (autocast_bf16 or x.dtype == torch.bfloat16):
+            with torch.autocast("cpu", enabled=False):
+                y = F.conv1d(x.float(), weight.float(), None if bias is None else bias.float(), stride, padding,
+                             dilation, groups)  # fmt: skip
+            return y.to(torch.bfloat16)
+        return F.conv1d(x, weight, bias, stride, padding, dilation, groups)
     if (
         x.device.type == "cpu"
         and _ONEDNN_BF16
