@@ -70,6 +70,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="weights' precision; auto = bf16 where the CPU/GPU computes it natively, else float32 (Encoder.fast)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the encoder through torch.compile (pays off on many files; the first batches compile)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for --preset")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -256,6 +261,8 @@ def _embed(args: argparse.Namespace) -> int:
     else:
         enc.to(device=device, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
     torch.set_num_threads(max(1, args.threads or torch.get_num_threads()))
+    if args.compile:
+        enc.compile()
     try:
         layers = parse_layers(args.layers, enc.num_layers + 1)
     except ValueError as e:

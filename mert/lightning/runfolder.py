@@ -64,6 +64,9 @@ NON_SCIENTIFIC_KEYS = (
     "name",
     "resume",
     "checkpoint_every_minutes",
+    "model.compile",  # how the network runs (torch.compile), not what it learns
+    "model.compile_mode",
+    "model.compile_dynamic",
     "data.num_workers",
     "data.micro_batch_size",
     "data.manifest",

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from mert.lightning.runfolder import NON_SCIENTIFIC_KEYS
+from mert.models.config import RUNTIME_MODEL_KEYS
 
 log = logging.getLogger("mert.pretrain")
 
@@ -145,6 +146,13 @@ def validate_run_config(cfg: Any) -> None:
         value = get(key)
         if value is not None:
             number(key, value, kind, minimum, strict)
+    if not isinstance(get("model.compile") or False, bool):
+        raise ValueError(f"model.compile must be true or false, got {get('model.compile')!r}")
+    modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    if get("model.compile_mode") is not None and get("model.compile_mode") not in modes:
+        raise ValueError(f"model.compile_mode must be null or one of {list(modes)}, got {get('model.compile_mode')!r}")
+    if get("model.compile_dynamic") is not None and not isinstance(get("model.compile_dynamic"), bool):
+        raise ValueError(f"model.compile_dynamic must be null, true or false, got {get('model.compile_dynamic')!r}")
     if get("trainer.max_steps") == 0:
         raise ValueError("trainer.max_steps must be a positive number of steps (or -1 for max_epochs), got 0")
     model = get("model")
@@ -315,8 +323,11 @@ def _run_locked(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     encoder = _build_encoder(cfg, ckpt_path, allow)
+    # How to run the network (model.compile...), not what it is: kept beside the trained architecture.
+    runtime = {k: cfg.model[k] for k in RUNTIME_MODEL_KEYS if k in cfg.model}
     with open_dict(cfg):
-        cfg.model = encoder.config.to_dict()  # what is actually trained (a release's or a checkpoint's config)
+        # What is actually trained (a release's or a checkpoint's config).
+        cfg.model = {**encoder.config.to_dict(), **runtime}
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if rank_zero:
         # config.yaml is the run's: written by the launch that starts it; every launch keeps its own copy.
@@ -325,6 +336,11 @@ def _run_locked(
         runfolder.write_launch(run_dir, config_yaml, overrides)
         _write_summary(run_dir, {"run_dir": str(run_dir), "completed": False, "status": "running"})
     objective = instantiate(cfg.objective, encoder=encoder, **teachers)
+    if runtime.get("compile"):
+        # Compiled in place before the trainer wraps the module (Lightning's and PyTorch's guidance: compile the
+        # inner module, then let DDP wrap it); the state dict keeps its keys.
+        objective.compile(mode=runtime.get("compile_mode"), dynamic=runtime.get("compile_dynamic"))
+        runfolder.say("mert pretrain: model.compile=true: the first steps compile the model (seconds to minutes)")
     run_config = OmegaConf.to_container(cfg, resolve=True)
     module = PretrainModule(
         objective,

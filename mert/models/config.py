@@ -16,9 +16,12 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["EncoderConfig", "PRESETS", "frame_lengths", "receptive_field"]
+__all__ = ["EncoderConfig", "PRESETS", "RUNTIME_MODEL_KEYS", "frame_lengths", "receptive_field"]
 
 CONFIG_FORMAT = "mert"  # the `model_type` we write in config.json
+# Keys a pretraining run's model section may carry besides the architecture: how to run the network, not what
+# it is (``model.compile=true``). ``EncoderConfig.from_dict`` drops them, so they never reach a checkpoint's config.
+RUNTIME_MODEL_KEYS = ("compile", "compile_mode", "compile_dynamic")
 _INT_TUPLES = ("conv_dim", "conv_kernel", "conv_stride", "subsampler_channels", "subsampler_depths",
                "subsampler_strides")  # fmt: skip
 
@@ -319,14 +322,15 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
-        """Build from a mapping, rejecting unknown keys so typos in configs fail loudly.
+        """Build from a mapping, rejecting unknown keys so typos in configs fail loudly. ``model_type`` and the
+        run-time keys of :data:`RUNTIME_MODEL_KEYS` (``compile``, ...) are not architecture and are dropped.
 
         Raises:
             ValueError: ``d`` is not a mapping, has unknown keys, or a value of the wrong type or range.
         """
         if not isinstance(d, dict):
             raise ValueError(f"an encoder config must be a JSON object of fields, got {type(d).__name__} {d!r:.60}")
-        d = {k: v for k, v in d.items() if k != "model_type"}
+        d = {k: v for k, v in d.items() if k != "model_type" and k not in RUNTIME_MODEL_KEYS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

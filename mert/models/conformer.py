@@ -124,15 +124,26 @@ class MelFrontEnd(nn.Module):
         if lengths is None:
             x = F.pad(rearrange(wav, "b l -> b 1 l"), (pad, pad), mode="reflect")[:, 0]
         else:
-            x = wav.new_zeros(wav.shape[0], wav.shape[1] + 2 * pad)
-            for i, n in enumerate(lengths.tolist()):
-                x[i, : n + 2 * pad] = F.pad(wav[i : i + 1, None, :n], (pad, pad), mode="reflect")[0, 0]
+            x = _reflect_pad_each(wav, lengths.to(wav.device), pad)
         spec = torch.stft(x, self.n_fft, self.hop, window=self.window.float(), center=False, return_complex=True)
         # |X|^2 as re^2 + im^2: torchaudio's abs().pow(2) up to rounding, at a fraction of the complex abs's cost.
         power = torch.view_as_real(spec).pow(2).sum(-1)  # (b, f, s + 1)
         mel = torch.matmul(rearrange(power, "b f s -> b s f"), self.fb.float())[:, :-1]  # (b, s, m)
         db = 10.0 * torch.log10(mel.clamp(min=1e-10))
         return (db - self.mel_mean.float()) / self.mel_std.float().clamp(min=1e-5)
+
+
+def _reflect_pad_each(wav: Tensor, lengths: Tensor, pad: int) -> Tensor:
+    """``wav (b, l)``, ``lengths (b,)`` -> ``(b, l + 2 pad)``: item ``i`` is ``F.pad(wav[i, :n], (pad, pad),
+    "reflect")`` followed by zeros. One gather instead of a loop over items, so the lengths stay tensors (a
+    compiled graph neither breaks on them nor recompiles for every new length)."""
+    b, l = wav.shape
+    j = torch.arange(l + 2 * pad, device=wav.device) - pad  # (l + 2 pad,) position in the clip before reflecting
+    n = rearrange(lengths, "b -> b 1")
+    src = torch.where(j < 0, -j, torch.where(j >= n, 2 * (n - 1) - j, j))  # (b, l + 2 pad)
+    inside = (j < n + pad) & (src >= 0)
+    x = torch.gather(wav, 1, src.clamp(0, l - 1))
+    return x.masked_fill(~inside, 0.0)
 
 
 # --------------------------------------------------------------------------------------------- ConvNeXt-V2 (MERT-v2)

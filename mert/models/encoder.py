@@ -183,7 +183,7 @@ class Encoder(EncoderNetwork):
         depth = None if idx is None else max(idx)
         wav, lengths = self._prepare(wav, lengths, sample_rate)
         if chunk_seconds is None:
-            return self._encode(wav, lengths, pred_mask, depth=depth)
+            return self._encode_pass(wav, lengths, pred_mask, depth=depth)
         if pred_mask is not None:
             raise ValueError("pred_mask cannot be combined with chunk_seconds (masking is for training passes)")
         return self._encode_chunked(wav, lengths, chunk_seconds, overlap_seconds, chunk_batch_size, keep=idx)
@@ -379,7 +379,7 @@ class Encoder(EncoderNetwork):
         n_samples = lengths.tolist() if lengths is not None else [l] * b
         depth = None if keep is None else max(keep)
         if max(n_samples) <= window:
-            return self._encode(wav, lengths, depth=depth)  # fits one window: exactly a single pass
+            return self._encode_pass(wav, lengths, depth=depth)  # fits one window: exactly a single pass
         n_frames = [int(self.frame_lengths(n)) for n in n_samples]
         t_max = max(n_frames)
         out_states: list[Tensor] | None = None
@@ -401,7 +401,7 @@ class Encoder(EncoderNetwork):
                 for k in range(0, len(group), batch):
                     part = group[k : k + batch]
                     chunk = torch.stack([wav[i, starts[j] : ends[j]] for j in part])
-                    res = self._encode(chunk, None, depth=depth)
+                    res = self._encode_pass(chunk, None, depth=depth)
                     if out_states is None:
                         d = res.last_hidden_state.shape[-1]
                         kept = range(len(res.hidden_states)) if keep is None else set(keep)
@@ -496,7 +496,7 @@ class Encoder(EncoderNetwork):
         try:
             wav, lengths = self._prepare(wav, None, sample_rate)
             if chunk_seconds is None:
-                out = self._encode(wav, lengths, depth=max(idx))
+                out = self._encode_pass(wav, lengths, depth=max(idx))
             else:
                 out = self._encode_chunked(
                     wav, lengths, chunk_seconds, overlap_seconds, chunk_batch_size, keep=idx, mean=pool == "mean"
@@ -512,6 +512,71 @@ class Encoder(EncoderNetwork):
                 "samples in [-1, 1]; scale it before embedding"
             )
         return x
+
+    # ------------------------------------------------------------------ compilation
+    def compile(
+        self,
+        enabled: bool = True,
+        *,
+        mode: str | None = None,
+        dynamic: bool | None = None,
+        fullgraph: bool = False,
+        backend: str = "inductor",
+        options: dict[str, Any] | None = None,
+    ) -> Encoder:
+        """Run the network through :func:`torch.compile` from the next call on; returns ``self``.
+
+        What is compiled is the tensor part of :meth:`forward` (front end, mask embedding, transformer or
+        Conformer, for every call: plain, ``layers=``, ``chunk_seconds=`` windows, :meth:`embed`); the input
+        checks, resampling and window bookkeeping stay eager, so bad input still gets its error message. The
+        module itself is not wrapped: ``state_dict()`` keys stay as they are (no ``_orig_mod.`` prefix) and
+        checkpoints load into an eager encoder. Outputs equal eager ones up to float rounding. The first call
+        for each input layout compiles (seconds to minutes); a new batch or clip length compiles once more with
+        dynamic shapes (``dynamic=None``), after which lengths change freely. CPU compilation needs a C++
+        compiler on ``PATH`` (``g++``); ``docs/embeddings.md`` says what to do when compiling fails.
+
+        Args:
+            enabled: False returns to the eager network.
+            mode, dynamic, fullgraph, backend, options: as :func:`torch.compile` takes them (``mode=None`` is
+                torch's default; ``"max-autotune"`` searches kernels longer on GPUs).
+        """
+        self.__dict__.pop("_compiled_encode", None)
+        if not enabled:
+            self.__dict__.pop("_compile_options", None)
+            return self
+        if any(getattr(m, "mert_int8", False) for m in self.modules()):
+            warnings.warn(
+                "compiled, the encoder runs its linear layers in its float dtype: quantize_int8() does not apply "
+                "to a compiled encoder (call enc.compile(False) to use int8)",
+                stacklevel=2,
+            )
+        # The settings travel with the module (pickled to spawned DDP ranks, deep-copied); the compiled function
+        # is made on the first call in each process and each copy (see _encode_pass).
+        options = dict(mode=mode, dynamic=dynamic, fullgraph=fullgraph, backend=backend, options=options)
+        self.__dict__["_compile_options"] = options
+        return self
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether :meth:`compile` is on."""
+        return "_compile_options" in self.__dict__
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_compiled_encode", None)  # compiled code is per process; the settings rebuild it
+        return state
+
+    def _encode_pass(
+        self, wav: Tensor, lengths: Tensor | None, pred_mask: Tensor | None = None, depth: int | None = None
+    ) -> EncoderOutput:
+        options = self.__dict__.get("_compile_options")
+        if options is None or torch.compiler.is_compiling():
+            return self._encode(wav, lengths, pred_mask, depth=depth)
+        fn = self.__dict__.get("_compiled_encode")
+        if fn is None:
+            # The unbound function, called with the encoder as an argument: a module's own code, whatever copy.
+            fn = self.__dict__["_compiled_encode"] = torch.compile(type(self)._encode, **options)
+        return fn(self, wav, lengths, pred_mask, depth=depth)
 
     # ------------------------------------------------------------------ precision
     def fast(self) -> Encoder:

@@ -25,6 +25,9 @@ and every use of a private torch API (``torch.ops.mkldnn.*``, ``torch.ops.aten.g
 * :func:`conv1d`: ``F.conv1d``, except for a bf16 conv on CPU whose oneDNN kernel gives wrong numbers on this
   CPU (checked once per layout, :func:`onednn_bf16_conv_ok`), which runs in float32 instead.
 
+Under :func:`torch.compile` (``Encoder.compile``) every dispatch point takes the reference form, which the
+compiler fuses itself, except that bf16 convs on CPU run in float32 there.
+
 Each fast form gives the reference's numbers up to float rounding (``tests/test_fast_path.py``); the figures
 that justify each are in ``docs/benchmarks.md`` and ``docs/notes/2026-12-01-cpu-speed.md`` (an Intel CPU with AMX:
 ``docs/notes/2026-12-07-bf16-on-amx.md``), measured with the benchmark named at the dispatch point.
@@ -137,6 +140,8 @@ def inference_cached(
     """``make()``, cached on ``owner`` under ``name`` until one of ``params`` changes (updated in place: its
     version counter moves; replaced by ``load_state_dict``; moved or cast) or ``variant`` does (a setting that
     changes what ``make`` builds, such as :data:`PACK_WEIGHTS`). The new value replaces the old one."""
+    if torch.compiler.is_compiling():
+        return make()  # the cache is Python state dynamo cannot trace; the compiled graph computes it in place
     # Inference tensors (parameters made under inference_mode) have no version counter; they cannot be updated
     # in place outside inference_mode either.
     key = (variant, *((-1 if p.is_inference() else p._version, p.data_ptr(), p.dtype, p.device) for p in params))
@@ -219,6 +224,11 @@ def linear(
     """
     if gelu and add is not None:
         raise ValueError("linear: pass gelu or add, not both")
+    if torch.compiler.is_compiling():
+        # Under torch.compile the reference ops: the compiler fuses them itself, and the oneDNN and int8 kernels
+        # are opaque to it (their availability checks are graph breaks).
+        y = F.linear(x, weight, bias)
+        return F.gelu(y) if gelu else (y if add is None else y + add)
     if _use_int8(x, owner):  # opt-in (Encoder.quantize_int8): dynamic int8, activations quantised per call
         assert owner is not None
         packed = inference_cached(owner, "int8", (weight, *([bias] if bias is not None else [])),
@@ -411,7 +421,7 @@ def conv_frontend(frontend: nn.Module, wav: Tensor, lengths: Tensor | None) -> T
     would lose the quiet parts of the signal); the others in the weights' dtype.
     """
     convs = frontend.convs
-    if not _gemm_form_fits(convs):
+    if torch.compiler.is_compiling() or not _gemm_form_fits(convs):  # the compiler lowers the plain convs itself
         return frontend.reference(wav, lengths)
     x = rearrange(wav, "b l -> b l 1")
     folded = None
@@ -457,6 +467,7 @@ def _use_shifted_attention(q: Tensor, dropout_p: float) -> bool:
     # (docs/notes/2026-12-01-cpu-speed.md).
     return (
         _SHIFTED_ATTENTION_WINS
+        and not torch.compiler.is_compiling()
         and dropout_p == 0.0
         and q.device.type == "cpu"
         and q.dtype == torch.bfloat16
@@ -611,6 +622,15 @@ def conv1d(
     if isinstance(padding, str):
         return F.conv1d(x, weight, bias, stride, padding, dilation, groups)
     autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if torch.compiler.is_compiling():
+        # The per-layout probe below is Python state the compiler cannot trace: compiled, every bf16 conv on CPU
+        # runs in float32 (inductor would otherwise call the same oneDNN kernel); everything else is F.conv1d.
+        if x.device.type == "cpu" and (autocast_bf16 or x.dtype == torch.bfloat16):
+            with torch.autocast("cpu", enabled=False):
+                y = F.conv1d(x.float(), weight.float(), None if bias is None else bias.float(), stride, padding,
+                             dilation, groups)  # fmt: skip
+            return y.to(torch.bfloat16)
+        return F.conv1d(x, weight, bias, stride, padding, dilation, groups)
     if (
         x.device.type == "cpu"
         and _ONEDNN_BF16

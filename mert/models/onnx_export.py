@@ -96,7 +96,7 @@ def export_onnx(
             f"onnx); onnxruntime reads opset {MIN_OPSET} since version 1.14"
         )
     idx = parse_layers(layers, encoder.config.num_hidden_states)
-    enc = copy.deepcopy(encoder).to(device="cpu", dtype=torch.float32).eval()
+    enc = copy.deepcopy(encoder).to(device="cpu", dtype=torch.float32).eval().compile(False)  # traced eagerly
     # One front-end tile whatever the length: the tiling loop would otherwise be traced for the example's length.
     enc.frontend.tile_frames = 1 << 40
     for p in enc.parameters():

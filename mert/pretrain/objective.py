@@ -216,6 +216,35 @@ class MERTObjective(nn.Module):
             teacher._apply(fn, recurse)
         return self
 
+    def compile(self, enabled: bool = True, *, mode: str | None = None, dynamic: bool | None = None) -> MERTObjective:
+        """Compile the student's hot path with :func:`torch.compile`, in place; returns ``self``.
+
+        The encoder's network (:meth:`mert.Encoder.compile`) and the prediction heads are compiled; masking,
+        mixing, the teachers (frozen, under ``no_grad``) and the loss bookkeeping stay eager. Nothing is
+        wrapped, so ``state_dict()`` keys do not change. The heads see a different number of masked frames every
+        step, so they compile with dynamic shapes unless ``dynamic=False``.
+        """
+        self.encoder.compile(enabled, mode=mode, dynamic=dynamic)
+        self._compile_options = dict(mode=mode, dynamic=dynamic) if enabled else None
+        self._compile_heads()
+        return self
+
+    def _compile_heads(self) -> None:
+        options = self.__dict__.get("_compile_options")
+        for head in (self.code_head, self.feature_head):
+            if head is None:
+                continue
+            if options is not None:  # dynamic from the start: the masked-frame count changes every step
+                dynamic = True if options["dynamic"] is None else options["dynamic"]
+                head.compile(mode=options["mode"], dynamic=dynamic)
+            else:
+                head._compiled_call_impl = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # nn.Module drops compiled forwards when pickled (a spawned DDP rank gets this module by pickle).
+        super().__setstate__(state)
+        self._compile_heads()
+
     def teacher_settings(self) -> dict[str, Any]:
         """JSON-able description of the teachers, for checkpoints' ``meta.json``."""
         return {role: t.settings() for role, t in self._teachers.items()}
