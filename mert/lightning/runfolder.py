@@ -69,6 +69,12 @@ NON_SCIENTIFIC_KEYS = (
     "data.shards",
     "data.dataset.entries_or_manifest_path",
     "data.dataset.path_or_dir_or_list_of_tars",
+    # Validation reads held-out data and learns nothing from it.
+    "data.valid",
+    "data.valid_every_n_steps",
+    "data.valid_max_batches",
+    "data.valid_crop_seconds",
+    "data.valid_min_seconds",
 )
 
 
