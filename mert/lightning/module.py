@@ -191,8 +191,13 @@ class PretrainModule(pl.LightningModule):
         wav, lengths, index = batch["wav"], batch["lengths"], batch["index"]
         sums = self._val_sums
         sums["skipped_files"] += int(batch.get("n_skipped", 0))
-        if wav.shape[0] == 0:
-            return  # only padding or unreadable files on this rank
+        if wav.shape[0] == 0:  # only padding or unreadable files in this micro-batch
+            if self.trainer.world_size > 1:
+                # The other ranks run a forward now; a sharded model (FSDP) gathers its weights inside it, so this
+                # rank runs one too, on a second of silence, and scores nothing.
+                silence = torch.zeros(1, self.objective.encoder.sample_rate, device=wav.device)
+                self.objective(silence, generator=torch.Generator().manual_seed(0), sample_seeds=[0])
+            return
         out = self.objective(
             wav,
             lengths,
