@@ -169,6 +169,25 @@ def test_training_is_identical_with_and_without_validation(tmp_path, valid_manif
 
 
 @pytest.mark.slow
+def test_resume_adds_validation_in_the_same_folder_and_keeps_the_steps(tmp_path, valid_manifest):
+    """A run started without validation resumes with data.valid added (same folder, not refused), trains as the
+    uninterrupted run, and logs every row at its step (a resume at a validation step once shifted them by one)."""
+    common = [*SMALL, "logger=csv", f"runs_root={tmp_path / 'runs'}"]
+    with_valid = [f"data.valid={valid_manifest}", "data.valid_every_n_steps=2"]
+    assert cli(["pretrain", *common, *with_valid, "name=full", "trainer.max_steps=4"]) == 0
+    assert cli(["pretrain", *common, "name=res", "trainer.max_steps=2"]) == 0
+    assert cli(["pretrain", *common, *with_valid, "name=res", "trainer.max_steps=4"]) == 0
+    full_dirs, res_dirs = [sorted((tmp_path / "runs" / n).iterdir()) for n in ("full", "res")]
+    assert len(res_dirs) == 1 and [d.name for d in full_dirs] == [d.name for d in res_dirs]
+    full, res = full_dirs[0], res_dirs[0]
+    assert len(list((res / "csv").glob("version_*"))) == 2  # two launches, one folder
+    assert _column(res, "train/loss") == _column(full, "train/loss")
+    assert sorted(_column(res, "train/loss")) == [0, 1, 2, 3]
+    assert sorted(_column(res, "lr-AdamW")) == [0, 1, 2, 3]
+    assert _column(full, "val/loss").keys() == {2, 4} and _column(res, "val/loss") == {4: _column(full, "val/loss")[4]}
+
+
+@pytest.mark.slow
 def test_shards_validation_with_cached_targets(tmp_path, valid_manifest):
     """Whole 2 s segments with the teachers' targets cached score as the same audio with targets computed in the
     step."""

@@ -372,6 +372,10 @@ def _run_locked(
 
         callbacks_cfg = monitored_checkpoints_after_validation(callbacks_cfg)
     callbacks = list(instantiate(callbacks_cfg).values()) if callbacks_cfg else []
+    if valid is not None:
+        from mert.lightning.validation import LoggingStepAfterResume
+
+        callbacks.insert(0, LoggingStepAfterResume())  # before LearningRateMonitor logs
     guard = RunGuard(str(last), cfg.get("checkpoint_every_minutes"))
     callbacks += [guard, FinalCheckpoint(str(last))]
     loggers = list(instantiate(cfg.logger)) if cfg.get("logger") else False

@@ -23,9 +23,15 @@ from torch.utils.data import Dataset, Sampler
 
 from mert.data.datasets import collate_audio
 
+try:
+    import lightning.pytorch as pl
+except ImportError as e:  # pragma: no cover - the train extra is missing
+    raise ImportError("training needs the train extra: pip install 'mert[train]'") from e
+
 __all__ = [
     "VALID_SEED",
     "ValidSampler",
+    "LoggingStepAfterResume",
     "build_valid_dataset",
     "check_monitors",
     "collate_valid",
@@ -231,3 +237,18 @@ def monitored_checkpoints_after_validation(callbacks: Any) -> Any:
                 node.train_time_interval = None
                 node.every_n_epochs = 1
     return out
+
+
+class LoggingStepAfterResume(pl.Callback):
+    """Keep the loggers' step equal to the optimiser step after a resume at a validation step.
+
+    A run resumed from a checkpoint saved when training ended (``last.ckpt``) at a step where validation was due
+    passes once through Lightning's "validation already ran" path, which counts one optimiser step more for the
+    loggers without training one: every later row would be written one step late. Between micro-batches the two
+    counters are equal in every other case, so this sets one to the other before anything logs (place it first).
+    """
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        if loop._batches_that_stepped != trainer.global_step:
+            loop._batches_that_stepped = trainer.global_step
