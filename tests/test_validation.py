@@ -232,6 +232,14 @@ def test_validation_mistakes_are_one_line_errors(tmp_path, capsys, override, mes
     assert not (tmp_path / "r").exists()  # refused before the run folder is made
 
 
+def test_a_monitor_that_validation_does_not_log_is_refused(tmp_path, capsys, valid_manifest):
+    args = [*TINY, f"data.valid={valid_manifest}", "callbacks.model_checkpoint.monitor=val/los"]
+    status = cli(["pretrain", *args, f"run_dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err
+    assert status != 0 and "monitor=val/los is not a validation metric" in err and "val/code_acc" in err, err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_validation_shards_from_other_teachers_are_refused(tmp_path, capsys, valid_manifest):
     from mert.targets import RandomProjectionTargets
 

@@ -161,6 +161,14 @@ class PretrainModule(pl.LightningModule):
         return loss
 
     # ------------------------------------------------------------------ validation
+    def validation_metric_names(self) -> list[str]:
+        """The metrics every evaluation logs (``val/loss``, ``val/code_acc``, per term and codebook, counts)."""
+        empty = self.objective.empty_output("cpu")
+        names = ["val/loss", *(f"val/{k}" for k in sorted(empty.terms))]
+        if empty.correct is not None:
+            names += [f"val/acc_code_{i}" for i in range(empty.correct.shape[0])] + ["val/code_acc"]
+        return names + ["val/masked_frames", "val/items", "val/skipped_files"]
+
     def on_validation_epoch_start(self) -> None:
         # Training draws from the global RNGs only after reseeding them, but nothing the evaluation touches may
         # leave them elsewhere than it found them (a run with and without validation trains identically).
@@ -170,13 +178,14 @@ class PretrainModule(pl.LightningModule):
 
         self._rng_states = (
             torch.get_rng_state(),
-            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
             np.random.get_state(),
             random.getstate(),
         )
         # Sums over this rank's items, keyed as a real forward's terms (an empty output names them without data).
+        # Kept on the device (float64): no host sync per batch.
         empty = self.objective.empty_output("cpu")
-        zero = torch.zeros((), dtype=torch.float64)
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_sums = {"loss": zero.clone(), "masked_frames": zero.clone(), "items": zero.clone()}
         self._val_sums["skipped_files"] = zero.clone()
         self._val_sums.update({k: zero.clone() for k in sorted(empty.terms)})
@@ -206,13 +215,13 @@ class PretrainModule(pl.LightningModule):
             sample_seeds=[_mix(VALID_SEED, 3, int(i)) for i in index],
         )
         sums["items"] += wav.shape[0]
-        sums["loss"] += out.loss_sum.detach().double().cpu()
-        sums["masked_frames"] += out.n_masked.double().cpu()
+        sums["loss"] += out.loss_sum.detach().double()
+        sums["masked_frames"] += out.n_masked.double()
         for k, v in out.terms.items():
-            sums[k] += v.detach().double().cpu()
+            sums[k] += v.detach().double()
         if out.correct is not None:
-            for i, c in enumerate(out.correct.tolist()):
-                sums[f"correct_{i}"] += c
+            for i in range(out.correct.shape[0]):
+                sums[f"correct_{i}"] += out.correct[i].double()
 
     def on_validation_epoch_end(self) -> None:
         import random
@@ -221,7 +230,7 @@ class PretrainModule(pl.LightningModule):
 
         keys = list(self._val_sums)
         # One all-reduce of the sums: exact dataset-level ratios, whatever the split of the items over ranks.
-        packed = torch.stack([self._val_sums[k] for k in keys]).to(self.device)
+        packed = torch.stack([self._val_sums[k] for k in keys])
         packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
         total = dict(zip(keys, packed.double().cpu()))
         n = total["masked_frames"].clamp(min=1.0)

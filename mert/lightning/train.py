@@ -350,10 +350,13 @@ def _run_locked(
     module.reapply_optimizer = any(k.split(".")[0] in ("optim", "scheduler", "frontend_lr_mult") for k in changed)
     check_cached_targets(dataset, objective.teacher_settings())
     if valid is not None:
+        from mert.lightning.validation import check_monitor_names
+
         try:
             check_cached_targets(valid, objective.teacher_settings())
         except ValueError as e:
             raise ValueError(f"data.valid={cfg.data.valid}: {e}") from None
+        check_monitor_names(cfg, module.validation_metric_names())
     from mert.lightning.validation import valid_schedule
 
     every, most = valid_schedule(cfg) if valid is not None else (0, None)

@@ -33,6 +33,7 @@ __all__ = [
     "ValidSampler",
     "LoggingStepAfterResume",
     "build_valid_dataset",
+    "check_monitor_names",
     "check_monitors",
     "collate_valid",
     "monitored_checkpoints_after_validation",
@@ -217,6 +218,18 @@ def check_monitors(cfg: Any) -> None:
             raise ValueError(
                 f"callbacks.{name}.monitor={monitor} needs validation data: set data.valid=MANIFEST_OR_SHARDS, "
                 f"or drop the monitor (callbacks.{name}.monitor=null)"
+            )
+
+
+def check_monitor_names(cfg: Any, names: list[str]) -> None:
+    """Refuse a checkpoint monitoring a ``val/`` metric that validation does not log (Lightning would stop the run
+    at the first evaluation), naming the ones it does."""
+    for name, node in _checkpoint_nodes(_select(cfg, "callbacks")):
+        monitor = node.get("monitor")
+        if isinstance(monitor, str) and monitor.startswith("val/") and monitor not in names:
+            raise ValueError(
+                f"callbacks.{name}.monitor={monitor} is not a validation metric of this run; choose one of "
+                f"{', '.join(names)}"
             )
 
 
