@@ -186,7 +186,9 @@ class AudioDataModule(pl.LightningDataModule):
             collate_fn=collate_valid,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            # Workers start for each evaluation and exit after it: between evaluations the run holds only the
+            # training loader's processes, as without validation.
+            persistent_workers=False,
             # Its own generator: creating the loader's iterator must not draw from the training process's RNG.
             generator=torch.Generator().manual_seed(VALID_SEED),
         )
