@@ -4,6 +4,7 @@ metrics.csv and TensorBoard, a best checkpoint by val/loss, training untouched, 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,8 @@ def test_validation_in_csv_tensorboard_and_a_best_checkpoint(tmp_path, valid_man
         assert sorted(_column(run, key)) == [1, 2], key
     assert set(_column(run, "val/items").values()) == {5.0}
     assert sorted(_column(run, "train/loss")) == [0, 1]
+    latest = json.loads((run / "summary.json").read_text())["validation"]  # the latest evaluation
+    assert latest["step"] == 2 and latest["val/loss"] == pytest.approx(loss[2], rel=1e-6)
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -197,10 +200,11 @@ def test_shards_validation_with_cached_targets(tmp_path, valid_manifest):
     plain = _shards(valid_manifest, tmp_path / "plain")
     scores = {}
     for name, shards in (("cached", cached), ("plain", plain)):
-        args = [*SMALL, "logger=csv", "trainer.max_steps=1", f"data.valid={shards}", "data.valid_every_n_steps=1"]
+        args = [*SMALL, "logger=csv", "trainer.max_steps=1", f"data.valid={shards}", "data.valid_every_n_steps=1",
+                "data.valid_max_batches=3"]  # fmt: skip
         assert cli(["pretrain", *args, f"run_dir={tmp_path / ('r_' + name)}"]) == 0
         scores[name] = {k: float(v) for r in _rows(tmp_path / ("r_" + name)) for k, v in r.items() if "val/" in k and v}
-    assert scores["cached"]["val/items"] == 5
+    assert scores["cached"]["val/items"] == 3  # 3 batches of micro_batch_size 1
     assert scores["cached"] == pytest.approx(scores["plain"], rel=1e-5)
 
 
@@ -268,6 +272,9 @@ def test_ddp_cpu_validation_equals_one_process(tmp_path, valid_manifest):
     one = {k: float(v) for r in single for k, v in r.items() if k.startswith("val/") and v}
     two = {k: float(v) for r in ddp for k, v in r.items() if k.startswith("val/") and v}
     assert one["val/items"] == two["val/items"] == 5
+    # ddp_spawn trained in child processes: the summary still has their latest evaluation (from the checkpoint).
+    latest = json.loads((tmp_path / "ddp" / "summary.json").read_text())["validation"]
+    assert latest["step"] == 1 and latest["val/loss"] == pytest.approx(two["val/loss"], rel=1e-6)
     assert set(one) == set(two)
     for key, value in one.items():
         assert two[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key

@@ -104,6 +104,7 @@ class PretrainModule(pl.LightningModule):
         self._configured_groups: list[dict[str, Any]] = []
         self._val_sums: dict[str, Tensor] = {}  # this rank's validation sums (on_validation_epoch_start resets them)
         self._rng_states: tuple[Any, ...] | None = None  # the global RNGs as validation found them
+        self.last_validation: dict[str, float] | None = None  # the latest evaluation's metrics and its "step"
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -252,6 +253,7 @@ class PretrainModule(pl.LightningModule):
         if not self.trainer.sanity_checking:
             for logger in self.loggers:  # rank-zero-only methods
                 logger.log_metrics({k: float(v) for k, v in logs.items()}, step=self.global_step)
+            self.last_validation = {"step": self.global_step, **{k: float(v) for k, v in logs.items()}}
         cpu, cuda, np_state, py_state = self._rng_states
         torch.set_rng_state(cpu)
         if cuda is not None:
@@ -453,6 +455,8 @@ class PretrainModule(pl.LightningModule):
             "last_loss": None if not math.isfinite(self._last_loss()) else self._last_loss(),
             "data": self.data_identity,
         }
+        if self.last_validation is not None:
+            checkpoint["mert"]["last_validation"] = dict(self.last_validation)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("mert", {})
@@ -464,13 +468,14 @@ class PretrainModule(pl.LightningModule):
         # Checkpoints from before this counter trained on what they saw: count it as usable.
         self.usable_samples = int(state.get("usable_samples", self.samples_seen))
         self.health.load_state_dict(state.get("health") or {})
+        self.last_validation = state.get("last_validation")
 
     def summary(self) -> dict[str, Any]:
         """Training summary for ``meta.json``."""
         final = self._final or {"steps": self.global_step, "final_loss": self._last_loss()}
         loss = final["final_loss"]
         datamodule = self._trainer.datamodule if self._trainer is not None else None
-        return {
+        out = {
             "steps": int(final["steps"]),
             "micro_batches": self.micro_batches_seen,
             "samples_seen": self.samples_seen,
@@ -484,6 +489,9 @@ class PretrainModule(pl.LightningModule):
             "final_loss": None if loss is None or not math.isfinite(loss) else loss,
             "health_warnings": list(self.health.messages),
         }
+        if self.last_validation is not None:  # runs with data.valid: the latest evaluation
+            out["validation"] = dict(self.last_validation)
+        return out
 
     def _last_loss(self) -> float:
         value = self.trainer.callback_metrics.get("train/loss") if self._trainer is not None else None
