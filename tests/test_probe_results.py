@@ -296,3 +296,42 @@ def test_multirun_writes_under_runs_root_only(small_set, tmp_path, monkeypatch):
     assert names[0].endswith("_probe.max_epochs_3_probe.seeds_0") and names[1].endswith(
         "_probe.max_epochs_4_probe.seeds_0"
     )
+
+
+def _scored(res: dict, source: str, task: str, score: float) -> dict:
+    """A copy of ``res`` for another encoder and task whose best candidate scored ``score`` (a fraction)."""
+    r = copy.deepcopy(res)
+    r["encoder"] = dict(r["encoder"], source=source)
+    r["task"] = dict(r["task"], name=task)
+    best = r["results"]["best_candidate"]
+    r["results"]["candidates"][best]["test"][r["task"]["metrics"][0]]["mean"] = score
+    return r
+
+
+def test_learning_curve_averages_seeds_and_draws_random_and_hand_crafted_lines(one_run, tmp_path):
+    from mert.probe.run import learning_curve
+
+    encs = {}
+    for name, hours in (("demo-0", 4.0), ("demo-1", 4.0), ("hour-0", 60.0)):
+        enc = tmp_path / name
+        enc.mkdir()
+        (enc / "meta.json").write_text(json.dumps({"training": {"audio_hours_seen": hours}}))
+        (enc / "config.json").write_text(json.dumps({"name": "conformer_small"}))
+        encs[name] = str(enc)
+    scores = {  # (pitch, key)
+        encs["demo-0"]: (0.90, 0.60), encs["demo-1"]: (0.80, 0.70), encs["hour-0"]: (0.95, 0.85),
+        f"random:{encs['demo-0']}": (0.70, 0.50), "features:all": (0.96, 0.90), "m-a-p/MERT-v1-95M": (0.5, 0.5),
+    }  # fmt: skip
+    tasks = ("pitch", "key")
+    results = [_scored(one_run, src, task, s[i]) for src, s in scores.items() for i, task in enumerate(tasks)]
+    panels, skipped = learning_curve(results)
+    data = Path(one_run["data"]["manifest"]).name
+    mean = panels[f"{data}: mean over tasks"]
+    assert list(panels)[0] == f"{data}: mean over tasks" and len(panels) == 3
+    assert sorted(mean["curves"]["conformer_small"]) == [(4.0, pytest.approx(75.0)), (4.0, pytest.approx(75.0)),
+                                                          (60.0, pytest.approx(90.0))]  # fmt: skip
+    references = {"random conformer_small": pytest.approx(60.0), "hand-crafted (all)": pytest.approx(93.0)}
+    assert mean["references"] == references
+    metric = one_run["task"]["metrics"][0]
+    assert panels[f"{data}: key ({metric})"]["curves"]["conformer_small"][2] == (60.0, pytest.approx(85.0))
+    assert skipped == ["m-a-p/MERT-v1-95M: audio-hours seen unknown, left out of the plot"]

@@ -1,7 +1,8 @@
 """``mert data manifest``, ``mert data shard`` and ``mert synth``: prepare a corpus for pretraining.
 
     mert data manifest AUDIO_DIR --out train.tsv [--min-seconds 3] [--valid-percent 1 --valid-out valid.tsv]
-    mert data shard train.tsv --out shards/ [--code-teacher NAME] [--feature-teacher NAME] [--teacher-arg K=V]
+    mert data shard train.tsv --out shards/ (or s3://bucket/prefix) [--code-teacher NAME] [--feature-teacher NAME]
+        [--teacher-arg K=V]
 
     mert synth OUT.wav [--seconds 10] [--seed 0]
 
@@ -31,7 +32,7 @@ _ACTIONS = {
     "shard": (
         "Write WebDataset-format tar shards of fixed audio segments, optionally with teacher targets.",
         ("manifest", "manifest TSV (from `mert data manifest`)"),
-        "output folder for shard-NNNNNN.tar and index.json",
+        "output folder, or an object-store URL (s3://bucket/prefix), for shard-NNNNNN.tar and index.json",
     ),
 }
 
@@ -168,9 +169,17 @@ def shard_cli(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--device", default="cpu", help="where teachers run (cpu, cuda)")
     ap.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    ap.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option for an --out URL (endpoint_url=http://host:9000); credentials: the environment",
+    )
     args = ap.parse_args(argv)
 
     from mert.data.manifest import read_manifest
+    from mert.data.remote import is_url
     from mert.data.shards import write_shards
 
     prog = "mert data shard"
@@ -192,12 +201,19 @@ def shard_cli(argv: list[str] | None = None) -> int:
 
     inputs = [args.manifest, *(e.path for e in entries)]
     inputs += [v for kw in kwargs.values() for v in kw.values() if isinstance(v, str) and Path(v).is_file()]
+    storage_options = {}
+    for option in args.storage_option:
+        key, eq, value = option.partition("=")
+        if not eq or not key:
+            print(f"{prog}: error: --storage-option {option!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        storage_options[key] = value
     outs = {"--out": args.out, "--report": args.report}
     try:  # before any work: shards or a report written over the manifest, an audio file or a teacher lose it
         for flag, out in outs.items():
-            if out:
+            if out and not (flag == "--out" and is_url(out)):  # a bucket cannot overwrite a local input
                 check_outputs([out, Path(out) / "index.json"] if flag == "--out" else [out], inputs, what=flag)
-        check_outputs([o for o in outs.values() if o])
+        check_outputs([o for o in outs.values() if o and not is_url(o)])
     except UnsafeOutputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -205,9 +221,9 @@ def shard_cli(argv: list[str] | None = None) -> int:
         result = write_shards(
             entries, args.out, sample_rate=args.sample_rate, segment_seconds=args.segment_seconds,
             min_seconds=args.min_seconds, shard_size=args.shard_size, teachers=teachers, batch_size=args.batch_size,
-            device=args.device, overwrite=args.overwrite, progress=not args.quiet,
+            device=args.device, overwrite=args.overwrite, progress=not args.quiet, storage_options=storage_options,
         )  # fmt: skip
-    except (FileExistsError, ValueError) as e:
+    except (FileExistsError, ValueError, OSError, ImportError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
     _report_skipped(prog, result.skipped, args.report)

@@ -33,6 +33,7 @@ import math
 import os
 import re
 import tarfile
+import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from mert.data.manifest import ManifestEntry
 from mert.fileio import open_atomic, write_json_atomic
 from mert.models.config import frame_lengths, receptive_field
 
-__all__ = ["INDEX_NAME", "ShardDataset", "ShardWriteResult", "write_shards"]
+__all__ = ["INDEX_NAME", "ShardDataset", "ShardWriteResult", "decode_sample", "write_shards"]
 
 log = logging.getLogger("mert.data")
 
@@ -64,8 +65,8 @@ class ShardWriteResult:
     """What :func:`write_shards` wrote.
 
     Attributes:
-        out_dir: the shard folder.
-        shards: tar files written, in order.
+        out_dir: the shard folder (or URL).
+        shards: tar files written, in order (URLs when written to object storage).
         shard_sizes: samples per shard.
         num_samples_written: segments written over all shards.
         num_files: source files that contributed at least one segment.
@@ -74,8 +75,8 @@ class ShardWriteResult:
         skipped: ``(path, reason)`` for source files left out.
     """
 
-    out_dir: Path
-    shards: list[Path] = field(default_factory=list)
+    out_dir: Path | str
+    shards: list[Path | str] = field(default_factory=list)
     shard_sizes: list[int] = field(default_factory=list)
     num_samples_written: int = 0
     num_files: int = 0
@@ -102,8 +103,8 @@ def _load_npy(data: bytes) -> np.ndarray:
 class _ShardWriter:
     """Appends samples to ``shard-NNNNNN.tar`` files of ``shard_size`` samples; each shard appears atomically."""
 
-    def __init__(self, out_dir: Path, shard_size: int):
-        self.out_dir, self.shard_size = out_dir, shard_size
+    def __init__(self, out_dir: Path, shard_size: int, publish: Callable[[Path], str | Path] | None = None):
+        self.out_dir, self.shard_size, self.publish = out_dir, shard_size, publish
         self.shards: list[Path] = []
         self.sizes: list[int] = []
         self._file: Any = None
@@ -138,7 +139,7 @@ class _ShardWriter:
         self._tar.close()
         self._tmp.__exit__(None, None, None)  # flushed, fsynced, renamed: a shard appears complete or not at all
         final = self.out_dir / _SHARD_NAME.format(len(self.shards))
-        self.shards.append(final)
+        self.shards.append(self.publish(final) if self.publish else final)
         self.sizes.append(self._count)
         self._tar = self._file = self._tmp = None
 
@@ -256,12 +257,15 @@ def write_shards(
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     progress: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ShardWriteResult:
     """Cut every file into fixed segments and write them (with teacher targets) to tar shards.
 
     Args:
         entries_or_manifest: manifest entries, or the path of a manifest TSV.
-        out_dir: output folder (created).
+        out_dir: output folder (created), or a URL (``s3://bucket/prefix``, any fsspec URL): each shard is built
+            in a local temporary folder, uploaded when complete and deleted, ``index.json`` last, so readers never
+            see an index naming a missing shard and the local disk holds one shard at a time.
         sample_rate: files are mixed down to mono and resampled to this rate.
         segment_seconds: segment length; a file gives ``floor(duration / segment_seconds)`` full segments plus its
             remainder when that is at least ``min_seconds``.
@@ -274,15 +278,13 @@ def write_shards(
         device: where teachers run; audio is moved there and targets back to the CPU.
         overwrite: replace the shards and index of a previous run in ``out_dir``.
         progress: show a tqdm progress bar over files.
+        storage_options: fsspec options for a URL ``out_dir`` (``endpoint_url``, ...).
     Returns:
         A :class:`ShardWriteResult`; unreadable, too short and non-finite files are in ``skipped``.
     Raises:
         FileExistsError: ``out_dir`` already holds shards and ``overwrite`` is False.
         ValueError: bad arguments, or a teacher returning targets of the wrong shape.
     """
-    from mert.audio import load_audio
-    from mert.progress import progress_bar
-
     if segment_seconds <= 0 or not 0 < min_seconds <= segment_seconds:
         raise ValueError(f"need 0 < min_seconds <= segment_seconds, got {min_seconds}, {segment_seconds}")
     if shard_size < 1 or batch_size < 1:
@@ -295,7 +297,74 @@ def write_shards(
         if rate != sample_rate:
             raise ValueError(f"teacher {role!r} expects {rate} Hz audio but shards are written at {sample_rate} Hz")
     entries = load_entries(entries_or_manifest)
-    out_dir = Path(out_dir).expanduser().absolute()
+    from mert.data.remote import is_url
+
+    if is_url(out_dir):
+        with tempfile.TemporaryDirectory(prefix="mert-shards-") as staging:
+            return _write_shards_to_url(
+                entries, str(out_dir), Path(staging), dict(storage_options or {}), overwrite=overwrite,
+                sample_rate=sample_rate, segment_seconds=segment_seconds, min_seconds=min_seconds,
+                shard_size=shard_size, teachers=teachers, batch_size=batch_size, device=device, progress=progress,
+            )  # fmt: skip
+    return _write_shards(
+        entries, Path(out_dir).expanduser().absolute(), overwrite=overwrite, sample_rate=sample_rate,
+        segment_seconds=segment_seconds, min_seconds=min_seconds, shard_size=shard_size, teachers=teachers,
+        batch_size=batch_size, device=device, progress=progress,
+    )  # fmt: skip
+
+
+def _write_shards_to_url(
+    entries: Sequence[ManifestEntry],
+    url: str,
+    staging: Path,
+    storage_options: dict[str, Any],
+    *,
+    overwrite: bool,
+    **kwargs: Any,
+) -> ShardWriteResult:
+    """:func:`write_shards` to object storage: shards built in ``staging``, each uploaded then deleted."""
+    from mert.data.remote import filesystem, upload, url_join
+
+    if url.startswith("pipe:"):
+        raise ValueError(f"shards cannot be written to a command ({url}); pass a folder or an object-store URL")
+    url = url.rstrip("/")
+    fs, root = filesystem(url, storage_options)
+    old = sorted(fs.glob(url_join(root, "shard-*.tar"))) + [p for p in [url_join(root, INDEX_NAME)] if fs.exists(p)]
+    if old and not overwrite:
+        raise FileExistsError(f"{url} already holds shards ({old[0].rsplit('/', 1)[-1]}, ...); pass --overwrite")
+    for p in sorted(old, key=lambda p: not p.endswith(INDEX_NAME)):  # the index first: no reader sees a partial set
+        fs.rm_file(p)
+
+    def publish(local: Path) -> str:
+        remote = url_join(url, local.name)
+        upload(local, remote, storage_options)
+        local.unlink()
+        return remote
+
+    result = _write_shards(entries, staging, overwrite=False, publish=publish, **kwargs)
+    publish(staging / INDEX_NAME)
+    result.out_dir = url
+    return result
+
+
+def _write_shards(
+    entries: Sequence[ManifestEntry],
+    out_dir: Path,
+    *,
+    sample_rate: int,
+    segment_seconds: float,
+    min_seconds: float,
+    shard_size: int,
+    teachers: dict[str, Callable[[Tensor], Tensor]],
+    batch_size: int,
+    device: str | torch.device,
+    overwrite: bool,
+    progress: bool,
+    publish: Callable[[Path], str] | None = None,
+) -> ShardWriteResult:
+    from mert.audio import load_audio
+    from mert.progress import progress_bar
+
     out_dir.mkdir(parents=True, exist_ok=True)
     old = sorted(out_dir.glob("shard-*.tar")) + [p for p in [out_dir / INDEX_NAME] if p.exists()]
     if old and not overwrite:
@@ -306,7 +375,7 @@ def write_shards(
     seg_n = int(round(segment_seconds * sample_rate))
     min_n = int(round(min_seconds * sample_rate))
     result = ShardWriteResult(out_dir=out_dir, roles=sorted(teachers))
-    writer = _ShardWriter(out_dir, shard_size)
+    writer = _ShardWriter(out_dir, shard_size, publish)
     pending: list[_Segment] = []
 
     # Teachers with memory run over each whole file (then cropped per segment), the others per segment in batches.
@@ -391,7 +460,9 @@ def write_shards(
         "num_samples": result.num_samples_written,
         "num_files": result.num_files,
         "seconds": round(result.seconds_written, 3),
-        "shards": [{"name": p.name, "num_samples": k} for p, k in zip(result.shards, result.shard_sizes)],
+        "shards": [
+            {"name": str(p).rsplit("/", 1)[-1], "num_samples": k} for p, k in zip(result.shards, result.shard_sizes)
+        ],
         "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
     }
     write_json_atomic(out_dir / INDEX_NAME, index)
@@ -575,29 +646,41 @@ class ShardDataset(Dataset, SkipCounter):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         try:
-            wav = _load_npy(self._read(index, 0))
-            if wav.ndim != 1 or wav.shape[0] == 0 or wav.dtype.kind != "f":
-                raise ValueError(f"audio member must be a non-empty 1-D float array, got {wav.dtype} {wav.shape}")
-            if not np.isfinite(wav).all():
-                raise ValueError("audio contains NaN or infinite samples")
-            item: dict[str, Any] = {
-                "wav": torch.from_numpy(wav.astype(np.float32, copy=False)),
-                "length": int(wav.shape[0]),
-                "index": index,
-            }
-            targets = {}
-            for m, role in enumerate(self.roles, start=2):
-                data = self._read(index, m)
-                if data is None:
-                    # Silently dropping one role would make collate drop it for the whole batch.
-                    raise ValueError(f"member targets.{role}.npy is missing")
-                y = _load_npy(data)
-                if y.ndim < 1:
-                    raise ValueError(f"targets.{role} must have a frame axis, got shape {y.shape}")
-                targets[role] = torch.from_numpy(y)  # (t, ...)
-            if targets:
-                item["targets"] = targets
+            item = decode_sample(lambda m: self._read(index, m), self.roles)
+            item["index"] = index
         except Exception as e:  # corrupt member or unreadable shard: skip the sample, never stop training
             self.skip(f"{self.shard_path(index)}:{self.key(index)}", str(e) or type(e).__name__)
             return None
         return item
+
+
+def decode_sample(read: Callable[[int], bytes | None], roles: Sequence[str]) -> dict[str, Any]:
+    """A training item from a sample's members: ``read(0)`` the audio, ``read(2 + i)`` the targets of ``roles[i]``.
+
+    Returns:
+        ``{"wav": (l,) float32, "length": l, "targets": {role: (t, ...)}}`` (no ``targets`` without roles).
+    Raises:
+        ValueError: a missing or malformed member (callers skip the sample and count it).
+    """
+    data = read(0)
+    if data is None:
+        raise ValueError("member audio.npy is missing")
+    wav = _load_npy(data)
+    if wav.ndim != 1 or wav.shape[0] == 0 or wav.dtype.kind != "f":
+        raise ValueError(f"audio member must be a non-empty 1-D float array, got {wav.dtype} {wav.shape}")
+    if not np.isfinite(wav).all():
+        raise ValueError("audio contains NaN or infinite samples")
+    item: dict[str, Any] = {"wav": torch.from_numpy(wav.astype(np.float32, copy=False)), "length": int(wav.shape[0])}
+    targets = {}
+    for m, role in enumerate(roles, start=2):
+        data = read(m)
+        if data is None:
+            # Silently dropping one role would make collate drop it for the whole batch.
+            raise ValueError(f"member targets.{role}.npy is missing")
+        y = _load_npy(data)
+        if y.ndim < 1:
+            raise ValueError(f"targets.{role} must have a frame axis, got shape {y.shape}")
+        targets[role] = torch.from_numpy(y)  # (t, ...)
+    if targets:
+        item["targets"] = targets
+    return item

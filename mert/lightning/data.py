@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 try:
     import lightning.pytorch as pl
@@ -107,7 +107,7 @@ class AudioDataModule(pl.LightningDataModule):
 
     Args:
         dataset: a map-style dataset yielding mert item dicts (``CropDataset``, ``ShardDataset``,
-            ``SyntheticDataset``).
+            ``SyntheticDataset``), or a ``StreamingShards`` that yields whole micro-batches.
         global_batch_size: clips per optimiser step over all ranks (MERT-v1 training hyper-parameters: 1024 for 95M).
         micro_batch_size: clips per forward pass on one rank; accumulation is derived.
         num_workers: DataLoader worker processes per rank.
@@ -151,6 +151,20 @@ class AudioDataModule(pl.LightningDataModule):
                 "resume with a micro-batch size and number of ranks whose product divides it"
             )
         start = seen // per_pass
+        if isinstance(self.dataset, IterableDataset):
+            # A shard stream (URLs): each rank and worker reads shards of its own and batches them itself.
+            self.dataset.check_layout(self.num_workers, world)
+            self.dataset.plan(
+                rank=rank, world_size=world, micro_batch_size=self.micro_batch_size, start_micro_batch=start,
+                seed=self.seed,
+            )  # fmt: skip
+            return DataLoader(
+                self.dataset,
+                batch_size=None,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
         sampler = StreamSampler(
             len(self.dataset),
             micro_batch_size=self.micro_batch_size,

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mert.data.remote import is_url
 from mert.download import sha256_file
 
 __all__ = [
@@ -69,6 +70,10 @@ NON_SCIENTIFIC_KEYS = (
     "data.shards",
     "data.dataset.entries_or_manifest_path",
     "data.dataset.path_or_dir_or_list_of_tars",
+    "data.storage_options",
+    "data.dataset.storage_options",
+    "data.retries",
+    "data.dataset.retries",
     # Validation reads held-out data and learns nothing from it.
     "data.valid",
     "data.valid_every_n_steps",
@@ -202,15 +207,18 @@ def data_identity(cfg: Any, dataset: Any) -> dict[str, Any]:
     by its settings, which the config comparison already covers, and its length."""
     from omegaconf import OmegaConf
 
-    length = len(dataset) if hasattr(dataset, "__len__") else None
+    length = len(dataset) if hasattr(dataset, "__len__") else getattr(dataset, "num_samples", None)
     manifest = OmegaConf.select(cfg, "data.dataset.entries_or_manifest_path", default=None)
     if isinstance(manifest, str) and Path(manifest).is_file():
         return {"kind": "manifest", "sha256": sha256_file(Path(manifest)), "length": length}
     info = getattr(dataset, "info", None)
     tars = getattr(dataset, "tars", None)
-    if info or tars:
+    urls = getattr(dataset, "urls", None)
+    if info or tars or urls:
         if info:
             blob = json.dumps(info, sort_keys=True).encode()
+        elif urls:  # streamed shards without an index: their names (the bucket or host may change)
+            blob = json.dumps([u.rsplit("/", 1)[-1] for u in urls]).encode()
         else:
             blob = json.dumps([[Path(t).name, Path(t).stat().st_size] for t in tars]).encode()
         return {"kind": "shards", "sha256": hashlib.sha256(blob).hexdigest(), "length": length}
@@ -271,8 +279,8 @@ def preflight(cfg: Any) -> None:
         _check_folder(Path(dirpath), "callbacks.model_checkpoint.dirpath")
     for key in ("data.manifest", "data.shards"):
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-        if not isinstance(value, str):
-            continue
+        if not isinstance(value, str) or (key == "data.shards" and is_url(value)):
+            continue  # a URL is checked when the dataset opens its index
         path = Path(value)
         if not path.exists():
             raise FileNotFoundError(f"{key}={value} does not exist; pass the {key.split('.')[1]} to train on")

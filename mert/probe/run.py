@@ -47,6 +47,7 @@ __all__ = [
     "load_encoder",
     "load_results",
     "manifest_identity",
+    "learning_curve",
     "plot_hours",
     "probe_run_dir",
     "run",
@@ -773,8 +774,82 @@ def _find_key(obj: Any, key: str) -> Any:
     return None
 
 
+def _model_label(source: str) -> str:
+    """A family label for a curve: the encoder's model name (``config.json``) or the preset after ``random:``."""
+    path = source.split(":", 1)[1] if source.startswith("random:") else source
+    try:
+        name = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return str(name or (path if source.startswith("random:") else "pretrained"))
+
+
+def learning_curve(results: Sequence[dict]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """What :func:`plot_hours` draws: per panel, pretrained curves and reference lines.
+
+    Panels: ``"DATA: mean over tasks"`` (an encoder counts when it has every task of that data set) and one per
+    task ``"DATA: TASK (METRIC)"``. In each, ``curves[label]`` lists ``(hours, score %)`` of the pretrained
+    encoders of one model (each seed a point), and ``references[label]`` holds the score of a random encoder of
+    that model (``random MODEL``) or of hand-crafted features (``features: NAME``), averaged over repeats.
+
+    Returns:
+        ``(panels, skipped)``: skipped names each pretrained run whose audio-hours are unknown.
+    """
+    skipped: list[str] = []
+    per_encoder: dict[tuple[str, str], dict[str, float]] = {}  # (data, source) -> {task: score}
+    tasks: dict[str, list[str]] = {}
+    panels: dict[str, dict[str, Any]] = {}
+    kinds: dict[str, tuple[str, float | None]] = {}
+
+    def add(panel: str, source: str, score: float) -> None:
+        label, hours = kinds[source]
+        p = panels.setdefault(panel, {"curves": {}, "references": {}})
+        if hours is None:
+            p["references"].setdefault(label, []).append(score)
+        else:
+            p["curves"].setdefault(label, []).append((hours, score))
+
+    for r in results:
+        source = str(r["encoder"]["source"])
+        if source not in kinds:
+            if source.startswith("features:"):
+                kinds[source] = (f"hand-crafted ({source.split(':', 1)[1]})", None)
+            elif source.startswith("random:"):
+                kinds[source] = (f"random {_model_label(source)}", None)
+            else:
+                hours = audio_hours(r)
+                if hours is None or hours <= 0:
+                    skipped.append(f"{source}: audio-hours seen unknown, left out of the plot")
+                    kinds[source] = ("", -1.0)
+                else:
+                    kinds[source] = (_model_label(source), hours)
+        if kinds[source][1] == -1.0:
+            continue
+        data, task = Path(r["data"]["manifest"]).name, r["task"]["name"]
+        m = r["task"]["metrics"][0]
+        score = 100 * float(r["results"]["candidates"][r["results"]["best_candidate"]]["test"][m]["mean"])
+        add(f"{data}: {task} ({m})", source, score)
+        per_encoder.setdefault((data, source), {})[task] = score
+        if task not in tasks.setdefault(data, []):
+            tasks[data].append(task)
+    if len({t for ts in tasks.values() for t in ts}) > 1:
+        for (data, source), scores in per_encoder.items():
+            if set(scores) == set(tasks[data]):
+                add(f"{data}: mean over tasks", source, sum(scores.values()) / len(scores))
+    for p in panels.values():
+        p["references"] = {k: sum(v) / len(v) for k, v in p["references"].items()}
+    if not any(p["curves"] for p in panels.values()):
+        raise ValueError("no run has known audio-hours (audio_hours_seen in the encoder's meta.json or summary.json)")
+    mean_first = sorted(panels, key=lambda k: (not k.endswith("mean over tasks"), k))
+    return {k: panels[k] for k in mean_first}, skipped
+
+
 def plot_hours(results: Sequence[dict], path: str | os.PathLike) -> list[str]:
-    """Plot the best layer's test score against audio-hours seen (log x), one line per data set and task.
+    """Plot test scores against audio-hours seen in pretraining (log x): the mean over tasks first, then each task.
+
+    Each pretrained model is a curve through the average of its seeds at each budget (every seed a dot); random
+    encoders of the same shape and hand-crafted features (``random:...`` and ``features:...`` runs) are
+    horizontal reference lines.
 
     Returns:
         one message per run left out because its audio-hours are unknown.
@@ -788,32 +863,33 @@ def plot_hours(results: Sequence[dict], path: str | os.PathLike) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ValueError("--plot-hours needs matplotlib: pip install matplotlib") from None
-    skipped, series = [], {}
-    for r in results:
-        hours = audio_hours(r)
-        if hours is None or hours <= 0:
-            skipped.append(f"{r['encoder']['source']}: audio-hours seen unknown, left out of the plot")
-            continue
-        m = r["task"]["metrics"][0]
-        s = r["results"]["candidates"][r["results"]["best_candidate"]]["test"][m]
-        series.setdefault(f"{Path(r['data']['manifest']).name}: {r['task']['name']} ({m})", []).append((hours, s))
-    if not series:
-        raise ValueError("no run has known audio-hours (audio_hours_seen in the encoder's meta.json or summary.json)")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label, pts in series.items():
-        pts.sort(key=lambda t: t[0])
-        ax.errorbar(
-            [h for h, _ in pts],
-            [100 * s["mean"] for _, s in pts],
-            yerr=[100 * s["std"] for _, s in pts],
-            marker="o",
-            capsize=3,
-            label=label,
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("audio hours seen in pretraining")
-    ax.set_ylabel("test score, best layer (%)")
-    ax.legend(fontsize=8)
+    panels, skipped = learning_curve(results)
+    n = len(panels)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = sorted({k for p in panels.values() for k in [*p["curves"], *p["references"]]})
+    colour = {k: colours[i % len(colours)] for i, k in enumerate(labels)}
+    for ax, (title, panel) in zip(axes.flat, panels.items()):
+        for label, pts in panel["curves"].items():
+            by_hours: dict[float, list[float]] = {}
+            for h, v in pts:
+                by_hours.setdefault(h, []).append(v)
+            xs = sorted(by_hours)
+            ax.scatter([h for h, _ in pts], [v for _, v in pts], s=14, alpha=0.6, color=colour[label])
+            ax.plot(xs, [sum(by_hours[x]) / len(by_hours[x]) for x in xs], marker="o", color=colour[label],
+                    label=f"{label} (pretrained)")  # fmt: skip
+        for label, value in panel["references"].items():
+            style = ":" if label.startswith("hand-crafted") else "--"
+            ax.axhline(value, linestyle=style, color=colour[label], label=label)
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("audio hours seen in pretraining")
+        ax.set_ylabel("test score, best layer (%)")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
     fig.tight_layout()
     with atomic_path(path, suffix=Path(path).suffix or ".png") as tmp:
         fig.savefig(tmp, dpi=110, format=(Path(path).suffix.lstrip(".") or "png"))
