@@ -205,6 +205,7 @@ class RunGuard(pl.Callback):
         if decision & 2:
             self.stopped_by = stop_signal() or signal.SIGTERM
             trainer.should_stop = True  # FinalCheckpoint saves last.ckpt when the loop ends
+            trainer.limit_val_batches = 0  # Lightning validates before an early stop: not within a signal's grace
         elif decision & 1:
             trainer.save_checkpoint(self.path, weights_only=False)
             self._last_save = time.monotonic()

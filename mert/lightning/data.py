@@ -112,6 +112,8 @@ class AudioDataModule(pl.LightningDataModule):
         micro_batch_size: clips per forward pass on one rank; accumulation is derived.
         num_workers: DataLoader worker processes per rank.
         seed: drives the order of samples (and, through positions, crops, masks and mixing).
+        valid_dataset: held-out data for the validation loop (``data.valid``), or None for no validation.
+        valid_max_items: evaluate only the first items of the fixed validation order (None: all).
     """
 
     def __init__(
@@ -123,9 +125,12 @@ class AudioDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        valid_dataset: Dataset | None = None,
+        valid_max_items: int | None = None,
     ):
         super().__init__()
         self.dataset = dataset
+        self.valid_dataset, self.valid_max_items = valid_dataset, valid_max_items
         self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
         self.num_workers, self.seed, self.pin_memory = num_workers, seed, pin_memory
 
@@ -176,4 +181,28 @@ class AudioDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        """This rank's disjoint part of the validation set, in micro-batches (:class:`ValidSampler`); ``[]`` without
+        one (the trainer's ``limit_val_batches=0`` keeps Lightning from asking)."""
+        from mert.lightning.validation import VALID_SEED, PaddedDataset, ValidSampler, collate_valid
+
+        if self.valid_dataset is None:
+            return []
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = ValidSampler(len(self.valid_dataset), rank=rank, world_size=world, max_items=self.valid_max_items)
+        return DataLoader(
+            PaddedDataset(self.valid_dataset),
+            batch_size=self.micro_batch_size,
+            sampler=sampler,
+            collate_fn=collate_valid,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            # Workers start for each evaluation and exit after it: between evaluations the run holds only the
+            # training loader's processes, as without validation.
+            persistent_workers=False,
+            # Its own generator: creating the loader's iterator must not draw from the training process's RNG.
+            generator=torch.Generator().manual_seed(VALID_SEED),
         )

@@ -102,6 +102,9 @@ class PretrainModule(pl.LightningModule):
         self.data_identity: dict[str, Any] | None = None  # what the run trains on (saved; a resume compares it)
         self.reapply_optimizer = False  # a resume allowed to change optim.* / scheduler.*: apply them after loading
         self._configured_groups: list[dict[str, Any]] = []
+        self._val_sums: dict[str, Tensor] = {}  # this rank's validation sums (on_validation_epoch_start resets them)
+        self._rng_states: tuple[Any, ...] | None = None  # the global RNGs as validation found them
+        self.last_validation: dict[str, float] | None = None  # the latest evaluation's metrics and its "step"
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -157,6 +160,107 @@ class PretrainModule(pl.LightningModule):
             # Every micro-batch of the step logs the held values: Lightning writes the last one's.
             self.log_dict(self._health_logs, on_step=True, batch_size=1)
         return loss
+
+    # ------------------------------------------------------------------ validation
+    def validation_metric_names(self) -> list[str]:
+        """The metrics every evaluation logs (``val/loss``, ``val/code_acc``, per term and codebook, counts)."""
+        empty = self.objective.empty_output("cpu")
+        names = ["val/loss", *(f"val/{k}" for k in sorted(empty.terms))]
+        if empty.correct is not None:
+            names += [f"val/acc_code_{i}" for i in range(empty.correct.shape[0])] + ["val/code_acc"]
+        return names + ["val/masked_frames", "val/items", "val/skipped_files"]
+
+    def on_validation_epoch_start(self) -> None:
+        # Training draws from the global RNGs only after reseeding them, but nothing the evaluation touches may
+        # leave them elsewhere than it found them (a run with and without validation trains identically).
+        import random
+
+        import numpy as np
+
+        self._rng_states = (
+            torch.get_rng_state(),
+            torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+            np.random.get_state(),
+            random.getstate(),
+        )
+        # Sums over this rank's items, keyed as a real forward's terms (an empty output names them without data).
+        # Kept on the device (float64): no host sync per batch.
+        empty = self.objective.empty_output("cpu")
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_sums = {"loss": zero.clone(), "masked_frames": zero.clone(), "items": zero.clone()}
+        self._val_sums["skipped_files"] = zero.clone()
+        self._val_sums.update({k: zero.clone() for k in sorted(empty.terms)})
+        if empty.correct is not None:
+            self._val_sums.update({f"correct_{i}": zero.clone() for i in range(empty.correct.shape[0])})
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Loss and code-accuracy SUMS of one validation micro-batch (no mixing, no dropout: eval mode), masks
+        drawn from each item's index and a fixed seed, so every evaluation of the same weights is identical."""
+        from mert.lightning.validation import VALID_SEED
+
+        wav, lengths, index = batch["wav"], batch["lengths"], batch["index"]
+        sums = self._val_sums
+        sums["skipped_files"] += int(batch.get("n_skipped", 0))
+        if wav.shape[0] == 0:  # only padding or unreadable files in this micro-batch
+            if self.trainer.world_size > 1:
+                # The other ranks run a forward now; a sharded model (FSDP) gathers its weights inside it, so this
+                # rank runs one too, on a second of silence, and scores nothing.
+                silence = torch.zeros(1, self.objective.encoder.sample_rate, device=wav.device)
+                self.objective(silence, generator=torch.Generator().manual_seed(0), sample_seeds=[0])
+            return
+        out = self.objective(
+            wav,
+            lengths,
+            targets=batch.get("targets"),
+            generator=torch.Generator().manual_seed(_mix(VALID_SEED, 2, int(index[0]))),
+            sample_seeds=[_mix(VALID_SEED, 3, int(i)) for i in index],
+        )
+        sums["items"] += wav.shape[0]
+        sums["loss"] += out.loss_sum.detach().double()
+        sums["masked_frames"] += out.n_masked.double()
+        for k, v in out.terms.items():
+            sums[k] += v.detach().double()
+        if out.correct is not None:
+            for i in range(out.correct.shape[0]):
+                sums[f"correct_{i}"] += out.correct[i].double()
+
+    def on_validation_epoch_end(self) -> None:
+        import random
+
+        import numpy as np
+
+        keys = list(self._val_sums)
+        # One all-reduce of the sums: exact dataset-level ratios, whatever the split of the items over ranks.
+        packed = torch.stack([self._val_sums[k] for k in keys])
+        packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
+        total = dict(zip(keys, packed.double().cpu()))
+        n = total["masked_frames"].clamp(min=1.0)
+        logs = {"val/loss": total["loss"] / n}
+        counts = ("masked_frames", "items", "skipped_files")
+        for k in keys:
+            if k != "loss" and k not in counts and not k.startswith("correct_"):
+                logs[f"val/{k}"] = total[k] / n  # per term, normalised like train/<term>
+        correct = [total[k] / n for k in keys if k.startswith("correct_")]
+        if correct:
+            logs.update({f"val/acc_code_{i}": c for i, c in enumerate(correct)})
+            logs["val/code_acc"] = torch.stack(correct).mean()
+        logs.update({f"val/{k}": total[k] for k in counts})
+        # Already reduced: every rank holds the same numbers (no sync_dist, which would average them again). For
+        # callbacks (ModelCheckpoint's monitor) through self.log; to the loggers at the optimiser step whose weights
+        # were evaluated, the x value of the training rows computed with the same weights (Lightning would write
+        # epoch-end values one step earlier).
+        self.log_dict({k: v.float() for k, v in logs.items()}, on_step=False, on_epoch=True, batch_size=1, logger=False)
+        if not self.trainer.sanity_checking:
+            for logger in self.loggers:  # rank-zero-only methods
+                logger.log_metrics({k: float(v) for k, v in logs.items()}, step=self.global_step)
+            self.last_validation = {"step": self.global_step, **{k: float(v) for k, v in logs.items()}}
+        cpu, cuda, np_state, py_state = self._rng_states
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        self._t_start = None  # the next training batch's throughput must not include the evaluation
 
     # ------------------------------------------------------------------ training health
     def _collect_stats_now(self) -> bool:
@@ -351,6 +455,8 @@ class PretrainModule(pl.LightningModule):
             "last_loss": None if not math.isfinite(self._last_loss()) else self._last_loss(),
             "data": self.data_identity,
         }
+        if self.last_validation is not None:
+            checkpoint["mert"]["last_validation"] = dict(self.last_validation)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("mert", {})
@@ -362,13 +468,14 @@ class PretrainModule(pl.LightningModule):
         # Checkpoints from before this counter trained on what they saw: count it as usable.
         self.usable_samples = int(state.get("usable_samples", self.samples_seen))
         self.health.load_state_dict(state.get("health") or {})
+        self.last_validation = state.get("last_validation")
 
     def summary(self) -> dict[str, Any]:
         """Training summary for ``meta.json``."""
         final = self._final or {"steps": self.global_step, "final_loss": self._last_loss()}
         loss = final["final_loss"]
         datamodule = self._trainer.datamodule if self._trainer is not None else None
-        return {
+        out = {
             "steps": int(final["steps"]),
             "micro_batches": self.micro_batches_seen,
             "samples_seen": self.samples_seen,
@@ -382,6 +489,9 @@ class PretrainModule(pl.LightningModule):
             "final_loss": None if loss is None or not math.isfinite(loss) else loss,
             "health_warnings": list(self.health.messages),
         }
+        if self.last_validation is not None:  # runs with data.valid: the latest evaluation
+            out["validation"] = dict(self.last_validation)
+        return out
 
     def _last_loss(self) -> float:
         value = self.trainer.callback_metrics.get("train/loss") if self._trainer is not None else None

@@ -77,6 +77,12 @@ NON_SCIENTIFIC_KEYS = (
     "data.dataset.storage_options",
     "data.retries",
     "data.dataset.retries",
+    # Validation reads held-out data and learns nothing from it.
+    "data.valid",
+    "data.valid_every_n_steps",
+    "data.valid_max_batches",
+    "data.valid_crop_seconds",
+    "data.valid_min_seconds",
 )
 
 

@@ -39,7 +39,9 @@ __all__ = [
 # runfolder, also used to compare a resume), less the data paths (another corpus is another run), plus the whole
 # trainer (its scientific keys, precision, clipping and accumulation, are refused on resume, not a new run).
 NON_SCIENTIFIC_PREFIXES = ("trainer",) + tuple(
-    k for k in NON_SCIENTIFIC_KEYS if not k.startswith("data.") or k in ("data.num_workers", "data.micro_batch_size")
+    k
+    for k in NON_SCIENTIFIC_KEYS
+    if not k.startswith("data.") or k in ("data.num_workers", "data.micro_batch_size") or k.startswith("data.valid")
 )
 
 
@@ -262,6 +264,10 @@ def run(cfg: Any, overrides: Sequence[str] = ()) -> dict[str, Any]:
     # Teachers (weights loaded) and data before the run folder exists: a missing file creates nothing.
     teachers = runfolder.build_teachers(cfg)
     dataset = instantiate(cfg.data.dataset)
+    from mert.lightning.validation import build_valid_dataset, check_monitors
+
+    check_monitors(cfg)
+    valid = build_valid_dataset(cfg, dataset, getattr(dataset, "sample_rate", None))
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -270,7 +276,7 @@ def run(cfg: Any, overrides: Sequence[str] = ()) -> dict[str, Any]:
         if rank_zero:  # other ranks of a launched (not spawned) DDP job rerun this in the same folder
             stack.enter_context(runfolder.lock_run_dir(run_dir))
             stack.enter_context(runfolder.attach_log_file(run_dir / "train.log"))
-        return _run_locked(cfg, run_dir, teachers, dataset, list(overrides), rank_zero)
+        return _run_locked(cfg, run_dir, teachers, dataset, list(overrides), rank_zero, valid)
 
 
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
@@ -280,7 +286,13 @@ def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def _run_locked(
-    cfg: Any, run_dir: Path, teachers: dict[str, Any], dataset: Any, overrides: list[str], rank_zero: bool
+    cfg: Any,
+    run_dir: Path,
+    teachers: dict[str, Any],
+    dataset: Any,
+    overrides: list[str],
+    rank_zero: bool,
+    valid: Any = None,
 ) -> dict[str, Any]:
     import signal
 
@@ -353,14 +365,36 @@ def _run_locked(
     module.data_identity = identity
     module.reapply_optimizer = any(k.split(".")[0] in ("optim", "scheduler", "frontend_lr_mult") for k in changed)
     check_cached_targets(dataset, objective.teacher_settings())
+    if valid is not None:
+        from mert.lightning.validation import check_monitor_names
+
+        try:
+            check_cached_targets(valid, objective.teacher_settings())
+        except ValueError as e:
+            raise ValueError(f"data.valid={cfg.data.valid}: {e}") from None
+        check_monitor_names(cfg, module.validation_metric_names())
+    from mert.lightning.validation import valid_schedule
+
+    every, most = valid_schedule(cfg) if valid is not None else (0, None)
     datamodule = AudioDataModule(
         dataset,
         global_batch_size=cfg.data.global_batch_size,
         micro_batch_size=cfg.data.micro_batch_size,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
+        valid_dataset=valid,
+        valid_max_items=None if most is None else int(most) * cfg.data.micro_batch_size,
     )
-    callbacks = list(instantiate(cfg.callbacks).values()) if cfg.get("callbacks") else []
+    callbacks_cfg = cfg.get("callbacks")
+    if valid is not None and callbacks_cfg:
+        from mert.lightning.validation import monitored_checkpoints_after_validation
+
+        callbacks_cfg = monitored_checkpoints_after_validation(callbacks_cfg)
+    callbacks = list(instantiate(callbacks_cfg).values()) if callbacks_cfg else []
+    if valid is not None:
+        from mert.lightning.validation import LoggingStepAfterResume
+
+        callbacks.insert(0, LoggingStepAfterResume())  # before LearningRateMonitor logs
     guard = RunGuard(str(last), cfg.get("checkpoint_every_minutes"))
     callbacks += [guard, FinalCheckpoint(str(last))]
     loggers = list(instantiate(cfg.logger)) if cfg.get("logger") else False
@@ -370,6 +404,14 @@ def _run_locked(
     # The world size as the trainer resolved it (devices may be "auto", -1 or a list), then the accumulation.
     accumulation = derive_accumulation(cfg.data.global_batch_size, cfg.data.micro_batch_size, trainer.world_size)
     trainer.accumulate_grad_batches = accumulation
+    if valid is None:
+        trainer.limit_val_batches = 0  # no validation loop, whatever the trainer group says
+    else:
+        # Lightning counts micro-batches (total over the run, as the stream is endless): N steps = N x accumulation.
+        trainer.val_check_interval = every * accumulation
+        trainer.check_val_every_n_epoch = None
+        trainer.limit_val_batches = 1.0  # the sampler already holds the valid_max_batches cut
+        trainer.num_sanity_val_steps = 0
     if encoder.config.layerdrop > 0 and isinstance(trainer.strategy, FSDPStrategy):
         raise ValueError(
             f"LayerDrop ({encoder.config.layerdrop}) skips layers per rank, which FSDP cannot shard around; "
