@@ -207,6 +207,34 @@ def test_a_failing_shard_is_retried_then_skipped_and_counted(corpus, caplog):
     assert not lost & set(keys) and sum(b[2] for b in got) >= SHARD_SIZE  # skipped and counted, no crash
 
 
+def test_a_validation_set_is_copied_once_to_a_local_cache(corpus, tmp_path):
+    """`data.valid=URL`: the shards are fetched once into a folder that the random-access reader uses."""
+    from mert.data.shards import ShardDataset
+    from mert.data.streaming import download_shards
+
+    requests = []
+
+    class Counting(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+    local = ShardDataset(corpus / "shards")
+    with serving(functools.partial(Counting, directory=str(corpus / "shards"))) as base:
+        folder = download_shards(base, tmp_path / "cache")
+        first = len(requests)
+        assert download_shards(base, tmp_path / "cache") == folder
+    assert first == 7 and len(requests) == first + 1  # index + 6 shards, then the index only
+    copied = ShardDataset(folder)
+    assert len(copied) == len(local) == 16
+    for i in range(len(local)):
+        assert copied.key(i) == local.key(i) and torch.equal(copied[i]["wav"], local[i]["wav"])
+        assert torch.equal(copied[i]["targets"]["codes"], local[i]["targets"]["codes"])
+
+
 def test_clear_errors_for_missing_indexes_and_too_many_readers(corpus, tmp_path):
     with pytest.raises(FileNotFoundError, match="no index.json at .*mert data shard --out"):
         open_shards(f"file://{tmp_path}")

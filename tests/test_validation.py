@@ -223,8 +223,8 @@ def test_validation_settings_keep_the_run_folder_and_resume(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("data.valid=s3://bucket/valid", "validation reads local manifests and shard folders"),
-        ("data.valid=pipe:curl -s http://x/v.tar", "validation reads local manifests and shard folders"),
+        ("data.valid=pipe:false", "could not be copied to the local cache"),
+        ("data.valid=file:///no/such/folder", "could not be copied to the local cache: no index.json at"),
         ("data.valid=/no/such/valid.tsv", "data.valid=/no/such/valid.tsv does not exist"),
         ("callbacks.model_checkpoint.monitor=val/loss", "needs validation data: set data.valid"),
     ],

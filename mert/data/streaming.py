@@ -42,6 +42,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,7 @@ from mert.data.datasets import SkipCounter, collate_audio
 from mert.data.remote import fetch_bytes, is_url, url_join
 from mert.data.shards import INDEX_NAME, ShardDataset, decode_sample
 
-__all__ = ["StreamingShards", "open_shards", "shard_dataset"]
+__all__ = ["StreamingShards", "download_shards", "open_shards", "shard_dataset"]
 
 log = logging.getLogger("mert.data")
 
@@ -126,6 +127,43 @@ def open_shards(
     if not urls:
         raise ValueError(f"no shards in {source!r}")
     return urls, sizes, info
+
+
+def download_shards(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    dest: str | os.PathLike | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Path:
+    """Copy a (small) shard set to a local folder once, for readers that need random access (validation).
+
+    Args:
+        source: see :func:`open_shards`.
+        dest: the folder; default ``$MERT_CACHE/shards/<digest of the source>`` (``~/.cache/mert``).
+        storage_options: fsspec options.
+    Returns:
+        The folder, holding the shards and the source's ``index.json`` (when it has one). Shards already there
+        are reused (each file is written whole or not at all), so a second run downloads nothing.
+    """
+    import hashlib
+
+    from mert.download import default_cache_dir
+    from mert.fileio import write_bytes_atomic, write_json_atomic
+
+    urls, _, info = open_shards(source, storage_options)
+    if dest is None:
+        key = hashlib.sha256(json.dumps([str(source), urls], default=str).encode()).hexdigest()[:16]
+        dest = default_cache_dir() / "shards" / key
+    folder = Path(dest).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [u.rsplit("/", 1)[-1] for u in urls]
+    if len(set(names)) != len(names):
+        raise ValueError(f"shards of {source!r} share file names; give them distinct names to copy them")
+    for url, name in zip(urls, names):
+        if not (folder / name).is_file():
+            write_bytes_atomic(folder / name, fetch_bytes(url, storage_options))
+    if info:
+        write_json_atomic(folder / INDEX_NAME, info)
+    return folder
 
 
 class StreamingShards(IterableDataset, SkipCounter):

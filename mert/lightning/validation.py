@@ -91,7 +91,8 @@ def build_valid_dataset(cfg: Any, training: Any = None, sample_rate: int | None 
     file, drawn from ``(VALID_SEED, index)`` so every evaluation reads the same audio, of
     ``data.valid_crop_seconds`` (default: the training crop), files shorter than ``data.valid_min_seconds``
     (default: the training minimum) skipped and counted. Or a shard folder, an ``index.json`` or one ``.tar``
-    written by ``mert data shard``: whole segments, with the shards' cached targets if they have them.
+    written by ``mert data shard``: whole segments, with the shards' cached targets if they have them; or a
+    shard URL (``s3://``, ``https://``, ``pipe:``), copied once to ``$MERT_CACHE/shards`` and read from there.
 
     Args:
         cfg: the composed run config.
@@ -100,7 +101,8 @@ def build_valid_dataset(cfg: Any, training: Any = None, sample_rate: int | None 
     Returns:
         A map-style dataset of mert items (``CropDataset`` or ``ShardDataset``), or None.
     Raises:
-        ValueError: a URL, a value that is not a path, an unusable manifest or bad crop settings.
+        ValueError: a URL that cannot be copied, a value that is not a path, an unusable manifest or bad crop
+            settings.
         FileNotFoundError: the path does not exist.
     """
     from mert.data.datasets import CropDataset
@@ -112,10 +114,19 @@ def build_valid_dataset(cfg: Any, training: Any = None, sample_rate: int | None 
     if not isinstance(source, str) or not source:
         raise ValueError(f"data.valid must be the path of a manifest (.tsv) or of a shard folder, got {source!r}")
     if _is_url(source):
-        raise ValueError(
-            f"data.valid={source} is a URL: validation reads local manifests and shard folders only; copy the "
-            "validation shards to a local disk (or write a manifest of local files) and pass that path"
-        )
+        # A validation set is read whole at every evaluation, by random access: copy it once to the local cache.
+        from mert.data.streaming import download_shards
+
+        options = _select(cfg, "data.storage_options") or {}
+        if not isinstance(options, dict):
+            from omegaconf import OmegaConf
+
+            options = OmegaConf.to_container(options, resolve=True)
+        try:
+            source = str(download_shards(source, storage_options=options))
+        except Exception as e:  # unreachable, missing, refused: one line naming the key, before any training
+            url = _select(cfg, "data.valid")
+            raise ValueError(f"data.valid={url} could not be copied to the local cache: {e}") from None
     valid_schedule(cfg)
     path = Path(source).expanduser()
     if not path.exists():
