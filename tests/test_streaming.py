@@ -304,3 +304,38 @@ def test_two_ranks_train_the_same_steps_from_s3_http_and_a_local_folder_and_resu
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["samples_seen"] == 16
     assert np.isfinite(list(resumed.values())).all() and torch.isfinite(torch.tensor(list(resumed.values()))).all()
+
+
+@pytest.mark.slow
+def test_a_run_streaming_from_s3_killed_by_sigterm_resumes_where_the_docs_say(corpus, s3, tmp_path, capsys):
+    """One rank, two loader workers, shards from the S3 server: SIGTERM at step 2 saves a checkpoint and exits 143;
+    the same command continues with the losses of an uninterrupted run (same layout: the exact stream)."""
+    import signal
+
+    common = [
+        "pretrain", "experiment=tiny_cpu", "logger=csv", "trainer.log_every_n_steps=1", "callbacks=default",
+        "data=shards", "data.shards=s3://corpus-bucket/kill",
+        f"+data.storage_options.endpoint_url={s3['endpoint_url']}", "data.global_batch_size=4",
+        "data.micro_batch_size=2", "data.num_workers=2", "trainer.max_steps=4",
+    ]  # fmt: skip
+    from mert.data.shards import write_shards
+    from mert.targets import RandomProjectionTargets
+
+    write_shards(
+        corpus / "m.tsv", "s3://corpus-bucket/kill", segment_seconds=1.0, min_seconds=1.0, shard_size=SHARD_SIZE,
+        teachers={"codes": RandomProjectionTargets(seed=0)}, progress=False, storage_options=s3, overwrite=True,
+    )  # fmt: skip
+    assert cli([*common, f"run_dir={tmp_path / 'full'}"]) == 0
+    run = tmp_path / "killed"
+    kill = ["+callbacks.kill._target_=tests.callbacks.SignalAt", "+callbacks.kill.step=2", "+callbacks.kill.signum=15"]
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert cli([*common, *kill, f"run_dir={run}"]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    assert cli([*common, f"run_dir={run}"]) == 0
+    full, resumed = _metrics(tmp_path / "full"), _metrics(run)
+    assert sorted(resumed) == [0, 1, 2, 3]
+    for step in (2, 3):
+        assert resumed[step] == pytest.approx(full[step], abs=1e-6), step
