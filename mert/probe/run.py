@@ -787,8 +787,8 @@ def _model_label(source: str) -> str:
 def learning_curve(results: Sequence[dict]) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """What :func:`plot_hours` draws: per panel, pretrained curves and reference lines.
 
-    Panels: ``"DATA: mean over tasks"`` (an encoder counts when it has every task of that data set) and one per
-    task ``"DATA: TASK (METRIC)"``. In each, ``curves[label]`` lists ``(hours, score %)`` of the pretrained
+    Panels: ``"mean over N tasks"`` (an encoder counts when it has a result for every data set and task given)
+    and one per task ``"DATA: TASK (METRIC)"``. In each, ``curves[label]`` lists ``(hours, score %)`` of the pretrained
     encoders of one model (each seed a point), and ``references[label]`` holds the score of a random encoder of
     that model (``random MODEL``) or of hand-crafted features (``features: NAME``), averaged over repeats.
 
@@ -796,8 +796,8 @@ def learning_curve(results: Sequence[dict]) -> tuple[dict[str, dict[str, Any]], 
         ``(panels, skipped)``: skipped names each pretrained run whose audio-hours are unknown.
     """
     skipped: list[str] = []
-    per_encoder: dict[tuple[str, str], dict[str, float]] = {}  # (data, source) -> {task: score}
-    tasks: dict[str, list[str]] = {}
+    per_encoder: dict[str, dict[tuple[str, str], float]] = {}  # source -> {(data, task): score}
+    pairs: list[tuple[str, str]] = []
     panels: dict[str, dict[str, Any]] = {}
     kinds: dict[str, tuple[str, float | None]] = {}
 
@@ -829,18 +829,18 @@ def learning_curve(results: Sequence[dict]) -> tuple[dict[str, dict[str, Any]], 
         m = r["task"]["metrics"][0]
         score = 100 * float(r["results"]["candidates"][r["results"]["best_candidate"]]["test"][m]["mean"])
         add(f"{data}: {task} ({m})", source, score)
-        per_encoder.setdefault((data, source), {})[task] = score
-        if task not in tasks.setdefault(data, []):
-            tasks[data].append(task)
-    if len({t for ts in tasks.values() for t in ts}) > 1:
-        for (data, source), scores in per_encoder.items():
-            if set(scores) == set(tasks[data]):
-                add(f"{data}: mean over tasks", source, sum(scores.values()) / len(scores))
+        per_encoder.setdefault(source, {})[(data, task)] = score
+        if (data, task) not in pairs:
+            pairs.append((data, task))
+    if len(pairs) > 1:
+        for source, scores in per_encoder.items():
+            if set(scores) == set(pairs):
+                add(f"mean over {len(pairs)} tasks", source, sum(scores.values()) / len(scores))
     for p in panels.values():
         p["references"] = {k: sum(v) / len(v) for k, v in p["references"].items()}
     if not any(p["curves"] for p in panels.values()):
         raise ValueError("no run has known audio-hours (audio_hours_seen in the encoder's meta.json or summary.json)")
-    mean_first = sorted(panels, key=lambda k: (not k.endswith("mean over tasks"), k))
+    mean_first = sorted(panels, key=lambda k: (not k.startswith("mean over"), k))
     return {k: panels[k] for k in mean_first}, skipped
 
 
@@ -869,8 +869,13 @@ def plot_hours(results: Sequence[dict], path: str | os.PathLike) -> list[str]:
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    labels = sorted({k for p in panels.values() for k in [*p["curves"], *p["references"]]})
-    colour = {k: colours[i % len(colours)] for i, k in enumerate(labels)}
+    # A model's random encoder shares its colour (dashed); hand-crafted features get colours of their own.
+    def family(label: str) -> str:
+        return label.removeprefix("random ")
+
+    names = sorted({family(k) for p in panels.values() for k in [*p["curves"], *p["references"]]})
+    shade = {k: colours[i % len(colours)] for i, k in enumerate(names)}
+    colour = {k: shade[family(k)] for p in panels.values() for k in [*p["curves"], *p["references"]]}
     for ax, (title, panel) in zip(axes.flat, panels.items()):
         for label, pts in panel["curves"].items():
             by_hours: dict[float, list[float]] = {}
