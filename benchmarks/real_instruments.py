@@ -766,6 +766,20 @@ def build(out: Path, seed: int, clips_per_task: int, tasks: list[str], sound_fon
         rendered: dict[str, list[np.ndarray]] = {}
         for (task, _, _), fut in zip(jobs_list, futures):
             rendered.setdefault(task, []).extend(fut.result())
+        # Some notes render silent (a preset without samples at that pitch or velocity): draw that clip again,
+        # same class, from a derived seed, so every seed builds (the other clips stay as they were).
+        for ti, (task, clips, labels) in enumerate(plan):
+            classes, gen = GENERATORS[task]
+            order = np.random.default_rng([seed, ti]).permutation(clips_per_task)
+            for i, audio in enumerate(rendered[task]):
+                attempt = 0
+                while float(np.abs(audio).max()) < 1e-4 and attempt < 8:
+                    attempt += 1
+                    label = classes[int(order[i]) % len(classes)]
+                    made = gen(np.random.default_rng([seed, ti, i, attempt]), label)
+                    clip, label = made if isinstance(made, tuple) else (made, label)
+                    audio = render_chunk([clip], Path(tmp), f"{task}_{i}_again{attempt}", sound_font)[0]
+                    clips[i], labels[i], rendered[task][i] = clip, label, audio
     t_render = time.time() - t_start
     for ti, (task, clips, labels) in enumerate(plan):
         folder = out / task

@@ -28,7 +28,7 @@ def filesystem(url: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]:
     try:
         return fsspec.core.url_to_fs(url, **dict(storage_options))
     except ImportError as e:  # s3fs, gcsfs, aiohttp: the protocol's package is missing
-        hint = "pip install 'mert[stream]'"
+        hint = "pip install 'mert[stream]'" + (" gcsfs" if url.startswith(("gs://", "gcs://")) else "")
         raise ImportError(f"reading {url} needs fsspec's package for its scheme ({e}); {hint}") from e
 
 
