@@ -861,6 +861,7 @@ def plot_hours(results: Sequence[dict], path: str | os.PathLike) -> list[str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         raise ValueError("--plot-hours needs matplotlib: pip install matplotlib") from None
     panels, skipped = learning_curve(results)
@@ -889,6 +890,13 @@ def plot_hours(results: Sequence[dict], path: str | os.PathLike) -> list[str]:
             style = ":" if label.startswith("hand-crafted") else "--"
             ax.axhline(value, linestyle=style, color=colour[label], label=label)
         ax.set_xscale("log")
+        # Ticks at 1, 2, 5 x 10^k within the budgets plotted (log axes otherwise label 2x10^1, 3x10^1, ... on top
+        # of each other).
+        budgets = [h for pts in panel["curves"].values() for h, _ in pts]
+        lo, hi = min(budgets) / 1.5, max(budgets) * 1.5
+        ticks = [m * 10.0**k for k in range(-3, 7) for m in (1, 2, 5) if lo <= m * 10.0**k <= hi]
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("audio hours seen in pretraining")
         ax.set_ylabel("test score, best layer (%)")
