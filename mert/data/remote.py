@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = ["fetch_bytes", "filesystem", "is_url", "upload", "url_join"]
 
+
 def is_url(source: Any) -> bool:
     """Whether ``source`` names shards by URL (``scheme://...`` or ``pipe:CMD``) rather than a local path."""
     return isinstance(source, str) and ("://" in source or source.startswith("pipe:"))

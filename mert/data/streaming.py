@@ -57,6 +57,7 @@ __all__ = ["StreamingShards", "download_shards", "open_shards", "shard_dataset"]
 
 log = logging.getLogger("mert.data")
 
+
 def _tar_samples(data: bytes, url: str) -> list[tuple[str, dict[str, bytes]]]:
     """``[(key, {suffix: bytes})]`` of a tar shard held in memory, in file order (WebDataset grouping)."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
@@ -368,4 +369,3 @@ def shard_dataset(
             retry_wait=retry_wait,
         )
     return ShardDataset(sources, sample_rate=sample_rate)
-
