@@ -348,6 +348,15 @@ def test_frontend_lr_mult_gives_the_front_end_its_own_learning_rate():
     assert opt.param_groups[1]["lr"] / opt.param_groups[0]["lr"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="frontend_lr_mult"):
         PretrainModule(obj, opt_factory, frontend_lr_mult=-1)
+    # The mel family's spectrogram has no weights: its learned front end is the subsampler.
+    torch.manual_seed(0)
+    mel = torch.nn.Module()
+    mel.encoder, mel.head = Encoder(EncoderConfig.preset("conformer_tiny")), torch.nn.Linear(4, 4)
+    module = PretrainModule(mel, opt_factory, frontend_lr_mult=0.1)
+    rest, front = module.configure_optimizers()["optimizer"].param_groups
+    assert {id(p) for p in front["params"]} == {id(p) for p in mel.encoder.subsampler.parameters()} != set()
+    assert front["lr"] == pytest.approx(1e-4)
+    assert len(rest["params"]) + len(front["params"]) == len(list(mel.parameters()))
 
 
 def test_norm_clipping_goes_through_the_sharded_model_under_fsdp():

@@ -54,6 +54,13 @@ def _mix(*values: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
+def frontend_parameters(encoder: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The learned front end that ``frontend_lr_mult`` slows: the waveform conv stack (MERT-v1's family), or the
+    subsampler after the mel spectrogram (the mel + Conformer family: the spectrogram itself has no weights)."""
+    parts = [encoder.frontend] + ([encoder.subsampler] if hasattr(encoder, "subsampler") else [])
+    return [p for part in parts for p in part.parameters()]
+
+
 class PretrainModule(pl.LightningModule):
     """Lightning wrapper of the MERT objective.
 
@@ -62,10 +69,11 @@ class PretrainModule(pl.LightningModule):
         optimizer: builds the optimiser from the trainable parameters (teachers are never included).
         scheduler: builds a per-step LR scheduler from the optimiser, or None.
         seed: base of every per-step and per-sample seed.
-        frontend_lr_mult: learning-rate multiplier of the conv front end's parameters (their own optimiser
-            group). MERT-v1-95M slows its front end with a gradient multiplier of 0.1, but Adam normalises
-            gradients by their running RMS, so a scaled gradient gives the same update (up to eps): only a
-            lower learning rate slows Adam. Small recipes use it to keep the front end a broad filterbank
+        frontend_lr_mult: learning-rate multiplier of the learned front end's parameters (their own optimiser
+            group; :func:`frontend_parameters`: the conv stack, or the mel family's subsampler). MERT-v1-95M
+            slows its front end with a gradient multiplier of 0.1, but Adam normalises gradients by their running
+            RMS, so a scaled gradient gives the same update (up to eps): only a lower learning rate slows Adam.
+            Small recipes use it to keep the front end a broad filterbank
             instead of rewriting it for a small corpus within minutes.
         run_config: the resolved run configuration (plain containers), saved as hyper-parameters.
     """
@@ -344,7 +352,7 @@ class PretrainModule(pl.LightningModule):
         if self.frontend_lr_mult == 1.0:
             opt = self.optimizer_factory(params)
         else:
-            front = {id(p) for p in self.objective.encoder.frontend.parameters()}
+            front = {id(p) for p in frontend_parameters(self.objective.encoder)}
             opt = self.optimizer_factory(
                 [
                     {"params": [p for p in params if id(p) not in front]},
