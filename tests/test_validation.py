@@ -154,6 +154,10 @@ def test_validation_in_csv_tensorboard_and_a_best_checkpoint(tmp_path, valid_man
     assert ckpt["global_step"] == best
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint"))
     assert float(state["best_model_score"]) == pytest.approx(loss[best], rel=1e-6)
+    # The export carries the latest evaluation into meta.json.
+    assert cli(["export", str(run), str(tmp_path / "release")]) == 0
+    meta = json.loads((tmp_path / "release" / "meta.json").read_text())
+    assert meta["training"]["validation"] == latest
 
 
 @pytest.mark.slow

@@ -233,6 +233,8 @@ def _from_checkpoint(src: Path, meta: dict[str, Any] | None) -> tuple[EncoderCon
             summary["audio_hours_seen"] = run_summary["audio_hours_seen"]
         if "completed" in run_summary:
             summary["completed"] = run_summary["completed"]
+        if isinstance(run_summary.get("validation"), dict):  # the latest held-out evaluation (data.valid)
+            summary["validation"] = run_summary["validation"]
         if run_summary.get("completed") is False:
             # A stopped or crashed run exports fine (that is what its checkpoint is for), but not silently.
             warnings.warn(
