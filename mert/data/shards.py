@@ -95,9 +95,22 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _load_npy(data: bytes) -> np.ndarray:
-    arr = np.load(io.BytesIO(data), allow_pickle=False)
-    return arr if arr.flags.writeable else arr.copy()  # torch.from_numpy wants a writable array
+def _load_npy(data: bytes | memoryview) -> np.ndarray:
+    """A writable array from ``.npy`` bytes, copied once (``np.load`` on a ``BytesIO`` copies twice)."""
+    from numpy.lib import format as npy
+
+    head = io.BytesIO(bytes(data[:4096]))  # the header; a longer one (thousands of dimensions) reads it all
+    try:
+        version = npy.read_magic(head)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran, dtype = read_header(head, max_header_size=4096)
+    except ValueError:
+        return np.load(io.BytesIO(bytes(data)), allow_pickle=False).copy()
+    if dtype.hasobject:
+        raise ValueError("the .npy member holds Python objects, which are never unpickled")
+    count = int(np.prod(shape, dtype=np.int64))
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=head.tell())  # ValueError when truncated
+    return arr.reshape(shape, order="F" if fortran else "C").copy(order="K")
 
 
 class _ShardWriter:

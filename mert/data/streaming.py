@@ -26,10 +26,11 @@ logged, and training goes on. A corrupt sample is skipped the same way. A shard 
 point and reads fine after it shifts that slot's stream by its samples.
 
 What comes from libraries: fsspec (with s3fs for ``s3://``, gcsfs for ``gs://``, aiohttp for ``http(s)://``)
-fetches shards and writes them (:func:`upload`); webdataset parses the tar streams, runs ``pipe:`` commands and
-expands ``{000000..000099}`` brace patterns. The reader assignment, order, resume, retries and counting are
-ours: webdataset's own pipeline does not resume mid-epoch, and its splitters depend on the worker count in ways
-that do not survive a restart.
+fetches shards and writes them (:func:`mert.data.remote.upload`); webdataset runs ``pipe:`` commands and expands
+``{000000..000099}`` brace patterns; the standard library's ``tarfile`` indexes each downloaded shard in memory, so
+members are read without copies. The reader assignment, order, resume, retries and counting are ours:
+webdataset's own pipeline does not resume mid-epoch, and its splitters depend on the worker count in ways that do
+not survive a restart.
 
 Shape legend: ``b`` micro-batch, ``l`` samples, ``t`` frames.
 """
@@ -40,6 +41,7 @@ import io
 import json
 import logging
 import os
+import tarfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -58,17 +60,31 @@ __all__ = ["StreamingShards", "download_shards", "open_shards", "shard_dataset"]
 log = logging.getLogger("mert.data")
 
 
-def _tar_samples(data: bytes, url: str) -> list[tuple[str, dict[str, bytes]]]:
-    """``[(key, {suffix: bytes})]`` of a tar shard held in memory, in file order (WebDataset grouping)."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
+def _tar_samples(data: bytes, url: str) -> list[tuple[str, dict[str, memoryview]]]:
+    """``[(key, {suffix: member bytes})]`` of a tar shard held in memory, in file order (WebDataset grouping:
+    the key is the name up to the first dot of its last part). Members are views of ``data``, not copies.
 
-    files = tar_file_expander([{"url": url, "stream": io.BytesIO(data)}])
-    out = []
-    for sample in group_by_keys(files):
-        key = sample.pop("__key__")
-        members = {k: v for k, v in sample.items() if not k.startswith("__")}
-        out.append((key, members))
-    return out
+    Raises:
+        tarfile.TarError, ValueError: a damaged or truncated shard (the caller retries, then skips it).
+    """
+    view = memoryview(data)
+    out: dict[str, dict[str, memoryview]] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:  # BytesIO shares the bytes until written
+        for info in tf:
+            if not info.isfile():
+                continue
+            if info.offset_data + info.size > len(data):
+                raise ValueError(f"{url} is truncated at member {info.name}")
+            folder, _, base = info.name.rpartition("/")
+            stem, dot, suffix = base.partition(".")
+            if not dot or stem.startswith("__"):  # no suffix, or WebDataset metadata such as __index__
+                continue
+            key = f"{folder}/{stem}" if folder else stem
+            members = out.setdefault(key, {})
+            if suffix in members:
+                raise ValueError(f"{url}: member {info.name} appears twice")
+            members[suffix] = view[info.offset_data : info.offset_data + info.size]
+    return list(out.items())
 
 
 def _expand(pattern: str) -> list[str]:
