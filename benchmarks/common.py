@@ -16,7 +16,7 @@ import torch
 
 from mert import EncoderConfig
 
-__all__ = ["machine_line", "gemm_peaks", "encoder_flops", "best_of", "interleaved"]
+__all__ = ["machine_line", "gemm_peaks", "encoder_flops", "best_of", "interleaved", "recipe_objective"]
 
 
 def cpu_model() -> str:
@@ -113,3 +113,30 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
             fn()
             best[k] = min(best[k], time.perf_counter() - t0)
     return best
+
+
+def recipe_objective(overrides: list[str]):
+    """The training objective a ``mert pretrain`` config composes (``overrides``, e.g. ``experiment=demo_cpu`` or
+    ``model=conformer_tiny``), in train mode, with a k-means teacher fitted on 4 music-like clips and the CQT
+    teacher, both on the encoder's frame grid: what a recipe trains from cached shards."""
+    import math
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from mert import Encoder
+    from mert.pretrain import MERTObjective
+    from mert.targets import CQTTargets, KMeansTargets
+    from tests.helpers import music_like
+
+    with initialize_config_module("mert.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True)))
+    grid = {"conv_kernel": enc.config.frame_kernel, "conv_stride": enc.config.frame_stride}
+    corpus = [music_like(24000 * 4, seed=i)[0] for i in range(4)]
+    km = KMeansTargets.fit(corpus, num_clusters=64, max_frames=1000, progress=False, **grid)
+    cqt = CQTTargets(**grid, hop_length=math.prod(grid["conv_stride"]), compression="log", log_floor=0.01)
+    settings = OmegaConf.to_container(cfg.objective, resolve=True)
+    settings.pop("_target_")
+    return MERTObjective(enc, km, cqt, **settings).train()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import statistics
 import sys
@@ -34,13 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hydra import compose, initialize_config_module  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from benchmarks.common import gemm_peaks, machine_line  # noqa: E402
-from mert import Encoder, EncoderConfig  # noqa: E402
+from benchmarks.common import gemm_peaks, machine_line, recipe_objective  # noqa: E402
+from mert import Encoder  # noqa: E402
 from mert.pretrain import MERTObjective  # noqa: E402
-from mert.targets import CQTTargets, KMeansTargets  # noqa: E402
 from tests.helpers import music_like  # noqa: E402
 
 
@@ -70,17 +66,7 @@ def _dynamo_counts() -> dict[str, int]:
 
 
 def _build(name: str, batch: int, seconds: float, device: torch.device) -> tuple[MERTObjective, torch.Tensor, dict]:
-    with initialize_config_module("mert.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={name}"])
-    torch.manual_seed(0)
-    enc = Encoder(EncoderConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True)))
-    grid = {"conv_kernel": enc.config.frame_kernel, "conv_stride": enc.config.frame_stride}
-    corpus = [music_like(24000 * 4, seed=i)[0] for i in range(4)]
-    km = KMeansTargets.fit(corpus, num_clusters=64, max_frames=1000, progress=False, **grid)
-    cqt = CQTTargets(**grid, hop_length=math.prod(grid["conv_stride"]), compression="log", log_floor=0.01)
-    settings = OmegaConf.to_container(cfg.objective, resolve=True)
-    settings.pop("_target_")
-    objective = MERTObjective(enc, km, cqt, **settings).train().to(device)
+    objective = recipe_objective([f"model={name}"]).to(device)
     wav = music_like(int(24000 * seconds), batch=batch).to(device)
     with torch.no_grad():
         targets = objective.compute_targets(wav)

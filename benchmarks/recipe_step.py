@@ -12,7 +12,6 @@ step: on a busy machine the CPU time is the better estimate of an idle core's wa
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -22,12 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hydra import compose, initialize_config_module  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from mert import Encoder, EncoderConfig  # noqa: E402
-from mert.pretrain import MERTObjective  # noqa: E402
-from mert.targets import CQTTargets, KMeansTargets  # noqa: E402
+from benchmarks.common import recipe_objective  # noqa: E402
 from tests.helpers import music_like  # noqa: E402
 
 
@@ -40,18 +35,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    with initialize_config_module("mert.conf", version_base="1.3"):
-        overrides = [f"experiment={args.experiment}", "data.shards=x", "targets.code_teacher.path=x"]
-        cfg = compose("train", overrides=overrides)
-    torch.manual_seed(0)
-    enc = Encoder(EncoderConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True)))
-    grid = {"conv_kernel": enc.config.frame_kernel, "conv_stride": enc.config.frame_stride}
-    corpus = [music_like(24000 * 4, seed=i)[0] for i in range(4)]
-    km = KMeansTargets.fit(corpus, num_clusters=64, max_frames=1000, progress=False, **grid)
-    cqt = CQTTargets(**grid, hop_length=math.prod(grid["conv_stride"]), compression="log", log_floor=0.01)
-    settings = OmegaConf.to_container(cfg.objective, resolve=True)
-    settings.pop("_target_")
-    objective = MERTObjective(enc, km, cqt, **settings).train()
+    overrides = [f"experiment={args.experiment}", "data.shards=x", "targets.code_teacher.path=x"]
+    objective = recipe_objective(overrides)
+    enc = objective.encoder
     opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-3)
     wav = music_like(int(24000 * args.seconds), batch=args.batch)
     with torch.no_grad():

@@ -7,6 +7,7 @@ Import them as ``from tests.helpers import music_like``; test modules never impo
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import re
@@ -354,3 +355,19 @@ QUICK_PROBE_ARGS = [
     "progress=false",
     "features.window_seconds=1.0",
 ]
+
+
+# --- what a pretraining run logged (csv logger) ------------------------------------------------------------------
+def logged_rows(run_dir: Path) -> list[dict[str, str]]:
+    """Every row of a run's ``csv/version_N/metrics.csv``, one folder per launch, launches in order."""
+    rows = []
+    for f in sorted((Path(run_dir) / "csv").glob("version_*/metrics.csv")):
+        with open(f) as fh:
+            rows.extend(csv.DictReader(fh))
+    return rows
+
+
+def logged_column(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
+    """``{step: value}`` of one logged metric (default the training loss), over every launch of the run."""
+    return {int(r["step"]): float(r[key]) for r in logged_rows(run_dir) if r.get(key)}
+

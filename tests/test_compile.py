@@ -8,7 +8,6 @@ break anywhere in the encoder's pass fails it. The slow tier compiles with induc
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import os
 import pickle
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 from mert import Encoder, EncoderConfig
+from tests.helpers import logged_column
 
 
 def _needs_cxx() -> None:
@@ -126,14 +126,6 @@ def test_compiled_encoder_inference_equals_eager_without_recompiling_per_length(
     assert counters["frames"]["ok"] - frames <= 3
 
 
-def _losses(run_dir: Path) -> dict[int, float]:
-    rows = []
-    for f in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
-        with open(f) as fh:
-            rows.extend(r for r in csv.DictReader(fh) if r.get("train/loss"))
-    return {int(r["step"]): float(r["train/loss"]) for r in rows}
-
-
 @pytest.mark.slow
 def test_tiny_cpu_trains_compiled_like_eager_and_resumes(tmp_path):
     _needs_cxx()
@@ -144,7 +136,7 @@ def test_tiny_cpu_trains_compiled_like_eager_and_resumes(tmp_path):
             "data.dataset.num_clips=32", "data.dataset.seconds=1.5", f"runs_root={tmp_path / 'runs'}"]  # fmt: skip
     suffix = "data.dataset.num_clips=32,data.dataset.seconds=1.5"
     assert cli(["pretrain", *fast, "name=eager", "trainer.max_steps=4"]) == 0
-    eager = _losses(tmp_path / "runs" / "eager" / suffix)
+    eager = logged_column(tmp_path / "runs" / "eager" / suffix)
     # Compiled, stopped after 2 steps, then the same command resumes it to 4 (the flag does not name the folder).
     assert cli(["pretrain", *fast, "name=compiled", "model.compile=true", "trainer.max_steps=2"]) == 0
     run = tmp_path / "runs" / "compiled" / suffix
@@ -156,7 +148,7 @@ def test_tiny_cpu_trains_compiled_like_eager_and_resumes(tmp_path):
     prefix = "objective.encoder."
     enc.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
     assert cli(["pretrain", *fast, "name=compiled", "model.compile=true", "trainer.max_steps=4"]) == 0
-    compiled = _losses(run)
+    compiled = logged_column(run)
     assert sorted(compiled) == sorted(eager) == [0, 1, 2, 3]
     for step in eager:
         # Compiled kernels sum in another order: the same loss to float32 rounding over a few steps.
@@ -176,7 +168,7 @@ def test_ddp_spawn_ranks_train_compiled_like_eager(tmp_path):
             "logger=csv", "callbacks=default", "data.dataset.num_clips=32", "data.dataset.seconds=1.5"]  # fmt: skip
     assert cli(["pretrain", *fast, f"run_dir={tmp_path / 'eager'}"]) == 0
     assert cli(["pretrain", *fast, "model.compile=true", f"run_dir={tmp_path / 'compiled'}"]) == 0
-    eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    eager, compiled = logged_column(tmp_path / "eager"), logged_column(tmp_path / "compiled")
     assert sorted(eager) == sorted(compiled) == [0, 1]
     for step in eager:
         assert abs(compiled[step] - eager[step]) <= 1e-4 * abs(eager[step]), (step, compiled[step], eager[step])

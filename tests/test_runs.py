@@ -3,7 +3,6 @@ apply what was allowed), signals, crashes, the launch records and the log file."
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -24,6 +23,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from mert.cli import main as cli  # noqa: E402
 from mert.lightning import runfolder  # noqa: E402
+from tests.helpers import logged_column, logged_rows  # noqa: E402
 
 # 2 clips per step in 2 micro-batches of 1 (accumulation 2), 1-s clips: a step takes a fraction of a second.
 SMALL = [
@@ -46,18 +46,6 @@ def _compose(overrides: list[str]):
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _rows(run_dir: Path) -> list[dict[str, str]]:
-    rows = []
-    for f in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
-        with open(f) as fh:
-            rows.extend(csv.DictReader(fh))
-    return rows
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    return {int(r["step"]): float(r["train/loss"]) for r in _rows(run_dir) if r.get("train/loss")}
 
 
 def _fake_checkpoint(run_dir: Path, overrides: list[str]) -> Path:
@@ -255,7 +243,7 @@ def test_a_signal_saves_a_checkpoint_at_that_step_exits_nonzero_and_the_rerun_co
     assert summary["completed"] is False and summary["steps"] == 2
     assert cli(common) == 0
     assert json.loads((run_dir / "summary.json").read_text())["completed"] is True
-    resumed, full = _losses(run_dir), _losses(reference)
+    resumed, full = logged_column(run_dir), logged_column(reference)
     assert sorted(resumed) == [0, 1, 2, 3]
     for step in (2, 3):
         assert math.isclose(resumed[step], full[step], rel_tol=0, abs_tol=1e-6), (step, resumed[step], full[step])
@@ -278,7 +266,7 @@ def test_a_failure_mid_step_saves_the_last_complete_step_and_the_rerun_continues
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["completed"] is False and "injected failure" in summary["error"]
     assert cli(common) == 0
-    assert math.isclose(_losses(run_dir)[3], _losses(reference)[3], rel_tol=0, abs_tol=1e-6)
+    assert math.isclose(logged_column(run_dir)[3], logged_column(reference)[3], rel_tol=0, abs_tol=1e-6)
 
 
 @pytest.mark.slow
@@ -292,7 +280,7 @@ def test_an_allowed_lr_change_takes_effect_and_is_recorded_per_launch(tmp_path, 
     assert cli([*args, "+resume.allow_changes=[optim.lr]"]) == 0
     assert "continuing with changed settings: optim.lr" in capsys.readouterr().out
     # tiny_cpu: 10 warm-up steps, so the LR of step s is lr * (s + 1) / 10.
-    lrs = {int(r["step"]): float(r["lr-AdamW"]) for r in _rows(run_dir) if r.get("lr-AdamW")}
+    lrs = {int(r["step"]): float(r["lr-AdamW"]) for r in logged_rows(run_dir) if r.get("lr-AdamW")}
     for step in (0, 3):
         assert math.isclose(lrs[step], 2e-3 * (step + 1) / 10, rel_tol=1e-6), (step, lrs[step])
     for step in (4, 5):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import inspect
 import json
 import math
@@ -21,6 +20,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from mert import Encoder, EncoderConfig  # noqa: E402
 from mert.cli import main as cli  # noqa: E402
 from mert.lightning.train import derive_run_dir  # noqa: E402
+from tests.helpers import logged_column, logged_rows  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -32,18 +32,9 @@ def _compose(overrides: list[str]):
         return compose("train", overrides=overrides)
 
 
-def _rows(run_dir: Path) -> list[dict[str, str]]:
-    """Logged training rows of every launch of a run (one csv/version_N folder per launch)."""
-    rows = []
-    for f in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
-        with open(f) as fh:
-            rows.extend(r for r in csv.DictReader(fh) if r.get("train/loss"))
-    return rows
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    """Per-step train/loss (step -> value)."""
-    return {int(r["step"]): float(r["train/loss"]) for r in _rows(run_dir)}
+def training_rows(run_dir: Path) -> list[dict[str, str]]:
+    """Logged training rows of every launch of a run (rows with a train/loss)."""
+    return [r for r in logged_rows(run_dir) if r.get("train/loss")]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -117,14 +108,14 @@ def test_tiny_cpu_run_resume_and_export(tmp_path):
     suffix = "data.dataset.num_clips=32,data.dataset.seconds=1.5"  # derived from the scientific overrides
     # Uninterrupted: 8 steps.
     assert cli(["pretrain", *common, "name=full", "trainer.max_steps=8"]) == 0
-    full = _losses(tmp_path / "runs" / "full" / suffix)
+    full = logged_column(tmp_path / "runs" / "full" / suffix)
     assert sorted(full) == list(range(8)) and all(math.isfinite(v) for v in full.values())
     # Interrupted after 4 steps, then the same command again with the final step count: resumes at step 4.
     assert cli(["pretrain", *common, "name=resumed", "trainer.max_steps=4"]) == 0
     run = tmp_path / "runs" / "resumed" / suffix
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert cli(["pretrain", *common, "name=resumed", "trainer.max_steps=8"]) == 0
-    resumed = _losses(run)
+    resumed = logged_column(run)
     assert sorted(resumed) == list(range(8))
     for step in range(4, 8):
         assert abs(resumed[step] - full[step]) <= 1e-6, (step, resumed[step], full[step])
@@ -150,7 +141,7 @@ def test_tiny_cpu_run_resume_and_export(tmp_path):
 
 def test_loss_decreases_on_tiny_cpu(tmp_path):
     assert cli(["pretrain", "experiment=tiny_cpu", *FAST, "trainer.max_steps=30", f"run_dir={tmp_path / 'r'}"]) == 0
-    rows = _rows(tmp_path / "r")
+    rows = training_rows(tmp_path / "r")
 
     def mean(key: str, part: slice) -> float:
         values = [float(r[key]) for r in rows[part]]
@@ -167,7 +158,7 @@ def test_ddp_cpu_first_step_equals_single_process(tmp_path):
     common = ["experiment=tiny_cpu", *FAST, "objective.mix_prob=0.0", "data.global_batch_size=4", "trainer.max_steps=1"]
     assert cli(["pretrain", *common, "data.micro_batch_size=4", f"run_dir={tmp_path / 'single'}"]) == 0
     assert cli(["pretrain", *common, "trainer=ddp_cpu", "data.micro_batch_size=2", f"run_dir={tmp_path / 'ddp'}"]) == 0
-    single, ddp = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
+    single, ddp = logged_column(tmp_path / "single"), logged_column(tmp_path / "ddp")
     # Equal up to float32 summation order: a few ulps of a loss of ~65 (linear CQT targets), so relative.
     assert abs(single[0] - ddp[0]) <= 1e-6 * abs(single[0]), (single[0], ddp[0])
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
@@ -255,7 +246,7 @@ def test_cached_targets_train_exactly_like_on_the_fly(tmp_path, capsys):
             f"run_dir={tmp_path / ('r_' + name)}",
         ]
         assert cli(["pretrain", *args]) == 0
-        losses[name] = _losses(tmp_path / ("r_" + name))
+        losses[name] = logged_column(tmp_path / ("r_" + name))
     assert losses["cached"] == losses["plain"]  # bit-identical, both steps
 
     from mert.data.shards import ShardDataset

@@ -3,7 +3,6 @@ metrics.csv and TensorBoard, a best checkpoint by val/loss, training untouched, 
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ pytest.importorskip("hydra")
 
 from mert.cli import main as cli  # noqa: E402
 from mert.lightning.validation import ValidSampler  # noqa: E402
+from tests.helpers import logged_column, logged_rows  # noqa: E402
 
 # Tiny runs: synthetic training clips of 1.5 s, no probe monitor, metrics every step.
 TINY = [
@@ -46,18 +46,6 @@ def _shards(manifest: Path, out: Path, **teachers) -> Path:
 
     write_shards(manifest, out, segment_seconds=2.0, min_seconds=2.0, teachers=teachers, progress=False)
     return out
-
-
-def _rows(run_dir: Path) -> list[dict[str, str]]:
-    rows = []
-    for f in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
-        with open(f) as fh:
-            rows.extend(csv.DictReader(fh))
-    return rows
-
-
-def _column(run_dir: Path, key: str) -> dict[int, float]:
-    return {int(r["step"]): float(r[key]) for r in _rows(run_dir) if r.get(key)}
 
 
 # ----------------------------------------------------------------------------------------------------- sampler
@@ -131,12 +119,12 @@ def test_validation_in_csv_tensorboard_and_a_best_checkpoint(tmp_path, valid_man
     assert cli(["pretrain", *args]) == 0
     run = tmp_path / "r"
     # After each optimiser step (2 micro-batches), at the step whose weights were evaluated.
-    loss = _column(run, "val/loss")
+    loss = logged_column(run, "val/loss")
     assert sorted(loss) == [1, 2] and loss[1] != loss[2]
     for key in ("val/code_acc", "val/acc_code_7", "val/features", "val/code_0", "val/masked_frames"):
-        assert sorted(_column(run, key)) == [1, 2], key
-    assert set(_column(run, "val/items").values()) == {5.0}
-    assert sorted(_column(run, "train/loss")) == [0, 1]
+        assert sorted(logged_column(run, key)) == [1, 2], key
+    assert set(logged_column(run, "val/items").values()) == {5.0}
+    assert sorted(logged_column(run, "train/loss")) == [0, 1]
     latest = json.loads((run / "summary.json").read_text())["validation"]  # the latest evaluation
     assert latest["step"] == 2 and latest["val/loss"] == pytest.approx(loss[2], rel=1e-6)
 
@@ -166,10 +154,10 @@ def test_training_is_identical_with_and_without_validation(tmp_path, valid_manif
     with_valid = [f"data.valid={valid_manifest}", "data.valid_every_n_steps=2"]
     assert cli(["pretrain", *common, *with_valid, f"run_dir={tmp_path / 'v'}"]) == 0
     assert cli(["pretrain", *common, f"run_dir={tmp_path / 'plain'}"]) == 0
-    assert sorted(_column(tmp_path / "v", "val/loss")) == [2, 4]  # every 2 steps = 4 micro-batches
-    train_v, train_plain = _column(tmp_path / "v", "train/loss"), _column(tmp_path / "plain", "train/loss")
+    assert sorted(logged_column(tmp_path / "v", "val/loss")) == [2, 4]  # every 2 steps = 4 micro-batches
+    train_v, train_plain = logged_column(tmp_path / "v", "train/loss"), logged_column(tmp_path / "plain", "train/loss")
     assert sorted(train_v) == [0, 1, 2, 3] and train_v == train_plain  # bit for bit
-    assert not any(k.startswith("val/") and v for r in _rows(tmp_path / "plain") for k, v in r.items())
+    assert not any(k.startswith("val/") and v for r in logged_rows(tmp_path / "plain") for k, v in r.items())
     a = torch.load(tmp_path / "v" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     b = torch.load(tmp_path / "plain" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
@@ -188,10 +176,11 @@ def test_resume_adds_validation_in_the_same_folder_and_keeps_the_steps(tmp_path,
     assert len(res_dirs) == 1 and [d.name for d in full_dirs] == [d.name for d in res_dirs]
     full, res = full_dirs[0], res_dirs[0]
     assert len(list((res / "csv").glob("version_*"))) == 2  # two launches, one folder
-    assert _column(res, "train/loss") == _column(full, "train/loss")
-    assert sorted(_column(res, "train/loss")) == [0, 1, 2, 3]
-    assert sorted(_column(res, "lr-AdamW")) == [0, 1, 2, 3]
-    assert _column(full, "val/loss").keys() == {2, 4} and _column(res, "val/loss") == {4: _column(full, "val/loss")[4]}
+    assert logged_column(res, "train/loss") == logged_column(full, "train/loss")
+    assert sorted(logged_column(res, "train/loss")) == [0, 1, 2, 3]
+    assert sorted(logged_column(res, "lr-AdamW")) == [0, 1, 2, 3]
+    full_val = logged_column(full, "val/loss")
+    assert full_val.keys() == {2, 4} and logged_column(res, "val/loss") == {4: full_val[4]}
 
 
 @pytest.mark.slow
@@ -207,7 +196,8 @@ def test_shards_validation_with_cached_targets(tmp_path, valid_manifest):
         args = [*SMALL, "logger=csv", "trainer.max_steps=1", f"data.valid={shards}", "data.valid_every_n_steps=1",
                 "data.valid_max_batches=3"]  # fmt: skip
         assert cli(["pretrain", *args, f"run_dir={tmp_path / ('r_' + name)}"]) == 0
-        scores[name] = {k: float(v) for r in _rows(tmp_path / ("r_" + name)) for k, v in r.items() if "val/" in k and v}
+        rows = logged_rows(tmp_path / ("r_" + name))
+        scores[name] = {k: float(v) for r in rows for k, v in r.items() if "val/" in k and v}
     assert scores["cached"]["val/items"] == 3  # 3 batches of micro_batch_size 1
     assert scores["cached"] == pytest.approx(scores["plain"], rel=1e-5)
 
@@ -272,7 +262,7 @@ def test_ddp_cpu_validation_equals_one_process(tmp_path, valid_manifest):
     ]
     assert cli(["pretrain", *common, "data.micro_batch_size=4", f"run_dir={tmp_path / 'single'}"]) == 0
     assert cli(["pretrain", *common, "trainer=ddp_cpu", "data.micro_batch_size=2", f"run_dir={tmp_path / 'ddp'}"]) == 0
-    single, ddp = _rows(tmp_path / "single"), _rows(tmp_path / "ddp")
+    single, ddp = logged_rows(tmp_path / "single"), logged_rows(tmp_path / "ddp")
     one = {k: float(v) for r in single for k, v in r.items() if k.startswith("val/") and v}
     two = {k: float(v) for r in ddp for k, v in r.items() if k.startswith("val/") and v}
     assert one["val/items"] == two["val/items"] == 5

@@ -234,6 +234,8 @@ class StreamingShards(IterableDataset, SkipCounter):
         if not self.info:  # no index: the first shard tells the roles
             first = [name for _, members in self._load(self.urls[0]) for name in members]
             self.roles = sorted({k[len("targets.") : -len(".npy")] for k in first if k.startswith("targets.")})
+        # Member names in decode_sample's order: audio, metadata, then each role's targets.
+        self._members = ["audio.npy", "json", *(f"targets.{r}.npy" for r in self.roles)]
         self.failed_shards = 0
         self._layout: dict[str, int] | None = None
 
@@ -292,9 +294,8 @@ class StreamingShards(IterableDataset, SkipCounter):
         return []
 
     def _decode(self, key: str, members: Mapping[str, bytes], url: str) -> dict[str, Any] | None:
-        names = ["audio.npy", "json", *(f"targets.{r}.npy" for r in self.roles)]
         try:
-            return decode_sample(lambda m: members.get(names[m]), self.roles)
+            return decode_sample(lambda m: members.get(self._members[m]), self.roles)
         except Exception as e:  # a corrupt sample: skip it, never stop training
             self.skip(f"{url}:{key}", str(e) or type(e).__name__)
             return None

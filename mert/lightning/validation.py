@@ -22,6 +22,7 @@ import numpy as np
 from torch.utils.data import Dataset, Sampler
 
 from mert.data.datasets import collate_audio
+from mert.data.remote import is_url
 
 try:
     import lightning.pytorch as pl
@@ -42,10 +43,6 @@ __all__ = [
 
 VALID_SEED = 1_000_003  # crops, item order and masks of every evaluation; independent of the run's seed
 _PAD = -1  # a sampler place with no item (equal batch counts over ranks)
-
-
-def _is_url(source: str) -> bool:
-    return "://" in source or source.startswith("pipe:")
 
 
 def _select(cfg: Any, key: str) -> Any:
@@ -113,7 +110,7 @@ def build_valid_dataset(cfg: Any, training: Any = None, sample_rate: int | None 
         return None
     if not isinstance(source, str) or not source:
         raise ValueError(f"data.valid must be the path of a manifest (.tsv) or of a shard folder, got {source!r}")
-    if _is_url(source):
+    if is_url(source):
         # A validation set is read whole at every evaluation, by random access: copy it once to the local cache.
         from mert.data.streaming import download_shards
 
