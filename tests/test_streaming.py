@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import http.server
@@ -18,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from mert.cli import main as cli
 from mert.data.streaming import StreamingShards, open_shards, shard_dataset
-from tests.helpers import serving
+from tests.helpers import logged_column, serving
 
 SHARD_SIZE = 3  # 16 one-second segments -> 6 shards (3, 3, 3, 3, 3, 1)
 
@@ -247,6 +246,16 @@ def test_clear_errors_for_missing_indexes_and_too_many_readers(corpus, tmp_path)
         shard_dataset("s3://b/x", streaming=False)
 
 
+def test_storage_options_and_retries_keep_the_run_folder_while_another_corpus_gets_its_own():
+    from mert.lightning.runfolder import is_scientific
+    from mert.lightning.train import derive_run_dir
+
+    same = ["+data.storage_options.endpoint_url=http://minio:9000", "data.retries=5"]
+    assert derive_run_dir("runs", "x", same) == Path("runs/x")
+    assert derive_run_dir("runs", "x", ["data.shards=s3://b/other"]) == Path("runs/x/data.shards=s3:__b_other")
+    assert not is_scientific("data.storage_options.endpoint_url") and is_scientific("data.shuffle_shards")
+
+
 def test_mert_data_shard_writes_to_a_bucket(corpus, s3, capsys):
     url = "s3://corpus-bucket/cli"
     args = ["data", "shard", str(corpus / "m.tsv"), "--out", url, "--segment-seconds", "1", "--min-seconds", "1"]
@@ -256,14 +265,6 @@ def test_mert_data_shard_writes_to_a_bucket(corpus, s3, capsys):
     assert sizes == [4, 4, 4, 4] and info["num_samples"] == 16 and url in capsys.readouterr().out
     assert cli(args) == 1 and "already holds shards" in capsys.readouterr().err
     assert cli([*args, "--overwrite"]) == 0
-
-
-def _metrics(run_dir: Path) -> dict[int, float]:
-    rows = []
-    for f in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
-        with open(f) as fh:
-            rows.extend(r for r in csv.DictReader(fh) if r.get("train/loss"))
-    return {int(r["step"]): float(r["train/loss"]) for r in rows}
 
 
 @pytest.mark.slow
@@ -292,13 +293,13 @@ def test_two_ranks_train_the_same_steps_from_s3_http_and_a_local_folder_and_resu
         losses = {}
         for name, extra in sources.items():
             assert cli([*common, *extra, "trainer.max_steps=4", f"run_dir={tmp_path / name}"]) == 0, name
-            losses[name] = _metrics(tmp_path / name)
+            losses[name] = logged_column(tmp_path / name)
         assert sorted(losses["local"]) == [0, 1, 2, 3]
         assert losses["s3"] == losses["local"] == losses["http"]
         run = tmp_path / "resumed"
         assert cli([*common, *sources["s3"], "trainer.max_steps=2", f"run_dir={run}"]) == 0
         assert cli([*common, *sources["s3"], "trainer.max_steps=4", f"run_dir={run}"]) == 0
-    resumed = _metrics(run)
+    resumed = logged_column(run)
     for step in (2, 3):
         assert resumed[step] == pytest.approx(losses["local"][step], abs=1e-6), step
     summary = json.loads((run / "summary.json").read_text())
@@ -335,7 +336,7 @@ def test_a_run_streaming_from_s3_killed_by_sigterm_resumes_where_the_docs_say(co
         signal.signal(signal.SIGTERM, before)
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
     assert cli([*common, f"run_dir={run}"]) == 0
-    full, resumed = _metrics(tmp_path / "full"), _metrics(run)
+    full, resumed = logged_column(tmp_path / "full"), logged_column(run)
     assert sorted(resumed) == [0, 1, 2, 3]
     for step in (2, 3):
         assert resumed[step] == pytest.approx(full[step], abs=1e-6), step

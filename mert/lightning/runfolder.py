@@ -86,6 +86,16 @@ NON_SCIENTIFIC_KEYS = (
 )
 
 
+# The corpus a run trains on: another value is another run (its own folder), but the same corpus moved elsewhere
+# resumes, since its identity (manifest or shard-index digest) is what a resume compares.
+DATA_PATH_KEYS = (
+    "data.manifest",
+    "data.shards",
+    "data.dataset.entries_or_manifest_path",
+    "data.dataset.path_or_dir_or_list_of_tars",
+)
+
+
 def _under(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".")
 

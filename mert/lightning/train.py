@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mert.lightning.runfolder import NON_SCIENTIFIC_KEYS
+from mert.lightning.runfolder import DATA_PATH_KEYS, NON_SCIENTIFIC_KEYS
 from mert.models.config import RUNTIME_MODEL_KEYS
 
 log = logging.getLogger("mert.pretrain")
@@ -38,11 +38,7 @@ __all__ = [
 # Overrides that leave the run directory as it is: the keys that never change what is learned (one list, in
 # runfolder, also used to compare a resume), less the data paths (another corpus is another run), plus the whole
 # trainer (its scientific keys, precision, clipping and accumulation, are refused on resume, not a new run).
-NON_SCIENTIFIC_PREFIXES = ("trainer",) + tuple(
-    k
-    for k in NON_SCIENTIFIC_KEYS
-    if not k.startswith("data.") or k in ("data.num_workers", "data.micro_batch_size") or k.startswith("data.valid")
-)
+NON_SCIENTIFIC_PREFIXES = ("trainer",) + tuple(k for k in NON_SCIENTIFIC_KEYS if k not in DATA_PATH_KEYS)
 
 
 def derive_run_dir(runs_root: str, name: str, overrides: Sequence[str]) -> Path:
